@@ -1,0 +1,85 @@
+"""prosody_vae: controllable prosody for TTS with a variational reference encoder.
+
+The public API is re-exported here lazily (PEP 562), so `import prosody_vae` stays fast and does
+not import torch until a torch-backed name is first used.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING
+
+__version__ = "0.1.0"
+
+# public name -> submodule that defines it
+_EXPORTS = {
+    # errors
+    "ProsodyVAEError": "errors",
+    "ConfigError": "errors",
+    "AudioError": "errors",
+    "TextError": "errors",
+    "DataError": "errors",
+    "ReferenceInputError": "errors",
+    "CheckpointError": "errors",
+    "CorpusError": "errors",
+    # audio
+    "AudioConfig": "audio",
+    "MelSpectrogram": "audio",
+    "load_wav": "audio",
+    "save_wav": "audio",
+    "griffin_lim": "audio",
+    # text
+    "TextProcessor": "text",
+    "normalize_text": "text",
+    # data
+    "Utterance": "data",
+    "read_metadata": "data",
+    "split_train_val": "data",
+    "MelCache": "data",
+    "TTSDataset": "data",
+    "collate_batch": "data",
+    "BucketBatchSampler": "data",
+    # corpus
+    "CorpusConfig": "corpus",
+    "make_corpus": "corpus",
+    # the plugin
+    "ReferenceEncoder": "reference",
+    "VariationalReferenceEncoder": "reference",
+    "Posterior": "reference",
+    "condition_on_z": "reference",
+    "ZConditioner": "reference",
+    "FixedBeta": "capacity",
+    "KLAnnealing": "capacity",
+    "CapacityAnnealing": "capacity",
+    "DualAscent": "capacity",
+    "GECO": "capacity",
+    "FreeBits": "capacity",
+}
+
+__all__ = ["__version__", *_EXPORTS]
+
+
+def __getattr__(name: str):
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'prosody_vae' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{module}", __name__), name)
+    globals()[name] = value  # cache: later look-ups skip this function
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(__all__)
+
+
+if TYPE_CHECKING:  # let type checkers and IDEs see the real names
+    from .audio import AudioConfig, MelSpectrogram, griffin_lim, load_wav, save_wav
+    from .capacity import GECO, CapacityAnnealing, DualAscent, FixedBeta, FreeBits, KLAnnealing
+    from .corpus import CorpusConfig, make_corpus
+    from .data import (BucketBatchSampler, MelCache, TTSDataset, Utterance, collate_batch,
+                       read_metadata, split_train_val)
+    from .errors import (AudioError, CheckpointError, ConfigError, CorpusError, DataError,
+                         ProsodyVAEError, ReferenceInputError, TextError)
+    from .reference import (Posterior, ReferenceEncoder, VariationalReferenceEncoder, ZConditioner,
+                            condition_on_z)
+    from .text import TextProcessor, normalize_text

@@ -1,0 +1,41 @@
+"""The package's own error hierarchy.
+
+Every error a user can trigger with bad input is a `ProsodyVAEError`, so a pipeline can catch
+one type, and the CLI can print one clear line. Each subclass also derives from the built-in
+type a caller would naturally expect (ValueError, OSError), so generic handlers keep working.
+Messages name the offending file, line or argument.
+"""
+
+from __future__ import annotations
+
+
+class ProsodyVAEError(Exception):
+    """Base class of every error raised on purpose by prosody_vae."""
+
+
+class ConfigError(ProsodyVAEError, ValueError):
+    """A config file, dataclass field or argument is unknown, of the wrong type or out of range."""
+
+
+class AudioError(ProsodyVAEError, ValueError):
+    """A wav is missing, unreadable, empty, non-finite, or otherwise unusable."""
+
+
+class TextError(ProsodyVAEError, ValueError):
+    """Text is empty after normalisation, too long, or holds a symbol the table cannot encode."""
+
+
+class DataError(ProsodyVAEError, ValueError):
+    """A dataset folder or its metadata is malformed (the message names file and line)."""
+
+
+class ReferenceInputError(ProsodyVAEError, ValueError):
+    """A reference mel cannot be encoded (too short, wrong shape, wrong n_mels)."""
+
+
+class CheckpointError(ProsodyVAEError, OSError):
+    """A checkpoint is missing, truncated, corrupt or was written by an incompatible config."""
+
+
+class CorpusError(ProsodyVAEError, RuntimeError):
+    """The built-in corpus maker cannot synthesise (espeak-ng missing or failing)."""
