@@ -1,0 +1,163 @@
+"""Data pipeline: metadata parsing and its errors, split, mel cache, collate, bucketed sampler."""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pytest
+import torch
+
+from prosody_vae.audio import AudioConfig, MelSpectrogram, load_wav
+from prosody_vae.data import (BucketBatchSampler, MelCache, Sample, TTSDataset, collate_batch,
+                              read_metadata, split_train_val)
+from prosody_vae.errors import DataError
+
+
+def test_read_metadata(tiny_corpus):
+    utts = read_metadata(tiny_corpus)
+    assert [u.id for u in utts] == [f"utt{i:03d}" for i in range(6)]
+    assert utts[0].text == utts[0].raw_text.lower()  # the normalized column is the one read
+    assert utts[0].wav_path == tiny_corpus / "wavs" / "utt000.wav"
+    assert utts[0].speaker is None
+
+
+def test_speaker_column_and_two_field_lines(tiny_corpus):
+    meta = tiny_corpus / "metadata.csv"
+    meta.write_text("utt000|Hello there.|hello there.|alice\nutt001|Just text.\n", encoding="utf-8")
+    a, b = read_metadata(tiny_corpus)
+    assert (a.speaker, a.text) == ("alice", "hello there.")
+    assert (b.speaker, b.text) == (None, "Just text.")
+
+
+@pytest.mark.parametrize("content, message", [
+    ("utt000|a|b\nutt001\n", r"metadata.csv:2: expected 'id\|raw text"),
+    ("utt000|a|b|c|d|e\n", r"metadata.csv:1: .*6 field"),
+    ("utt000|a|a\n\nutt000|b|b\n", r"metadata.csv:3: duplicate id 'utt000' \(first on line 1\)"),
+    ("utt000||\n", r"metadata.csv:1: utterance 'utt000' has empty text"),
+    ("../x|a|a\n", r"metadata.csv:1: invalid utterance id"),
+])
+def test_malformed_metadata_names_file_and_line(tiny_corpus, content, message):
+    (tiny_corpus / "metadata.csv").write_text(content, encoding="utf-8")
+    with pytest.raises(DataError, match=message):
+        read_metadata(tiny_corpus)
+
+
+def test_invalid_utf8_names_the_line(tiny_corpus):
+    (tiny_corpus / "metadata.csv").write_bytes(b"utt000|a|a\nutt001|caf\xe9|x\n")
+    with pytest.raises(DataError, match="metadata.csv:2: not valid UTF-8"):
+        read_metadata(tiny_corpus)
+
+
+def test_missing_wavs_are_reported_together(tiny_corpus):
+    for i in (1, 3, 4):
+        (tiny_corpus / "wavs" / f"utt{i:03d}.wav").unlink()
+    with pytest.raises(DataError) as info:
+        read_metadata(tiny_corpus)
+    message = str(info.value)
+    assert "3 of 6 wav files are missing" in message
+    assert all(f"utt{i:03d}.wav" in message for i in (1, 3, 4))
+    assert "utt000.wav" not in message
+
+
+def test_missing_metadata(tmp_path):
+    with pytest.raises(DataError, match="metadata.csv: metadata file not found"):
+        read_metadata(tmp_path)
+
+
+def test_split_is_deterministic_and_order_independent(tiny_corpus):
+    utts = read_metadata(tiny_corpus)
+    train, val = split_train_val(utts, n_val=2, seed=3)
+    assert len(train) == 4 and len(val) == 2 and not {u.id for u in train} & {u.id for u in val}
+    train_r, val_r = split_train_val(list(reversed(utts)), n_val=2, seed=3)
+    assert {u.id for u in val_r} == {u.id for u in val}
+    with pytest.raises(DataError, match="n_val=6"):
+        split_train_val(utts, n_val=6)
+
+
+def test_mel_cache_computes_once_and_keys_by_config(tiny_corpus, tmp_path):
+    utt = read_metadata(tiny_corpus)[0]
+    cache = MelCache(tmp_path / "cache")
+    mel = cache.get(utt)
+    expected = MelSpectrogram()(torch.from_numpy(load_wav(utt.wav_path))).numpy()
+    np.testing.assert_array_equal(mel, expected)
+    stamp = os.stat(cache.path(utt)).st_mtime_ns
+    np.testing.assert_array_equal(cache.get(utt), mel)
+    assert os.stat(cache.path(utt)).st_mtime_ns == stamp, "second get reads the cache"
+    other = MelCache(tmp_path / "cache", AudioConfig(n_mels=64))
+    assert other.dir != cache.dir and other.get(utt).shape[1] == 64
+    assert not list(cache.dir.glob("*.tmp")), "no temporary files left"
+
+
+def test_mel_cache_recovers_from_a_damaged_file(tiny_corpus, tmp_path):
+    utt = read_metadata(tiny_corpus)[0]
+    cache = MelCache(tmp_path / "cache")
+    good = cache.get(utt)
+    cache.path(utt).write_bytes(cache.path(utt).read_bytes()[:40])  # truncated
+    np.testing.assert_array_equal(cache.get(utt), good)
+
+
+def test_dataset_and_collate(tiny_corpus, tmp_path):
+    from prosody_vae.text import TextProcessor
+
+    processor = TextProcessor()
+    dataset = TTSDataset(read_metadata(tiny_corpus), processor, MelCache(tmp_path / "cache"))
+    samples = [dataset[i] for i in range(3)]
+    assert dataset.mel_lengths[:3] == [s.mel.shape[0] for s in samples]
+    batch = collate_batch(samples, pad_id=processor.pad_id, frames_multiple=4)
+    assert batch.mel.shape[0] == 3 and batch.mel.shape[1] % 4 == 0
+    assert batch.mel.shape[1] >= max(s.mel.shape[0] for s in samples)
+    for i, s in enumerate(samples):
+        n, L = s.mel.shape[0], len(s.text_ids)
+        assert batch.mel_lengths[i] == n and batch.text_lengths[i] == L
+        torch.testing.assert_close(batch.mel[i, :n], s.mel)
+        assert torch.all(batch.mel[i, n:] == AudioConfig().pad_value)
+        assert torch.equal(batch.text[i, :L], s.text_ids) and torch.all(batch.text[i, L:] == processor.pad_id)
+
+
+def test_collate_pads_text_and_keeps_ids():
+    samples = [Sample("a", torch.tensor([3, 4, 5]), torch.zeros(7, 2)), Sample("b", torch.tensor([6]), torch.ones(5, 2), 1)]
+    batch = collate_batch(samples, pad_id=0)
+    assert batch.ids == ["a", "b"]
+    assert batch.text.tolist() == [[3, 4, 5], [6, 0, 0]]
+    assert batch.speaker_ids.tolist() == [0, 1]
+
+
+LENGTHS = [int(x) for x in np.random.default_rng(0).integers(50, 800, size=103)]
+
+
+def test_bucket_sampler_covers_everything_in_similar_lengths():
+    sampler = BucketBatchSampler(LENGTHS, batch_size=8, bucket_batches=4)
+    batches = list(sampler)
+    assert sorted(i for b in batches for i in b) == list(range(len(LENGTHS)))
+    spread = np.mean([np.ptp([LENGTHS[i] for i in b]) for b in batches if len(b) > 1])
+    random_spread = np.mean([np.ptp(np.array(LENGTHS)[np.random.default_rng(s).choice(103, 8)]) for s in range(50)])
+    assert spread < 0.5 * random_spread
+    assert sampler.epoch == 1 and list(sampler) != batches, "a new epoch reshuffles"
+
+
+@pytest.mark.parametrize("world", [2, 3])
+def test_bucket_sampler_shards_equally_across_ranks(world):
+    shards = [list(BucketBatchSampler(LENGTHS, batch_size=8, num_replicas=world, rank=r, seed=1)) for r in range(world)]
+    assert len({len(s) for s in shards}) == 1, "every rank gets the same number of batches"
+    covered = {i for s in shards for b in s for i in b}
+    assert covered == set(range(len(LENGTHS)))
+
+
+def test_bucket_sampler_resumes_mid_epoch():
+    straight = BucketBatchSampler(LENGTHS, batch_size=8, seed=5)
+    reference = list(straight) + list(straight)
+    interrupted = BucketBatchSampler(LENGTHS, batch_size=8, seed=5)
+    iterator = iter(interrupted)
+    first = [next(iterator) for _ in range(4)]
+    state = interrupted.state_dict()
+    resumed = BucketBatchSampler(LENGTHS, batch_size=8, seed=5)
+    resumed.load_state_dict(state)
+    assert first + list(resumed) + list(resumed) == reference
+
+
+def test_bucket_sampler_rejects_bad_arguments():
+    with pytest.raises(DataError, match="rank 2"):
+        BucketBatchSampler(LENGTHS, batch_size=4, num_replicas=2, rank=2)
+    with pytest.raises(DataError, match="batch_size"):
+        BucketBatchSampler(LENGTHS, batch_size=0)
