@@ -46,6 +46,7 @@ _EXPORTS = {
     "ReferenceEncoder": "reference",
     "VariationalReferenceEncoder": "reference",
     "Posterior": "reference",
+    "MeanEncoder": "reference",
     "condition_on_z": "reference",
     "ZConditioner": "reference",
     "FixedBeta": "capacity",
@@ -80,6 +81,6 @@ if TYPE_CHECKING:  # let type checkers and IDEs see the real names
                        read_metadata, split_train_val)
     from .errors import (AudioError, CheckpointError, ConfigError, CorpusError, DataError,
                          ProsodyVAEError, ReferenceInputError, TextError)
-    from .reference import (Posterior, ReferenceEncoder, VariationalReferenceEncoder, ZConditioner,
+    from .reference import (MeanEncoder, Posterior, ReferenceEncoder, VariationalReferenceEncoder, ZConditioner,
                             condition_on_z)
     from .text import TextProcessor, normalize_text
