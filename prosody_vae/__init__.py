@@ -55,6 +55,16 @@ _EXPORTS = {
     "DualAscent": "capacity",
     "GECO": "capacity",
     "FreeBits": "capacity",
+    "ControllerConfig": "capacity",
+    "build_controller": "capacity",
+    # the model
+    "TacotronConfig": "tacotron",
+    "ProsodyTacotron": "tacotron",
+    "TacotronOutput": "tacotron",
+    "InferenceOutput": "tacotron",
+    "LossConfig": "losses",
+    "LossTerms": "losses",
+    "TacotronLoss": "losses",
 }
 
 __all__ = ["__version__", *_EXPORTS]
@@ -75,7 +85,8 @@ def __dir__() -> list[str]:
 
 if TYPE_CHECKING:  # let type checkers and IDEs see the real names
     from .audio import AudioConfig, MelSpectrogram, griffin_lim, load_wav, save_wav
-    from .capacity import GECO, CapacityAnnealing, DualAscent, FixedBeta, FreeBits, KLAnnealing
+    from .capacity import (GECO, CapacityAnnealing, ControllerConfig, DualAscent, FixedBeta, FreeBits,
+                           KLAnnealing, build_controller)
     from .corpus import CorpusConfig, make_corpus
     from .data import (BucketBatchSampler, MelCache, TTSDataset, Utterance, collate_batch,
                        read_metadata, split_train_val)
@@ -83,4 +94,6 @@ if TYPE_CHECKING:  # let type checkers and IDEs see the real names
                          ProsodyVAEError, ReferenceInputError, TextError)
     from .reference import (MeanEncoder, Posterior, ReferenceEncoder, VariationalReferenceEncoder, ZConditioner,
                             condition_on_z)
+    from .losses import LossConfig, LossTerms, TacotronLoss
+    from .tacotron import InferenceOutput, ProsodyTacotron, TacotronConfig, TacotronOutput
     from .text import TextProcessor, normalize_text

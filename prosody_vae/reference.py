@@ -98,6 +98,10 @@ def _check_mel(mel: torch.Tensor, lengths: torch.Tensor, n_mels: int) -> torch.T
     return lengths
 
 
+def _at_least_float32(x: torch.Tensor) -> torch.Tensor:
+    return x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
+
+
 class _MaskedBatchNorm2d(nn.BatchNorm2d):
     """BatchNorm2d over (B, C, T, F) whose training statistics count only valid frames.
 
@@ -107,6 +111,8 @@ class _MaskedBatchNorm2d(nn.BatchNorm2d):
     def forward(self, x: torch.Tensor, frame_mask: torch.Tensor) -> torch.Tensor:  # mask (B, 1, T, 1)
         if not self.training:
             return super().forward(x)
+        # statistics in float32 even under bf16 autocast: the running buffers are float32
+        x_in, x = x, _at_least_float32(x)
         weights = frame_mask.to(x.dtype)
         count = weights.sum() * x.shape[3]
         masked = x * weights
@@ -120,7 +126,7 @@ class _MaskedBatchNorm2d(nn.BatchNorm2d):
             self.running_var.lerp_(var * count / (count - 1).clamp(min=1), momentum)  # unbiased, as torch
         scale = self.weight * torch.rsqrt(var + self.eps)  # (C,)
         shift = self.bias - mean * scale
-        return torch.addcmul(shift[:, None, None], x, scale[:, None, None])
+        return torch.addcmul(shift[:, None, None], x, scale[:, None, None]).to(x_in.dtype)
 
 
 class ReferenceEncoder(nn.Module):
@@ -230,7 +236,8 @@ class VariationalReferenceEncoder(nn.Module):
             features.append(text_summary)
         if speaker is not None:
             features.append(speaker)
-        mean, std_raw = self.head(torch.cat(features, dim=1)).chunk(2, dim=1)
+        # the posterior and its KL stay float32 under autocast: KL in nats needs the precision
+        mean, std_raw = _at_least_float32(self.head(torch.cat(features, dim=1))).chunk(2, dim=1)
         return mean, F.softplus(std_raw) + self.std_floor
 
     def sample_prior(self, n: int, temperature: float = 1.0,

@@ -339,3 +339,17 @@ def test_z_conditioner(mode, out_dim):
     assert not torch.allclose(conditioner(memory, z + 1.0), out)
     with pytest.raises(ConfigError):
         ZConditioner(4, 3, mode="film")
+
+
+def test_bf16_autocast_keeps_statistics_and_posterior_in_float32():
+    encoder = VariationalReferenceEncoder(n_mels=80, latent_dim=8, text_summary_dim=4)
+    encoder.train()
+    mel = torch.randn(3, 40, 80)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        post = encoder(mel, torch.tensor([40, 25, 9]), text_summary=torch.randn(3, 4))
+    assert post.mean.dtype == post.std.dtype == post.kl.dtype == torch.float32
+    assert torch.isfinite(post.kl).all()
+    post.kl.sum().backward()
+    norm = encoder.reference.norms[0]
+    assert norm.running_mean.dtype == torch.float32 and torch.isfinite(norm.running_var).all()
+    assert all(p.grad is None or torch.isfinite(p.grad).all() for p in encoder.parameters())
