@@ -103,7 +103,8 @@ class MelCache:
     """Log-mels on disk, one .npy per utterance, in a folder keyed by the audio config.
 
     Files are written to a temporary name and renamed, so an interrupted run leaves either a
-    complete file or none; a file that still fails to load is recomputed.
+    complete file or none; a file that still fails to load is recomputed. A missing wav raises
+    `AudioError` naming it.
     """
 
     def __init__(self, cache_dir: str | os.PathLike, audio: AudioConfig | None = None):
@@ -117,10 +118,16 @@ class MelCache:
         self._mel_spec: MelSpectrogram | None = None
 
     def path(self, utt: Utterance) -> Path:
-        return self.dir / f"{utt.id}.npy"
+        """Named by id and the wav's size and mtime, so a wav rewritten in place (a corpus remade
+        with another seed) never reads a stale mel."""
+        stat = utt.wav_path.stat()
+        fingerprint = hashlib.sha1(f"{stat.st_size}:{stat.st_mtime_ns}".encode()).hexdigest()[:10]
+        return self.dir / f"{utt.id}.{fingerprint}.npy"
 
     def get(self, utt: Utterance) -> np.ndarray:
         """(T, n_mels) float32 log-mel, computed on first use."""
+        if not utt.wav_path.is_file():
+            raise AudioError(f"{utt.wav_path}: no such audio file")
         path = self.path(utt)
         if path.exists():
             try:

@@ -161,3 +161,15 @@ def test_bucket_sampler_rejects_bad_arguments():
         BucketBatchSampler(LENGTHS, batch_size=4, num_replicas=2, rank=2)
     with pytest.raises(DataError, match="batch_size"):
         BucketBatchSampler(LENGTHS, batch_size=0)
+
+
+def test_mel_cache_notices_a_rewritten_wav(tiny_corpus, tmp_path):
+    import soundfile as sf
+
+    utt = read_metadata(tiny_corpus)[0]
+    cache = MelCache(tmp_path / "cache")
+    before = cache.get(utt)
+    wav, sr = sf.read(utt.wav_path, dtype="float32")
+    sf.write(utt.wav_path, 0.5 * wav, sr, subtype="PCM_16")  # same length, other content
+    after = cache.get(utt)
+    assert after.shape == before.shape and not np.allclose(after, before)
