@@ -65,6 +65,13 @@ _EXPORTS = {
     "LossConfig": "losses",
     "LossTerms": "losses",
     "TacotronLoss": "losses",
+    "TrainingError": "errors",
+    # training
+    "TrainConfig": "config",
+    "load_config": "config",
+    "train": "train",
+    "TrainResult": "train",
+    "load_model": "checkpoint",
 }
 
 __all__ = ["__version__", *_EXPORTS]
@@ -90,8 +97,11 @@ if TYPE_CHECKING:  # let type checkers and IDEs see the real names
     from .corpus import CorpusConfig, make_corpus
     from .data import (BucketBatchSampler, MelCache, TTSDataset, Utterance, collate_batch,
                        read_metadata, split_train_val)
+    from .checkpoint import load_model
+    from .config import TrainConfig, load_config
     from .errors import (AudioError, CheckpointError, ConfigError, CorpusError, DataError,
-                         ProsodyVAEError, ReferenceInputError, TextError)
+                         ProsodyVAEError, ReferenceInputError, TextError, TrainingError)
+    from .train import TrainResult, train
     from .reference import (MeanEncoder, Posterior, ReferenceEncoder, VariationalReferenceEncoder, ZConditioner,
                             condition_on_z)
     from .losses import LossConfig, LossTerms, TacotronLoss

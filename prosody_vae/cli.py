@@ -32,6 +32,18 @@ def cmd_make_corpus(args: argparse.Namespace) -> None:
     print(f"wrote {args.out}/metadata.csv, {args.out}/factors.csv and {args.out}/wavs/")
 
 
+def cmd_train(args: argparse.Namespace) -> None:
+    from .config import load_config
+    from .train import train
+
+    result = train(load_config(args.config), args.data, args.out, resume=args.resume, max_steps=args.max_steps)
+    if result.checkpoint is not None:  # rank 0 reports; other ranks of a torchrun job stay quiet
+        how = "stopped by signal" if result.stopped_by_signal else "finished"
+        print(f"{how} at step {result.step}; checkpoint {result.checkpoint}")
+        if result.metrics:
+            print("validation: " + ", ".join(f"{k} {v:.4g}" for k, v in sorted(result.metrics.items())))
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="prosody-vae", description=__doc__.splitlines()[0])
     parser.add_argument("--version", action="version", version=f"prosody_vae {__version__}")
@@ -44,6 +56,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="same seed, byte-identical corpus")
     p.add_argument("--workers", type=_positive_int, default=2, help="processes for synthesis and F0")
     p.set_defaults(func=cmd_make_corpus)
+
+    p = commands.add_parser("train", help="train a ProsodyTacotron (torchrun for several GPUs or nodes)")
+    p.add_argument("--config", type=Path, required=True, help="TOML config, e.g. recipes/demo/config.toml")
+    p.add_argument("--data", type=Path, required=True, help="LJSpeech-format folder")
+    p.add_argument("--out", type=Path, required=True, help="run folder: checkpoints, logs, TensorBoard")
+    p.add_argument("--resume", action="store_true", help="continue from the newest intact checkpoint in --out")
+    p.add_argument("--max-steps", type=_positive_int, help="override the config's total step count")
+    p.set_defaults(func=cmd_train)
     return parser
 
 

@@ -39,3 +39,7 @@ class CheckpointError(ProsodyVAEError, OSError):
 
 class CorpusError(ProsodyVAEError, RuntimeError):
     """The built-in corpus maker cannot synthesise (espeak-ng missing or failing)."""
+
+
+class TrainingError(ProsodyVAEError, RuntimeError):
+    """Training cannot go on (for instance, too many non-finite steps in a row)."""

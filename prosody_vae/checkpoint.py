@@ -1,0 +1,190 @@
+"""Training checkpoints on disk: atomic writes, a run's checkpoint folder, RNG state, model loading.
+
+A checkpoint is one `torch.save` file of plain containers and tensors, read back with
+`weights_only=True` (so opening a checkpoint never runs code from it). What the trainer puts in
+it is listed in train.py; this module only requires `format_version` and `config`.
+
+Writes are atomic: a temporary file in the same folder, flushed and fsynced, then `os.replace`d
+over the target, so a crash or a full disk leaves the old file or the new one, never half of one.
+
+A run keeps its checkpoints in RUN/checkpoints/:
+    step-00001000.pt ...  periodic and end-of-run states; the newest `keep_last` are kept
+    last.pt               a symbolic link to the newest step file
+    best.pt               the state with the lowest validation postnet L1 (kept apart from pruning)
+Resuming reads the newest step file; an unreadable one (truncated, half-copied) is reported and
+the one before it is tried.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import re
+import tempfile
+import warnings
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from . import __version__
+from .config import TrainConfig, config_from_dict
+from .errors import CheckpointError, ConfigError
+from .tacotron import ProsodyTacotron
+
+FORMAT_VERSION = 1  # bump when the layout of a checkpoint changes
+_STEP_FILE = re.compile(r"step-(\d+)\.pt")
+
+
+def save_checkpoint(path: str | os.PathLike, state: dict[str, Any]) -> Path:
+    """Write `state` to `path` atomically, stamped with the format and package versions."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    state = {**state, "format_version": FORMAT_VERSION, "package_version": __version__}
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(state, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    _fsync_dir(path.parent)
+    return path
+
+
+def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
+    """Read a checkpoint onto the CPU. CheckpointError if it is missing, unreadable or of
+    another format version."""
+    path = Path(path)
+    state = _read(path)
+    _check_format(state, path)
+    return state
+
+
+def load_model(path: str | os.PathLike, device: str | torch.device = "cpu") -> tuple[ProsodyTacotron, TrainConfig]:
+    """(ProsodyTacotron in eval mode, TrainConfig) from a training checkpoint."""
+    path = Path(path)
+    state = load_checkpoint(path)
+    config = checkpoint_config(state, path)
+    model = ProsodyTacotron(config.model)
+    try:
+        model.load_state_dict(state["model"])
+    except (KeyError, RuntimeError) as exc:
+        raise CheckpointError(f"{path}: model weights do not fit its own config ({exc})") from None
+    return model.to(device).eval(), config
+
+
+def checkpoint_config(state: dict[str, Any], path: Path) -> TrainConfig:
+    """The checkpoint's TrainConfig, rebuilt with the typed loader (so it is checked again)."""
+    try:
+        return config_from_dict(TrainConfig, state["config"], f"{path} (stored config)")
+    except ConfigError as exc:
+        raise CheckpointError(str(exc)) from None
+
+
+class RunCheckpoints:
+    """The checkpoint folder of one run (see the module docstring for its layout)."""
+
+    def __init__(self, directory: str | os.PathLike, keep_last: int = 3):
+        self.dir = Path(directory)
+        self.keep_last = keep_last
+
+    def step_files(self) -> list[Path]:
+        """Step checkpoints, newest first (by the step in the name; no file is opened)."""
+        if not self.dir.is_dir():
+            return []
+        found = [(int(m.group(1)), p) for p in self.dir.iterdir() if (m := _STEP_FILE.fullmatch(p.name))]
+        return [p for _, p in sorted(found, reverse=True)]
+
+    def save(self, state: dict[str, Any], step: int) -> Path:
+        """Write step-N.pt, point last.pt at it, and prune all but the newest keep_last step files."""
+        path = save_checkpoint(self.dir / f"step-{step:08d}.pt", state)
+        link_tmp = self.dir / f".last.pt.{os.getpid()}.tmp"
+        link_tmp.unlink(missing_ok=True)
+        os.symlink(path.name, link_tmp)
+        os.replace(link_tmp, self.dir / "last.pt")
+        for old in self.step_files()[self.keep_last:]:
+            old.unlink()
+        return path
+
+    def save_best(self, state: dict[str, Any]) -> Path:
+        return save_checkpoint(self.dir / "best.pt", state)
+
+    def load_latest(self) -> tuple[Path, dict[str, Any]] | None:
+        """(path, state) of the newest readable step file; None if there is none at all.
+
+        An unreadable file is reported with a warning and the previous one is tried; if none can
+        be read, CheckpointError. A readable file of another format version is an error at once:
+        older files of the same run would not fit either.
+        """
+        files = self.step_files()
+        failures = []
+        for path in files:
+            try:
+                state = _read(path)
+            except CheckpointError as exc:
+                warnings.warn(f"{exc}; falling back to the previous checkpoint", RuntimeWarning, stacklevel=2)
+                failures.append(path.name)
+                continue
+            _check_format(state, path)
+            return path, state
+        if files:
+            raise CheckpointError(f"{self.dir}: no checkpoint could be read (tried {', '.join(failures)})")
+        return None
+
+
+def _read(path: Path) -> dict[str, Any]:
+    if not path.is_file():
+        raise CheckpointError(f"{path}: no such checkpoint")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch.load raises many types for a damaged zip or pickle
+        raise CheckpointError(f"{path}: cannot read checkpoint ({type(exc).__name__}: {exc})") from None
+    if not isinstance(state, dict) or "format_version" not in state or "config" not in state:
+        raise CheckpointError(f"{path}: not a prosody_vae training checkpoint")
+    return state
+
+
+def _check_format(state: dict[str, Any], path: Path) -> None:
+    if state["format_version"] != FORMAT_VERSION:
+        raise CheckpointError(
+            f"{path}: checkpoint format {state['format_version']} (prosody_vae {state.get('package_version')}) "
+            f"cannot be read by this prosody_vae {__version__} (format {FORMAT_VERSION})")
+
+
+def _fsync_dir(directory: Path) -> None:
+    """Make the rename itself durable (POSIX); a no-op where folders cannot be opened."""
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+# ------------------------------------------------------------------------------------- RNG state
+def capture_rng() -> dict[str, Any]:
+    """Every generator a training step draws from, as plain containers (weights_only-safe)."""
+    kind, keys, position, has_gauss, cached = np.random.get_state()
+    return {
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        "numpy": {"kind": kind, "keys": keys.tolist(), "position": int(position),
+                  "has_gauss": int(has_gauss), "cached": float(cached)},
+        "python": random.getstate(),
+    }
+
+
+def restore_rng(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    if state["cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+    n = state["numpy"]
+    np.random.set_state((n["kind"], np.array(n["keys"], dtype=np.uint32), n["position"], n["has_gauss"], n["cached"]))
+    random.setstate(state["python"])

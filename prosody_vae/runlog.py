@@ -1,0 +1,101 @@
+"""What a training run writes for people to read: metrics.jsonl, TensorBoard scalars and media.
+
+metrics.jsonl holds one JSON object per line, {"step", "split": "train" | "val" | "data", ...},
+easy to read back in tests and reports. A resumed run drops the lines (and TensorBoard events)
+written after its checkpoint, so the log never shows steps that the model no longer has.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+import warnings
+from collections import defaultdict
+from pathlib import Path
+from typing import Optional
+
+import torch
+
+class RunLog:
+    """metrics.jsonl and TensorBoard (rank 0 only). `resumed_at`: drop what came after that step."""
+
+    def __init__(self, out_dir: Path, resumed_at: Optional[int]):
+        from torch.utils.tensorboard import SummaryWriter
+
+        out_dir.mkdir(parents=True, exist_ok=True)
+        self.path = out_dir / "metrics.jsonl"
+        if resumed_at is not None and self.path.exists():
+            kept = [line for line in self.path.read_text(encoding="utf-8").splitlines()
+                    if _logged_step(line) <= resumed_at]
+            tmp = self.path.with_name(".metrics.jsonl.tmp")
+            tmp.write_text("".join(line + "\n" for line in kept), encoding="utf-8")
+            os.replace(tmp, self.path)
+        self.file = open(self.path, "a", encoding="utf-8")
+        self.tensorboard = SummaryWriter(str(out_dir / "tensorboard"),
+                                         purge_step=None if resumed_at is None else resumed_at + 1)
+        self._warned_no_matplotlib = False
+
+    def scalars(self, split: str, step: int, values: dict[str, float]) -> None:
+        self.file.write(json.dumps({"step": step, "split": split, **values}) + "\n")
+        self.file.flush()
+        for name, value in values.items():
+            self.tensorboard.add_scalar(f"{split}/{name}", value, step)
+
+    def media(self, step: int, alignment: torch.Tensor, target: torch.Tensor, predicted: torch.Tensor,
+              wav: torch.Tensor, sample_rate: int) -> None:
+        """alignment (T_r, L), target and predicted log-mels (T, n_mels), wav (N,) of one item."""
+        self.tensorboard.add_audio("val/griffin_lim", wav[None], step, sample_rate=sample_rate)
+        try:
+            from matplotlib.figure import Figure  # not pyplot: no global backend or figure state
+        except ImportError:
+            if not self._warned_no_matplotlib:
+                warnings.warn("matplotlib is not installed: no alignment or mel images in TensorBoard "
+                              "(pip install 'prosody_vae[plots]')", RuntimeWarning, stacklevel=2)
+                self._warned_no_matplotlib = True
+            return
+        figure = Figure(figsize=(6, 4))
+        axis = figure.subplots()
+        axis.imshow(alignment.T.numpy(), origin="lower", aspect="auto", interpolation="none")
+        axis.set(xlabel="decoder step", ylabel="text position", title=f"step {step}")
+        self.tensorboard.add_figure("val/alignment", figure, step)
+        figure = Figure(figsize=(8, 5))
+        axes = figure.subplots(2, 1, sharex=True)
+        for axis, mel, title in zip(axes, (target, predicted), ("target", "postnet (teacher-forced)")):
+            axis.imshow(mel.T.numpy(), origin="lower", aspect="auto", interpolation="none")
+            axis.set(ylabel="mel bin", title=title)
+        axes[1].set_xlabel("frame")
+        self.tensorboard.add_figure("val/mel", figure, step)
+
+    def close(self) -> None:
+        self.file.close()
+        self.tensorboard.close()
+
+
+def _logged_step(line: str) -> float:
+    """The step of a metrics.jsonl line; infinity for a line a killed run left half-written."""
+    try:
+        return json.loads(line)["step"]
+    except (ValueError, KeyError, TypeError):
+        return math.inf
+
+
+class MetricWindow:
+    """Means of the logged quantities over the good steps since the last log line."""
+
+    def __init__(self) -> None:
+        self.sums: dict[str, float] = defaultdict(float)
+        self.steps, self.good, self.started = 0, 0, time.perf_counter()
+
+    def add(self, values: Optional[dict[str, float]]) -> None:
+        self.steps += 1
+        if values is not None:
+            self.good += 1
+            for name, value in values.items():
+                self.sums[name] += value
+
+    def means(self) -> dict[str, float]:
+        seconds = time.perf_counter() - self.started
+        means = {name: total / self.good for name, total in self.sums.items()}
+        return {**means, "steps_per_s": self.steps / seconds}

@@ -1,0 +1,572 @@
+"""Trainer: ProsodyTacotron and its KL controller, on one device or many (torchrun + DDP).
+
+    result = train(load_config("recipes/demo/config.toml"), "corpus/", "runs/demo")
+
+One step:
+    forward under bf16 autocast (when on) -> TacotronLoss (KL term normalised as in losses.py)
+    backward -> clip the model's gradient (beta lives in the controller, not in the model)
+    all-reduce [KL, reconstruction, bad flag, stop flag], so every rank decides alike
+    model optimizer and LR schedule step, then controller.update(KL averaged over ranks)
+A non-finite loss or gradient norm skips both updates and is counted; `max_consecutive_bad_steps`
+in a row stop training with a TrainingError that says what went wrong.
+
+Distributed: `torchrun --nproc_per_node N -m ...` sets WORLD_SIZE; the trainer then joins a
+process group (nccl on CUDA, gloo on CPU) and wraps the model in DistributedDataParallel. Each
+rank reads its own shard of every epoch (BucketBatchSampler(num_replicas, rank)) and draws its own
+dropout noise; rank 0 alone validates, logs and writes checkpoints.
+
+Exact resume. A checkpoint (checkpoint.py) holds the model, optimizer, LR schedule, controller
+state, step, epoch, the position in the epoch (batches actually stepped, since the DataLoader
+prefetches ahead of training), every rank's RNG states, the trainer's counters, the speaker list
+and the config as a dict. Validation runs inside `torch.random.fork_rng`, and the DataLoader has
+its own generator, so neither draws from the training RNG: N steps in one go and N/2 + resume +
+N/2 give the same parameters.
+
+A run folder RUN holds checkpoints/ (see checkpoint.py), tensorboard/ and metrics.jsonl: one JSON
+object per line, {"step", "split": "train" | "val" | "data", ...}. A resumed run drops the lines
+(and TensorBoard events) written after its checkpoint. Log-mels are cached in DATA/.mel_cache
+(shared by every run on DATA) unless `data.cache_dir` says otherwise.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+import random
+import signal
+import sys
+import threading
+import warnings
+from collections import defaultdict
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from tqdm import tqdm
+
+from .audio import griffin_lim
+from .capacity import KLController, build_controller
+from .checkpoint import RunCheckpoints, capture_rng, checkpoint_config, restore_rng
+from .config import OptimConfig, TrainConfig, config_to_dict
+from .data import (Batch, BucketBatchSampler, MelCache, TTSDataset, Utterance, collate_batch, read_metadata,
+                   split_train_val)
+from .errors import CheckpointError, ConfigError, DataError, TrainingError
+from .losses import LossTerms, TacotronLoss, alignment_diagonal_score
+from .runlog import MetricWindow, RunLog
+from .tacotron import ProsodyTacotron, TacotronConfig, decoder_steps
+from .text import TextProcessor
+
+# Settings a resumed run may change: they decide how long, where and how verbosely it runs.
+# Anything else differing from the checkpoint's config is refused.
+RESUMABLE_CHANGES = frozenset({"max_steps", "log_every", "val_every", "checkpoint_every", "keep_last", "device",
+                               "bf16", "threads", "max_consecutive_bad_steps", "data.num_workers", "data.cache_dir"})
+GRIFFIN_LIM_ITERATIONS = 32  # enough to hear prosody in TensorBoard, cheap next to a validation pass
+
+
+@dataclass
+class TrainResult:
+    step: int  # steps taken by the run so far (skipped ones included)
+    metrics: dict[str, float]  # the last validation's
+    checkpoint: Optional[Path]  # the newest step checkpoint (None on ranks other than 0)
+    resumed_from: Optional[Path]  # the checkpoint this call started from, if any
+    stopped_by_signal: bool
+    skipped_steps: int  # non-finite steps skipped over the whole run
+    model: ProsodyTacotron  # trained, on the training device, in train mode
+    controller: KLController
+
+
+def train(config: TrainConfig, data_dir: str | os.PathLike, out_dir: str | os.PathLike, resume: bool = False,
+          max_steps: Optional[int] = None) -> TrainResult:
+    """Train into `out_dir`. `resume` continues from its newest readable checkpoint (a fresh start
+    if it has none); without it, a folder that already holds a run is refused. `max_steps`
+    overrides config.max_steps (the run's total, not a number of extra steps)."""
+    if max_steps is not None:
+        config = dataclasses.replace(config, max_steps=max_steps)
+    data_dir, out_dir = Path(data_dir), Path(out_dir)
+    if not resume:
+        _refuse_existing_run(out_dir)  # on every rank before the process group forms: before any write
+    threads = torch.get_num_threads()
+    if config.threads:
+        torch.set_num_threads(config.threads)
+    cluster = _Cluster.start(config)
+    try:
+        with _StopSignals() as signals:
+            return _Trainer(config, data_dir, out_dir, cluster, signals).run(resume)
+    finally:
+        cluster.close()
+        torch.set_num_threads(threads)
+
+
+def lr_schedule(optim: OptimConfig) -> Callable[[int], float]:
+    """The LR multiplier after `step` optimizer steps (OptimConfig's docstring has the formula)."""
+
+    def factor(step: int) -> float:
+        warmup = min(1.0, (step + 1) / optim.warmup_steps) if optim.warmup_steps else 1.0
+        if optim.decay == "exponential":
+            decay = optim.decay_rate ** (max(0, step - optim.warmup_steps) / optim.decay_steps)
+        elif optim.decay == "noam":
+            decay = math.sqrt(optim.warmup_steps / max(step + 1, optim.warmup_steps))
+        else:
+            decay = 1.0
+        return warmup * max(decay, optim.min_lr / optim.lr)
+
+    return factor
+
+
+def has_unused_parameters(config: TacotronConfig) -> bool:
+    """Whether a teacher-forced step can leave a parameter without gradient, which DDP must be
+    told (find_unused_parameters). A text-conditioned posterior owns a learned no-transcript
+    vector that training reaches only when text dropout fires."""
+    return config.posterior != "V"
+
+
+# --------------------------------------------------------------------------------------- set-up
+def _refuse_existing_run(out_dir: Path) -> None:
+    checkpoints = out_dir / "checkpoints"
+    if (checkpoints.is_dir() and any(checkpoints.glob("*.pt"))) or (out_dir / "metrics.jsonl").exists():
+        raise ConfigError(f"{out_dir} already holds a training run; continue it with --resume, or give "
+                          "another --out (a run is never overwritten)")
+
+
+@dataclass
+class _Cluster:
+    """This process's place among the training processes (a cluster of one without torchrun)."""
+
+    rank: int
+    world: int
+    device: torch.device
+    owns_group: bool  # this trainer opened the process group, so it closes it
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @classmethod
+    def start(cls, config: TrainConfig) -> "_Cluster":
+        if config.device == "cuda" and not torch.cuda.is_available():
+            raise ConfigError("device = 'cuda', but torch sees no CUDA device")
+        cuda = config.device == "cuda" or (config.device == "auto" and torch.cuda.is_available())
+        local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+        device = torch.device("cuda", local_rank) if cuda else torch.device("cpu")
+        if cuda:
+            torch.cuda.set_device(device)
+        owns_group = int(os.environ.get("WORLD_SIZE", "1")) > 1 and not dist.is_initialized()
+        if owns_group:
+            dist.init_process_group("nccl" if cuda else "gloo")
+        if dist.is_initialized():
+            return cls(dist.get_rank(), dist.get_world_size(), device, owns_group)
+        return cls(0, 1, device, owns_group)
+
+    def sum(self, values: torch.Tensor) -> torch.Tensor:
+        if self.world > 1:
+            dist.all_reduce(values)
+        return values
+
+    def gather(self, value: Any) -> list[Any]:
+        if self.world == 1:
+            return [value]
+        gathered = [None] * self.world
+        dist.all_gather_object(gathered, value)
+        return gathered
+
+    def barrier(self) -> None:
+        if self.world > 1:
+            dist.barrier()
+
+    def close(self) -> None:
+        if self.owns_group:
+            dist.destroy_process_group()
+
+
+class _StopSignals:
+    """SIGINT and SIGTERM set `received`; the trainer finishes its step, saves and returns.
+    A second SIGINT interrupts at once. Handlers can only be installed from the main thread."""
+
+    def __enter__(self) -> "_StopSignals":
+        self.received: Optional[str] = None
+        self._previous = {}
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def _handle(self, signum: int, frame) -> None:
+        if self.received is not None and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        self.received = signal.Signals(signum).name
+
+    def __exit__(self, *exc) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+
+def _ignore_sigint(worker_id: int) -> None:
+    """DataLoader workers leave Ctrl-C to the trainer, which stops between steps."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+def _seed_all(seed: int) -> None:
+    torch.manual_seed(seed)
+    np.random.seed(seed % 2**32)
+    random.seed(seed)
+
+
+# ----------------------------------------------------------------------------------------- data
+@dataclass
+class _Data:
+    loader: torch.utils.data.DataLoader
+    sampler: BucketBatchSampler
+    val_batches: list[Batch]  # rank 0 only; empty elsewhere
+    speakers: list[str]
+    summary: dict[str, int]
+
+
+def _build_data(config: TrainConfig, data_dir: Path, cluster: _Cluster) -> _Data:
+    c = config.data
+    utterances = read_metadata(data_dir)
+    train_utts, val_utts = split_train_val(utterances, c.n_val, c.seed)
+    speakers = sorted({u.speaker or "" for u in utterances})
+    if config.model.n_speakers and len(speakers) > config.model.n_speakers:
+        raise ConfigError(f"{data_dir} has {len(speakers)} speakers, model.n_speakers is {config.model.n_speakers}")
+    text = TextProcessor(config.text)
+    if text.n_symbols > config.model.n_symbols:
+        raise ConfigError(f"model.n_symbols ({config.model.n_symbols}) is below the text front end's "
+                          f"{text.n_symbols} symbols")
+    cache = MelCache(Path(c.cache_dir) if c.cache_dir else data_dir / ".mel_cache", config.audio)
+    train_set, skipped_train = _dataset(train_utts, text, cache, speakers, c.max_frames)
+    val_set, skipped_val = _dataset(val_utts, text, cache, speakers, c.max_frames)
+    if not len(train_set) or not len(val_set):
+        raise DataError(f"{data_dir}: no {'training' if not len(train_set) else 'validation'} utterance has "
+                        f"at most data.max_frames = {c.max_frames} frames")
+    _fill_cache(cache, train_set.utterances + val_set.utterances, cluster)
+
+    collate = partial(collate_batch, pad_id=text.pad_id, pad_value=config.audio.pad_value,
+                      frames_multiple=config.model.reduction_factor)
+    sampler = BucketBatchSampler(train_set.mel_lengths, c.batch_size, num_replicas=cluster.world,
+                                 rank=cluster.rank, seed=c.seed, bucket_batches=c.bucket_batches)
+    # its own generator: starting an iterator draws a worker seed, which must not come from the
+    # global RNG, or a run resumed mid-epoch would diverge from one that never stopped
+    loader = torch.utils.data.DataLoader(train_set, batch_sampler=sampler, collate_fn=collate,
+                                         num_workers=c.num_workers, generator=torch.Generator().manual_seed(c.seed),
+                                         worker_init_fn=_ignore_sigint if c.num_workers else None)
+    val_batches = []
+    if cluster.is_main:
+        order = sorted(range(len(val_set)), key=lambda i: val_set.mel_lengths[i])
+        val_batches = [collate([val_set[i] for i in order[s: s + c.batch_size]])
+                       for s in range(0, len(order), c.batch_size)]
+    summary = {"train_utterances": len(train_set), "val_utterances": len(val_set),
+               "skipped_longer_than_max_frames": skipped_train + skipped_val}
+    return _Data(loader, sampler, val_batches, speakers, summary)
+
+
+def _dataset(utterances: list[Utterance], text: TextProcessor, cache: MelCache, speakers: list[str],
+             max_frames: Optional[int]) -> tuple[TTSDataset, int]:
+    """The utterances of at most max_frames frames as a dataset, and how many were longer."""
+    dataset = TTSDataset(utterances, text, cache, speakers)
+    if max_frames is None:
+        return dataset, 0
+    kept = [u for u, n in zip(utterances, dataset.mel_lengths) if n <= max_frames]
+    return TTSDataset(kept, text, cache, speakers), len(utterances) - len(kept)
+
+
+def _fill_cache(cache: MelCache, utterances: list[Utterance], cluster: _Cluster) -> None:
+    """Compute missing log-mels before training, each rank a share, so the first epoch is not
+    slowed by (or repeated across ranks for) feature extraction."""
+    missing = [u for u in utterances if not cache.path(u).exists()][cluster.rank:: cluster.world]
+    for utt in tqdm(missing, desc="caching log-mels", disable=not (cluster.is_main and sys.stderr.isatty())):
+        cache.get(utt)
+    cluster.barrier()
+
+
+# -------------------------------------------------------------------------------------- trainer
+class _Trainer:
+    def __init__(self, config: TrainConfig, data_dir: Path, out_dir: Path, cluster: _Cluster,
+                 signals: _StopSignals):
+        self.config, self.out_dir, self.cluster, self.signals = config, out_dir, cluster, signals
+        self.device = cluster.device
+        self.bf16 = _use_bf16(config.bf16, self.device)
+        self.data = _build_data(config, data_dir, cluster)
+        _seed_all(config.seed)  # identical initial weights on every rank
+        self.model = ProsodyTacotron(config.model).to(self.device)
+        self.controller = build_controller(config.controller)
+        optimizer_class = {"adam": torch.optim.Adam, "radam": torch.optim.RAdam}[config.optim.name]
+        o = config.optim
+        self.optimizer = optimizer_class(self.model.parameters(), lr=o.lr, betas=o.betas, eps=o.eps,
+                                         weight_decay=o.weight_decay)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lr_schedule(o))
+        self.max_grad_norm = o.grad_clip if o.grad_clip > 0 else math.inf
+        self.forward = self.model
+        if cluster.world > 1:
+            self.forward = torch.nn.parallel.DistributedDataParallel(
+                self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None,
+                find_unused_parameters=has_unused_parameters(config.model))
+        _seed_all(config.seed + cluster.rank)  # each rank draws its own dropout noise
+        self.loss_fn = TacotronLoss(config.loss)
+        self.checkpoints = RunCheckpoints(out_dir / "checkpoints", config.keep_last)
+        self.step = self.epoch = self.position = 0
+        self.skipped_steps = self.consecutive_bad = 0
+        self.best_val_l1, self.val_metrics = math.inf, {}
+        self.validated_at = self.saved_at = -1
+        self.last_checkpoint: Optional[Path] = None
+        self.log: Optional[RunLog] = None
+
+    def say(self, message: str) -> None:
+        if self.cluster.is_main:
+            tqdm.write(message, file=sys.stderr)
+
+    # ------------------------------------------------------------------------------------ loop
+    def run(self, resume: bool) -> TrainResult:
+        c = self.config
+        restored = self._restore() if resume else None
+        start = self.step
+        if self.cluster.is_main:
+            # a --resume that found no checkpoint drops whatever log lines a crashed first attempt left
+            self.log = RunLog(self.out_dir, resumed_at=start if restored else (-1 if resume else None))
+            self.log.scalars("data", start, self.data.summary)
+        self.say(f"training on {self.cluster.world} x {self.device} (bf16 {'on' if self.bf16 else 'off'}): "
+                 + ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in self.data.summary.items())
+                 + (f"; resumed from {restored} at step {start}" if restored else ""))
+        bar = tqdm(total=c.max_steps, initial=start, unit="step", dynamic_ncols=True,
+                   disable=not (self.cluster.is_main and sys.stderr.isatty()))
+        window, stop = MetricWindow(), False
+        try:
+            while self.step < c.max_steps and not stop:
+                self.data.sampler.load_state_dict({"epoch": self.epoch, "consumed": self.position})
+                for batch in self.data.loader:
+                    values, stop = self._train_step(batch)
+                    self.step += 1
+                    self.position += 1
+                    window.add(values)
+                    bar.update()
+                    if self.step % c.log_every == 0:
+                        self._log_train(window, bar)
+                        window = MetricWindow()
+                    self._validate_and_save(force=False)
+                    if stop or self.step >= c.max_steps:
+                        break
+                else:
+                    self.epoch, self.position = self.epoch + 1, 0
+            if self.step > start:
+                self._validate_and_save(force=True)
+        finally:
+            bar.close()
+            if self.log is not None:
+                self.log.close()
+        if stop:
+            self.say(f"stopped by {self.signals.received or 'a signal on another rank'} at step {self.step}; "
+                     f"resume with --resume from {self.last_checkpoint}")
+        if self.skipped_steps:
+            self.say(f"skipped {self.skipped_steps} non-finite step(s)")
+        return TrainResult(self.step, dict(self.val_metrics), self.last_checkpoint, restored, stop,
+                           self.skipped_steps, self.model, self.controller)
+
+    def _train_step(self, batch: Batch) -> tuple[Optional[dict[str, float]], bool]:
+        """One step; returns (the step's logged values, or None if it was skipped; stop requested)."""
+        batch = batch.to(self.device)
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16):
+            output = self.forward(batch.text, batch.text_lengths, batch.mel, batch.mel_lengths,
+                                  speaker_ids=self._speaker_ids(batch))
+        terms = self.loss_fn(output, batch, self.controller, self.step)
+        self.optimizer.zero_grad(set_to_none=True)
+        terms.total.backward()
+        grad_norm = float(torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.max_grad_norm))
+        local = torch.stack([terms.kl.detach().float(), (terms.mel_l1 + terms.postnet_l1).detach().float(),
+                             (~torch.isfinite(terms.total.detach())).float(),
+                             torch.tensor(float(self.signals.received is not None), device=self.device)])
+        kl_sum, recon_sum, bad_ranks, stop_ranks = self.cluster.sum(local).tolist()
+        if bad_ranks > 0 or not math.isfinite(grad_norm):
+            self._count_bad_step(terms, grad_norm, int(bad_ranks))
+            return None, stop_ranks > 0
+        self.consecutive_bad = 0
+        self.optimizer.step()
+        self.scheduler.step()
+        # the same averaged KL on every rank keeps beta identical across ranks
+        self.controller.update(kl_sum / self.cluster.world, recon=recon_sum / self.cluster.world)
+        if not self.cluster.is_main:
+            return {}, stop_ranks > 0
+        align = alignment_diagonal_score(output.alignments.detach().float(), batch.text_lengths,
+                                         decoder_steps(batch.mel_lengths, self.config.model.reduction_factor))
+        return {**terms.as_floats(), "grad_norm": grad_norm, "align": float(align)}, stop_ranks > 0
+
+    def _count_bad_step(self, terms: LossTerms, grad_norm: float, bad_ranks: int) -> None:
+        self.skipped_steps += 1
+        self.consecutive_bad += 1
+        if self.consecutive_bad < self.config.max_consecutive_bad_steps:
+            return
+        values = terms.as_floats()
+        broken = [name for name, value in values.items() if not math.isfinite(value)]
+        raise TrainingError(
+            f"{self.consecutive_bad} non-finite steps in a row (max_consecutive_bad_steps), the last at step "
+            f"{self.step + 1}: non-finite loss on {bad_ranks} of {self.cluster.world} rank(s), gradient norm {grad_norm}; "
+            f"this rank's non-finite terms: {broken or 'none'} ({', '.join(f'{k}={v:.4g}' for k, v in values.items())}). "
+            "Lower optim.lr, check the corpus for silent or corrupt audio, or set bf16 = false. "
+            f"The last good state is in {self.checkpoints.dir}.")
+
+    def _speaker_ids(self, batch: Batch) -> Optional[torch.Tensor]:
+        return batch.speaker_ids if self.config.model.n_speakers else None
+
+    def _log_train(self, window: MetricWindow, bar: tqdm) -> None:
+        if not self.cluster.is_main:
+            return
+        values = {**window.means(), "lr": self.scheduler.get_last_lr()[0], "skipped_steps": self.skipped_steps,
+                  **self._controller_values()}
+        self.log.scalars("train", self.step, values)
+        bar.set_postfix({k: f"{values[k]:.3g}" for k in ("postnet_l1", "kl", "beta", "align") if k in values})
+
+    def _controller_values(self) -> dict[str, float]:
+        values = {"beta": self.controller.beta}
+        for name in ("capacity", "target"):  # C of DualAscent / CapacityAnnealing, GECO's target
+            if isinstance(getattr(self.controller, name, None), (int, float)):
+                values[name] = float(getattr(self.controller, name))
+        return values
+
+    # ------------------------------------------------------------------------------ validation
+    def _validate_and_save(self, force: bool) -> None:
+        """Validate every val_every steps, save every checkpoint_every, both at the end (force).
+        Collective: every rank takes part in gathering RNG states."""
+        c = self.config
+        validate = (force or self.step % c.val_every == 0) and self.validated_at != self.step
+        # a step file already written at this step is written again if validation has just updated the state
+        periodic = (force or self.step % c.checkpoint_every == 0) and (self.saved_at != self.step or validate)
+        improved = False
+        if validate and self.cluster.is_main:
+            improved = self._validate()
+        if validate:
+            self.validated_at = self.step
+        if periodic or validate:
+            rng = self.cluster.gather(capture_rng())
+            if self.cluster.is_main and (periodic or improved):
+                state = self._state(rng)
+                if periodic:
+                    self.last_checkpoint = self.checkpoints.save(state, self.step)
+                if improved:
+                    self.checkpoints.save_best(state)
+        if periodic:
+            self.saved_at = self.step
+
+    @torch.no_grad()
+    def _validate(self) -> bool:
+        """Teacher-forced pass over the held-out set with z = posterior mean; logs and returns
+        whether postnet L1 improved on the best so far. Never moves the training RNG."""
+        model, r = self.model, self.config.model.reduction_factor
+        sums, count, example = defaultdict(float), 0, None
+        model.eval()
+        devices = [self.device.index] if self.device.type == "cuda" else []
+        with torch.random.fork_rng(devices=devices):
+            torch.manual_seed(self.config.seed)  # prenet dropout stays on in eval: the same noise each time
+            for batch in self.data.val_batches:
+                batch = batch.to(self.device)
+                with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16):
+                    output = model(batch.text, batch.text_lengths, batch.mel, batch.mel_lengths,
+                                   speaker_ids=self._speaker_ids(batch), mode="mean")
+                terms = self.loss_fn(output, batch, self.controller, self.step)
+                align = alignment_diagonal_score(output.alignments.float(), batch.text_lengths,
+                                                 decoder_steps(batch.mel_lengths, r))
+                size = len(batch.ids)
+                for name, value in {**terms.as_floats(), "align": float(align)}.items():
+                    sums[name] += value * size
+                count += size
+                if example is None:
+                    example = (batch, output)
+        model.train()
+        metrics = {**{name: total / count for name, total in sums.items()}, **self._controller_values()}
+        self.val_metrics = metrics
+        self.log.scalars("val", self.step, metrics)
+        self._log_example(*example)
+        improved = metrics["postnet_l1"] < self.best_val_l1
+        self.best_val_l1 = min(self.best_val_l1, metrics["postnet_l1"])
+        return improved
+
+    def _log_example(self, batch: Batch, output) -> None:
+        frames = int(batch.mel_lengths[0])
+        steps = int(decoder_steps(batch.mel_lengths[:1], self.config.model.reduction_factor))
+        predicted = output.mel_postnet[0, :frames].float().cpu()
+        wav = griffin_lim(predicted, self.config.audio, n_iter=GRIFFIN_LIM_ITERATIONS)
+        self.log.media(self.step, output.alignments[0, :steps, : int(batch.text_lengths[0])].float().cpu(),
+                       batch.mel[0, :frames].float().cpu(), predicted, wav, self.config.audio.sample_rate)
+
+    # ----------------------------------------------------------------------------- checkpoints
+    def _state(self, rng: list[dict[str, Any]]) -> dict[str, Any]:
+        return {
+            "config": config_to_dict(self.config),
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "controller": self.controller.state_dict(),
+            "step": self.step, "epoch": self.epoch, "position": self.position,
+            "world_size": self.cluster.world,
+            "rng": rng,
+            "trainer": {"skipped_steps": self.skipped_steps, "consecutive_bad": self.consecutive_bad,
+                        "best_val_l1": self.best_val_l1, "val_metrics": self.val_metrics},
+            "speakers": self.data.speakers,
+        }
+
+    def _restore(self) -> Optional[Path]:
+        """Load the newest readable checkpoint; None if the run has none. The checkpoint's config
+        and speakers are compared with this run's before anything is loaded, so an incompatible
+        checkpoint changes nothing; a failure while loading ends the run (CheckpointError)."""
+        found = self.checkpoints.load_latest()
+        if found is None:
+            self.say(f"no checkpoint in {self.checkpoints.dir}: starting a new run")
+            return None
+        path, state = found
+        saved = config_to_dict(checkpoint_config(state, path))
+        changed = [key for key in _differences(saved, config_to_dict(self.config)) if key not in RESUMABLE_CHANGES]
+        if changed:
+            raise CheckpointError(f"{path} was written by a run with another config ({', '.join(changed)} differ); "
+                                  "restore those settings, or train into another --out")
+        if state.get("speakers") != self.data.speakers:
+            raise CheckpointError(f"{path} was trained on speakers {state.get('speakers')}, this corpus has "
+                                  f"{self.data.speakers}")
+        try:
+            self.model.load_state_dict(state["model"])
+            self.optimizer.load_state_dict(state["optimizer"])
+            self.scheduler.load_state_dict(state["scheduler"])
+            self.controller.load_state_dict(state["controller"])
+            self.step, self.epoch, self.position = state["step"], state["epoch"], state["position"]
+            trainer = state["trainer"]
+            self.skipped_steps, self.consecutive_bad = trainer["skipped_steps"], trainer["consecutive_bad"]
+            self.best_val_l1, self.val_metrics = trainer["best_val_l1"], trainer["val_metrics"]
+            self._restore_rng(state["rng"], state["world_size"])
+        except (KeyError, TypeError, ValueError, RuntimeError) as exc:
+            raise CheckpointError(f"{path}: cannot restore the training state ({type(exc).__name__}: {exc})") from None
+        self.validated_at = self.saved_at = self.step
+        self.last_checkpoint = path
+        return path
+
+    def _restore_rng(self, states: list[dict[str, Any]], world: int) -> None:
+        if world == self.cluster.world:
+            restore_rng(states[self.cluster.rank])
+            return
+        # another number of ranks: the epoch's batches are dealt out differently, so continue
+        # after about the same number of batches, with fresh per-rank noise
+        warnings.warn(f"resuming a {world}-process run on {self.cluster.world} processes: it continues, "
+                      "but not bit-exactly", RuntimeWarning, stacklevel=2)
+        self.position = math.ceil(self.position * world / self.cluster.world)
+        _seed_all(self.config.seed + self.cluster.rank + self.step)
+
+
+def _use_bf16(setting: bool | str, device: torch.device) -> bool:
+    cuda_bf16 = device.type == "cuda" and torch.cuda.is_bf16_supported()
+    if setting == "auto":
+        return cuda_bf16
+    if setting and device.type == "cuda" and not cuda_bf16:
+        raise ConfigError(f"bf16 = true, but {torch.cuda.get_device_name(device)} has no bf16 support")
+    return bool(setting)
+
+
+def _differences(a: dict[str, Any], b: dict[str, Any], prefix: str = "") -> list[str]:
+    """Dotted keys whose values differ between two nested config dicts."""
+    keys = []
+    for key in sorted(set(a) | set(b)):
+        left, right, name = a.get(key), b.get(key), f"{prefix}{key}"
+        if isinstance(left, dict) and isinstance(right, dict):
+            keys += _differences(left, right, f"{name}.")
+        elif left != right:
+            keys.append(name)
+    return keys
