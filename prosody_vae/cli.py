@@ -44,6 +44,15 @@ def cmd_train(args: argparse.Namespace) -> None:
             print("validation: " + ", ".join(f"{k} {v:.4g}" for k, v in sorted(result.metrics.items())))
 
 
+def cmd_demo(args: argparse.Namespace) -> None:
+    from .demo import run_demo
+
+    report = run_demo(args.out, n_utterances=args.n, max_steps=args.max_steps, config_path=args.config)
+    print(report.format())
+    print(f"wrote {args.out}/report.md, {args.out}/wavs/ and {args.out}/plots/ "
+          f"in {report.wall_seconds / 60:.1f} min")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="prosody-vae", description=__doc__.splitlines()[0])
     parser.add_argument("--version", action="version", version=f"prosody_vae {__version__}")
@@ -64,6 +73,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", action="store_true", help="continue from the newest intact checkpoint in --out")
     p.add_argument("--max-steps", type=_positive_int, help="override the config's total step count")
     p.set_defaults(func=cmd_train)
+
+    p = commands.add_parser("demo", help="make the corpus, train, transfer, and write wavs, plots and a report")
+    p.add_argument("--out", type=Path, default=Path("demo_out"), help="output folder (reused on a re-run)")
+    p.add_argument("--n", type=_positive_int, default=1000, help="corpus size")
+    p.add_argument("--max-steps", type=_positive_int, help="override the demo config's step count")
+    p.add_argument("--config", type=Path, help="default: recipes/demo/config.toml")
+    p.set_defaults(func=cmd_demo)
     return parser
 
 

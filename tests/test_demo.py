@@ -1,0 +1,91 @@
+"""The CLI end to end: `prosody-vae train` and `prosody-vae demo` on tiny corpora and a micro model."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from conftest import write_tiny_corpus
+
+# a micro model: every size small enough for seconds on a CPU; the decoder gets 12 steps at most
+MICRO_TOML = """
+max_steps = 2
+log_every = 1
+val_every = 2
+checkpoint_every = 2
+threads = 1
+[model]
+preset = "tiny"
+embedding_dim = 16
+encoder_conv_channels = 16
+encoder_lstm_dim = 16
+prenet_dims = [16, 16]
+attention_rnn_dim = 16
+decoder_rnn_dim = 16
+attention_dim = 8
+location_filters = 4
+location_kernel_size = 7
+postnet_channels = 8
+latent_dim = 4
+ref_conv_channels = [4, 8]
+ref_gru_dim = 8
+ref_mlp_dim = 8
+max_decoder_steps = 12
+[data]
+n_val = 2
+batch_size = 3
+[controller]
+kind = "dual_ascent"
+capacity = 10.0
+"""
+
+
+def run_cli(*args: str, cwd=None) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "prosody_vae", *args], capture_output=True, text=True, cwd=cwd)
+
+
+@pytest.mark.slow
+def test_cli_train_end_to_end_and_resume(tmp_path):
+    corpus = write_tiny_corpus(tmp_path / "corpus", n=8)
+    config = tmp_path / "micro.toml"
+    config.write_text(MICRO_TOML)
+    first = run_cli("train", "--config", str(config), "--data", str(corpus), "--out", str(tmp_path / "run"))
+    assert first.returncode == 0, first.stderr
+    assert "finished at step 2" in first.stdout
+    assert (tmp_path / "run" / "checkpoints" / "step-00000002.pt").is_file()
+    again = run_cli("train", "--config", str(config), "--data", str(corpus), "--out", str(tmp_path / "run"))
+    assert again.returncode == 2 and "error:" in again.stderr and len(again.stderr.strip().splitlines()) == 1
+    more = run_cli("train", "--config", str(config), "--data", str(corpus), "--out", str(tmp_path / "run"),
+                   "--resume", "--max-steps", "4")
+    assert more.returncode == 0, more.stderr
+    assert "finished at step 4" in more.stdout
+
+
+def test_cli_train_reports_a_bad_config_in_one_line(tmp_path):
+    config = tmp_path / "bad.toml"
+    config.write_text("[model]\npreset = 'tiny'\natention_dim = 3\n")
+    result = run_cli("train", "--config", str(config), "--data", str(tmp_path), "--out", str(tmp_path / "run"))
+    assert result.returncode == 2
+    assert result.stderr.strip() == "prosody-vae train: error: " + f"{config}: unknown key 'model.atention_dim'"
+
+
+@pytest.mark.slow
+def test_cli_demo_end_to_end(tmp_path):
+    config = tmp_path / "micro.toml"
+    config.write_text(MICRO_TOML.replace("[data]\nn_val = 2", "[data]\nn_val = 4"))
+    result = run_cli("demo", "--out", str(tmp_path / "demo"), "--n", "16", "--config", str(config))
+    assert result.returncode == 0, result.stderr
+    out = tmp_path / "demo"
+    report = json.loads((out / "report.json").read_text())
+    conditions = {row["condition"] for row in report["synthesis"]}
+    assert conditions == {"transfer_slow_low", "transfer_fast_high", "prior_sample", "prior_mean"}
+    for row in report["synthesis"]:
+        assert (out / row["wav"]).is_file()
+        assert 0 < row["seconds"] <= 12 * 4 * 256 / 22050 + 1e-9  # max_decoder_steps * r frames
+    assert report["validation"]["step"] == 2
+    assert (out / "plots" / "training.png").is_file()
+    assert "## Transfer" in (out / "report.md").read_text()
+    assert "# prosody_vae demo" in result.stdout
