@@ -27,6 +27,7 @@ TRANSFER_SENTENCES = ("The painter carried a wooden ladder across the river.",
                       "Did you find the golden key near the station?",
                       "We bought apples, bread and honey at the market.")
 GRIFFIN_LIM_ITERATIONS = 60
+F0_FLOOR_MARGIN_HZ = 65.0  # pyin searches from 55 Hz: estimates below this sit on its floor
 
 
 @dataclass
@@ -120,7 +121,10 @@ def _synthesise(model, config, corpus: Path, out_dir: Path, seed: int) -> list[d
         save_wav(wav_dir / f"reference_{name}.wav", wav, audio.sample_rate)
         mel = mel_spec(torch.from_numpy(wav))[None]  # (1, T, n_mels)
         post = model.encode_reference(mel, torch.tensor([mel.shape[1]]), mode="mean")
+        # the same measurement on Griffin-Lim of the reference's own mel: what a perfect model would give
+        resynthesised = griffin_lim(mel[0], n_iter=GRIFFIN_LIM_ITERATIONS, mel_spec=mel_spec).numpy()
         rows += [dict(r, reference_id=ref["id"], reference_rate=float(ref["rate"]),
+                      reference_griffin_lim_f0_hz=_f0_mean(resynthesised, audio.sample_rate),
                       reference_pitch=float(ref["pitch"]), reference_seconds=float(ref["duration_s"]),
                       reference_f0_hz=float(ref["f0_mean_hz"] or "nan"))
                  for r in speak(post.mean.expand(len(texts), -1), f"transfer_{name}")]
@@ -205,14 +209,21 @@ def _write_report(report: DemoReport, config) -> None:
     if slow and fast:
         longer = sum(s["seconds"] > f["seconds"] for s, f in zip(slow, fast))
         lower = sum(s["f0_mean_hz"] < f["f0_mean_hz"] for s, f in zip(slow, fast))
+        # pyin's search starts at 55 Hz; an estimate near that floor (or none) means the output mel
+        # carries no clear harmonics yet, which Griffin-Lim cannot invent
+        pitched = all(r["f0_mean_hz"] > F0_FLOOR_MARGIN_HZ for r in slow + fast)
         lines += ["", "## Transfer", "",
                   f"References: slow/low `{slow[0]['reference_id']}` (rate {slow[0]['reference_rate']:.0f} wpm, "
                   f"pitch {slow[0]['reference_pitch']:.0f}, F0 {slow[0]['reference_f0_hz']:.0f} Hz) and fast/high "
                   f"`{fast[0]['reference_id']}` (rate {fast[0]['reference_rate']:.0f} wpm, pitch "
                   f"{fast[0]['reference_pitch']:.0f}, F0 {fast[0]['reference_f0_hz']:.0f} Hz).", "",
                   f"- The slow reference gave the longer output for {longer} of {len(slow)} sentences.",
-                  f"- The low reference gave the lower mean F0 for {lower} of {len(slow)} sentences "
-                  "(F0 measured by pyin on Griffin-Lim audio).", ""]
+                  (f"- The low reference gave the lower mean F0 for {lower} of {len(slow)} sentences "
+                   "(F0 measured by pyin on Griffin-Lim audio)." if pitched else
+                   "- F0 is not measurable yet: pyin finds no pitch above its floor in the outputs, while on "
+                   "Griffin-Lim of the references' own mels it finds "
+                   f"{slow[0]['reference_griffin_lim_f0_hz']:.0f} and {fast[0]['reference_griffin_lim_f0_hz']:.0f} Hz. "
+                   "The output mels are still too smooth to carry harmonics; train longer for pitch."), ""]
     lines += ["## Plots", "", "![training](plots/training.png)", "",
               *(f"![{r}](plots/alignment_{r}.png)" for r in sorted({r['condition'] for r in rows}))]
     (report.out_dir / "report.md").write_text("\n".join(lines) + "\n", encoding="utf-8")
