@@ -72,6 +72,13 @@ _EXPORTS = {
     "train": "train",
     "TrainResult": "train",
     "load_model": "checkpoint",
+    # inference and evaluation
+    "Synthesizer": "infer",
+    "SynthesisResult": "infer",
+    "mel_cepstral_distortion": "metrics",
+    "f0_track": "metrics",
+    "compare_f0": "metrics",
+    "prosody_summary": "metrics",
 }
 
 __all__ = ["__version__", *_EXPORTS]
@@ -104,6 +111,8 @@ if TYPE_CHECKING:  # let type checkers and IDEs see the real names
     from .train import TrainResult, train
     from .reference import (MeanEncoder, Posterior, ReferenceEncoder, VariationalReferenceEncoder, ZConditioner,
                             condition_on_z)
+    from .infer import SynthesisResult, Synthesizer
     from .losses import LossConfig, LossTerms, TacotronLoss
+    from .metrics import compare_f0, f0_track, mel_cepstral_distortion, prosody_summary
     from .tacotron import InferenceOutput, ProsodyTacotron, TacotronConfig, TacotronOutput
     from .text import TextProcessor, normalize_text

@@ -53,6 +53,89 @@ def cmd_demo(args: argparse.Namespace) -> None:
           f"in {report.wall_seconds / 60:.1f} min")
 
 
+def _synthesizer(args: argparse.Namespace):
+    from .infer import Synthesizer
+
+    return Synthesizer.from_checkpoint(args.checkpoint, device=args.device)
+
+
+def _wav_files(paths: list[Path]) -> list[Path]:
+    """Files as given, and the .wav files inside any folder, sorted."""
+    from .errors import AudioError
+
+    files = [f for p in paths for f in (sorted(p.glob("*.wav")) if p.is_dir() else [p])]
+    if not files:
+        raise AudioError(f"no wav files in {', '.join(map(str, paths))}")
+    return files
+
+
+def cmd_synthesize(args: argparse.Namespace) -> None:
+    synth = _synthesizer(args)
+    result = synth.tts(args.text, reference=args.reference, reference_text=args.reference_text, mode=args.mode,
+                       temperature=args.temperature, seed=args.seed)
+    from .audio import save_wav
+
+    save_wav(args.out, result.wav[0], synth.audio.sample_rate)
+    stop = "no stop token (max steps)" if result.hit_max_steps[0] else f"stopped at decoder step {result.stop_step[0]}"
+    print(f"wrote {args.out}: {len(result.wav[0]) / synth.audio.sample_rate:.2f} s, {stop}")
+
+
+def cmd_transfer(args: argparse.Namespace) -> None:
+    from .errors import TextError
+    from .infer import save_result
+
+    synth = _synthesizer(args)
+    texts = [line.strip() for line in args.texts.read_text(encoding="utf-8").splitlines() if line.strip()]
+    if not texts:
+        raise TextError(f"{args.texts}: no text lines")
+    for reference in _wav_files(args.references):
+        for start in range(0, len(texts), args.batch_size):
+            chunk = texts[start: start + args.batch_size]
+            result = synth.tts(chunk, reference=reference, mode=args.mode, temperature=args.temperature, seed=args.seed)
+            paths = [args.out / reference.stem / f"{start + i:04d}.wav" for i in range(len(chunk))]
+            save_result(result, paths, synth.audio.sample_rate)
+        print(f"{reference}: {len(texts)} wavs in {args.out / reference.stem}")
+
+
+def cmd_encode(args: argparse.Namespace) -> None:
+    import numpy as np
+
+    synth = _synthesizer(args)
+    files = _wav_files(args.references)
+    args.out.mkdir(parents=True, exist_ok=True)
+    rows = []
+    for path in files:
+        posterior = synth.encode(path)
+        mean, std = posterior.mean[0].cpu().numpy(), posterior.std[0].cpu().numpy()
+        np.save(args.out / f"{path.stem}.npy", mean)
+        rows.append(",".join([path.stem, f"{float(posterior.kl[0]):.4f}", *(f"{v:.6f}" for v in mean),
+                              *(f"{v:.6f}" for v in std)]))
+    dims = range(len(mean))
+    header = ",".join(["id", "kl_nats", *(f"mean_{d}" for d in dims), *(f"std_{d}" for d in dims)])
+    (args.out / "z.csv").write_text("\n".join([header, *rows]) + "\n", encoding="utf-8")
+    print(f"wrote {len(files)} posterior means to {args.out}/*.npy and {args.out}/z.csv")
+
+
+def cmd_interpolate(args: argparse.Namespace) -> None:
+    from .infer import save_result
+
+    synth = _synthesizer(args)
+    result = synth.interpolate(args.reference_a, args.reference_b, args.text, steps=args.steps, seed=args.seed)
+    paths = save_result(result, [args.out / f"step{i:02d}.wav" for i in range(args.steps)], synth.audio.sample_rate)
+    print(f"wrote {len(paths)} wavs from {args.reference_a} to {args.reference_b} in {args.out}")
+
+
+def _add_prosody_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--mode", choices=("mean", "sample"), default="mean", help="posterior mean or a sample")
+    p.add_argument("--temperature", type=float, default=1.0, help="scale of the sampling noise (0: the mean)")
+    p.add_argument("--seed", type=int, default=0, help="same seed, same audio")
+
+
+def _add_checkpoint(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--checkpoint", type=Path, required=True, help="a training checkpoint (e.g. RUN/checkpoints/best.pt)")
+    p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ...")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="prosody-vae", description=__doc__.splitlines()[0])
     parser.add_argument("--version", action="version", version=f"prosody_vae {__version__}")
@@ -80,6 +163,40 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-steps", type=_positive_int, help="override the demo config's step count")
     p.add_argument("--config", type=Path, help="default: recipes/demo/config.toml")
     p.set_defaults(func=cmd_demo)
+
+    p = commands.add_parser("synthesize", help="speak one text, with a reference's prosody or a prior sample")
+    _add_checkpoint(p)
+    p.add_argument("--text", required=True)
+    p.add_argument("--reference", type=Path, help="a wav whose prosody to transfer (none: sample the prior)")
+    p.add_argument("--reference-text", help="the reference's transcript (optional, also for V+T models)")
+    _add_prosody_options(p)
+    p.add_argument("--out", type=Path, required=True, help="output wav")
+    p.set_defaults(func=cmd_synthesize)
+
+    p = commands.add_parser("transfer", help="speak every line of a text file in the prosody of each reference")
+    _add_checkpoint(p)
+    p.add_argument("--texts", type=Path, required=True, help="a text file, one sentence per line")
+    p.add_argument("--references", type=Path, nargs="+", required=True, help="wav files or folders of wavs")
+    _add_prosody_options(p)
+    p.add_argument("--batch-size", type=_positive_int, default=8)
+    p.add_argument("--out", type=Path, required=True, help="output folder: OUT/<reference>/<line>.wav")
+    p.set_defaults(func=cmd_transfer)
+
+    p = commands.add_parser("encode", help="write the posterior of each reference (z per file)")
+    _add_checkpoint(p)
+    p.add_argument("--references", type=Path, nargs="+", required=True, help="wav files or folders of wavs")
+    p.add_argument("--out", type=Path, required=True, help="output folder: <id>.npy and z.csv")
+    p.set_defaults(func=cmd_encode)
+
+    p = commands.add_parser("interpolate", help="speak a text with z moving from one reference to another")
+    _add_checkpoint(p)
+    p.add_argument("--text", required=True)
+    p.add_argument("--reference-a", type=Path, required=True)
+    p.add_argument("--reference-b", type=Path, required=True)
+    p.add_argument("--steps", type=_positive_int, default=5)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", type=Path, required=True, help="output folder: stepNN.wav")
+    p.set_defaults(func=cmd_interpolate)
     return parser
 
 

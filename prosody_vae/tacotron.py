@@ -39,7 +39,7 @@ import dataclasses
 import math
 import warnings
 from dataclasses import dataclass
-from typing import Literal, Optional
+from typing import Literal, Optional, Sequence, Union
 
 import torch
 import torch.nn.functional as F
@@ -213,14 +213,23 @@ class InferenceOutput:
 
 
 # ------------------------------------------------------------------------------------ building blocks
-def dropout(x: torch.Tensor, p: float, active: bool, generator: Optional[torch.Generator] = None) -> torch.Tensor:
+Generators = Union[torch.Generator, Sequence[torch.Generator], None]
+
+
+def dropout(x: torch.Tensor, p: float, active: bool, generator: Generators = None) -> torch.Tensor:
     """Inverted dropout. A uniform draw compared with p is ~2.5x faster than F.dropout's Bernoulli
-    sampler on CPU; noise is drawn on the generator's device, so a CPU generator reproduces a GPU run."""
+    sampler on CPU; noise is drawn on the generator's device, so a CPU generator reproduces a GPU run.
+    `generator` may be one generator per batch item (x's first dim): each item's noise then depends
+    on its own generator alone, so an item synthesised in a batch equals the item synthesised alone."""
     if not active or p == 0.0:
         return x
-    device = generator.device if generator is not None else x.device
+    if isinstance(generator, (list, tuple)):
+        noise = torch.stack([torch.rand(x.shape[1:], generator=g, device=g.device) for g in generator])
+    else:
+        device = generator.device if generator is not None else x.device
+        noise = torch.rand(x.shape, generator=generator, device=device)
     # in place on the fresh uniform draw: one buffer becomes the scaled 0 / (1 / (1 - p)) mask
-    mask = torch.rand(x.shape, generator=generator, device=device).ge_(p).mul_(1.0 / (1.0 - p))
+    mask = noise.ge_(p).mul_(1.0 / (1.0 - p))
     return x * mask.to(device=x.device, dtype=x.dtype)
 
 
@@ -323,7 +332,7 @@ class Prenet(nn.Module):
         self.layers = nn.ModuleList(nn.Linear(d_in, d_out) for d_in, d_out in zip((in_dim, *dims), dims))
         self.dropout, self.dropout_at_inference = dropout, dropout_at_inference
 
-    def forward(self, x: torch.Tensor, generator: Optional[torch.Generator] = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, generator: Generators = None) -> torch.Tensor:
         active = self.training or self.dropout_at_inference
         for layer in self.layers:
             x = dropout(F.relu(layer(x)), self.dropout, active, generator)
@@ -456,8 +465,7 @@ class Decoder(nn.Module):
         return rearrange(out[..., :-1], "b s (r f) -> b (s r) f", r=self.r), out[..., -1]
 
     def infer(self, memory: torch.Tensor, mask: torch.Tensor, max_steps: int, stop_threshold: float,
-              generator: Optional[torch.Generator] = None
-              ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+              generator: Generators = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         """Free-running decoding until every item has emitted a stop or max_steps ran.
         Returns frames (B, S * r, n_mels), alignments (B, S, L), stop_steps (B,), hit_max_steps (B,)."""
         batch = memory.shape[0]
@@ -541,7 +549,7 @@ class ProsodyTacotron(nn.Module):
 
     def infer(self, text: torch.Tensor, text_lengths: torch.Tensor, z: Optional[torch.Tensor] = None,
               speaker_ids: Optional[torch.Tensor] = None, max_decoder_steps: Optional[int] = None,
-              generator: Optional[torch.Generator] = None) -> InferenceOutput:
+              generator: Generators = None) -> InferenceOutput:
         """Free-running synthesis; call `eval()` first. z (B, latent_dim); None means z = 0, the
         prior mean. Each item stops on its own; items that reach max_decoder_steps are flagged in
         `hit_max_steps` and reported with a warning."""

@@ -63,6 +63,30 @@ def test_cli_train_end_to_end_and_resume(tmp_path):
     assert more.returncode == 0, more.stderr
     assert "finished at step 4" in more.stdout
 
+    # inference commands on that checkpoint
+    checkpoint = str(tmp_path / "run" / "checkpoints" / "best.pt")
+    wav_a, wav_b = str(corpus / "wavs" / "utt000.wav"), str(corpus / "wavs" / "utt001.wav")
+    out = tmp_path / "out"
+    said = run_cli("synthesize", "--checkpoint", checkpoint, "--text", "Hello there.", "--reference", wav_a,
+                   "--out", str(out / "one.wav"))
+    assert said.returncode == 0 and (out / "one.wav").is_file(), said.stderr
+    (tmp_path / "lines.txt").write_text("One boat.\nTwo boats?\n\n")
+    transferred = run_cli("transfer", "--checkpoint", checkpoint, "--texts", str(tmp_path / "lines.txt"),
+                          "--references", wav_a, wav_b, "--out", str(out / "transfer"))
+    assert transferred.returncode == 0, transferred.stderr
+    assert sorted(p.relative_to(out / "transfer").as_posix() for p in (out / "transfer").rglob("*.wav")) == [
+        "utt000/0000.wav", "utt000/0001.wav", "utt001/0000.wav", "utt001/0001.wav"]
+    encoded = run_cli("encode", "--checkpoint", checkpoint, "--references", str(corpus / "wavs"), "--out", str(out / "z"))
+    assert encoded.returncode == 0, encoded.stderr
+    rows = (out / "z" / "z.csv").read_text().splitlines()
+    assert len(rows) == 1 + 8 and rows[0].startswith("id,kl_nats,mean_0") and (out / "z" / "utt007.npy").is_file()
+    between = run_cli("interpolate", "--checkpoint", checkpoint, "--text", "Hi.", "--reference-a", wav_a,
+                      "--reference-b", wav_b, "--steps", "3", "--out", str(out / "interp"))
+    assert between.returncode == 0 and len(list((out / "interp").glob("step*.wav"))) == 3, between.stderr
+    missing = run_cli("synthesize", "--checkpoint", checkpoint, "--text", "Hi.", "--reference",
+                      str(tmp_path / "nope.wav"), "--out", str(out / "x.wav"))
+    assert missing.returncode == 2 and "nope.wav: no such audio file" in missing.stderr
+
 
 def test_cli_train_reports_a_bad_config_in_one_line(tmp_path):
     config = tmp_path / "bad.toml"

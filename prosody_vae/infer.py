@@ -1,0 +1,206 @@
+"""Prosody control at inference: `Synthesizer` turns text + a prosody choice into mel and audio.
+
+    synth = Synthesizer.from_checkpoint("runs/demo/checkpoints/best.pt")
+    out = synth.tts("Hello there.", reference="slow.wav")           # transfer (posterior mean)
+    out = synth.tts(["One.", "Two."], temperature=0.7, seed=3)       # prior samples
+    out = synth.tts("Hello.", reference="a.wav", mode="sample", temperature=0.5, seed=1)
+
+Prosody choices: a `reference` (wav path, waveform array, or log-mel (T, n_mels)) encoded to its
+posterior, used at its mean (`mode="mean"`) or sampled (`mode="sample"`, at `temperature`); an
+explicit `z`; or, with neither, a sample of the prior at `temperature` (0 gives the prior mean).
+A reference transcript is optional, also for a "V+T" model (its learned no-transcript vector
+stands in).
+
+Randomness is explicit and per item. Every item draws its noise (posterior or prior sample, and
+the prenet dropout that Tacotron keeps on at inference) from its own generator, seeded by
+(`seed`, the item's text); `seed=None` means seed 0. So the
+same call always gives the same audio, and a text synthesised in a batch equals the same text
+synthesised alone.
+
+Vocoder: Griffin-Lim by default. Any callable or TorchScript module mapping a log-mel
+(B, n_mels, T) to a waveform (B, N) or (B, 1, N) plugs in as `vocoder=`; our mels follow the HiFi-GAN
+LJSpeech convention (audio.py), so an LJSpeech HiFi-GAN generator works unchanged.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Literal, Optional, Sequence, Union
+
+import numpy as np
+import torch
+from einops import rearrange
+
+from .audio import MelSpectrogram, griffin_lim, load_wav
+from .errors import ReferenceInputError, TextError
+from .reference import Posterior
+
+Reference = Union[str, os.PathLike, np.ndarray, torch.Tensor]
+Vocoder = Callable[[torch.Tensor], torch.Tensor]
+
+
+@dataclass
+class SynthesisResult:
+    """One entry per input text. mel (T_i, n_mels), wav (N_i,), alignment (S_i, L_i) decoder steps by
+    characters, stop_step: decoder steps run, hit_max_steps: True if no stop token came, z (B, latent)."""
+
+    mel: list[torch.Tensor]
+    wav: list[np.ndarray]
+    alignment: list[torch.Tensor]
+    stop_step: list[int]
+    hit_max_steps: list[bool]
+    z: torch.Tensor
+
+
+class Synthesizer:
+    def __init__(self, model, config, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32,
+                 vocoder: Optional[Vocoder] = None, griffin_lim_iterations: int = 60):
+        from .text import TextProcessor
+
+        self.device = torch.device(device)
+        self.dtype = dtype
+        self.model = model.to(self.device, dtype).eval()
+        self.config = config
+        self.audio = config.audio
+        self.text = TextProcessor(config.text)
+        self.mel_spec = MelSpectrogram(self.audio).to(self.device)
+        self.vocoder = vocoder
+        self.griffin_lim_iterations = griffin_lim_iterations
+
+    @classmethod
+    def from_checkpoint(cls, path: str | os.PathLike, device: str | torch.device = "cpu",
+                        dtype: torch.dtype = torch.float32, vocoder: Optional[Vocoder] = None) -> "Synthesizer":
+        from .checkpoint import load_model
+
+        model, config = load_model(path)
+        return cls(model, config, device, dtype, vocoder)
+
+    # ----------------------------------------------------------------------------- inputs
+    def reference_mel(self, reference: Reference) -> torch.Tensor:
+        """A wav path, a waveform (N,) array/tensor, or a log-mel (T, n_mels) -> log-mel (T, n_mels)."""
+        if isinstance(reference, (str, os.PathLike)):
+            reference = load_wav(reference, self.audio.sample_rate)
+        tensor = torch.as_tensor(reference, dtype=torch.float32)
+        if tensor.dim() == 1:
+            if not torch.isfinite(tensor).all():
+                raise ReferenceInputError("reference waveform holds NaN or infinite samples")
+            with torch.no_grad():
+                return self.mel_spec(tensor.to(self.device))
+        if tensor.dim() == 2 and tensor.shape[1] == self.audio.n_mels:
+            return tensor.to(self.device)
+        raise ReferenceInputError(f"reference must be a wav path, a waveform (N,) or a log-mel (T, "
+                                  f"{self.audio.n_mels}), got shape {tuple(tensor.shape)}")
+
+    def _encode_texts(self, texts: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        ids = [torch.tensor(self.text.encode(t), dtype=torch.long) for t in texts]
+        padded = torch.nn.utils.rnn.pad_sequence(ids, batch_first=True, padding_value=self.text.pad_id)
+        return padded.to(self.device), torch.tensor([len(i) for i in ids], device=self.device)
+
+    def _generators(self, seed: Optional[int], texts: Sequence[str]) -> list[torch.Generator]:
+        """One generator per item, from (seed, text): batching never changes an item's noise."""
+        seed = 0 if seed is None else int(seed)
+        return [torch.Generator().manual_seed(int.from_bytes(
+            hashlib.sha256(f"{seed}\x00{text}".encode()).digest()[:8], "little") >> 1) for text in texts]
+
+    # ----------------------------------------------------------------------------- prosody
+    @torch.no_grad()
+    def encode(self, reference: Reference | Sequence[Reference], reference_text: str | Sequence[str] | None = None
+               ) -> Posterior:
+        """Posterior(s) of one reference or a list; z is the mean. Draw samples with `tts(mode="sample")`."""
+        references = list(reference) if isinstance(reference, (list, tuple)) else [reference]
+        mels = [self.reference_mel(r) for r in references]
+        lengths = torch.tensor([m.shape[0] for m in mels], device=self.device)
+        mel = torch.nn.utils.rnn.pad_sequence(mels, batch_first=True, padding_value=self.audio.pad_value)
+        text = text_lengths = None
+        if reference_text is not None:
+            transcripts = [reference_text] if isinstance(reference_text, str) else list(reference_text)
+            if len(transcripts) != len(references):
+                raise ReferenceInputError(f"got {len(transcripts)} reference transcripts for {len(references)} references")
+            text, text_lengths = self._encode_texts(transcripts)
+        return self.model.encode_reference(mel.to(self.dtype), lengths, text, text_lengths, mode="mean")
+
+    def prosody(self, texts: Sequence[str], reference=None, reference_text=None, z=None,
+                mode: Literal["mean", "sample"] = "mean", temperature: float = 1.0,
+                seed: Optional[int] = None) -> torch.Tensor:
+        """The z (B, latent) that `tts` would use for these texts."""
+        if mode not in ("mean", "sample"):
+            raise ReferenceInputError(f"mode must be 'mean' or 'sample', got {mode!r}")
+        if not (isinstance(temperature, (int, float)) and np.isfinite(temperature) and temperature >= 0):
+            raise ReferenceInputError(f"temperature must be a finite number >= 0, got {temperature!r}")
+        batch, latent = len(texts), self.model.config.latent_dim
+        generators = self._generators(seed, texts)
+        noise = torch.stack([torch.randn(latent, generator=g) for g in generators]).to(self.device, self.dtype)
+        if z is not None:
+            z = torch.as_tensor(z, dtype=self.dtype, device=self.device)
+            z = z.expand(batch, -1) if z.dim() == 1 else z
+            if z.shape != (batch, latent):
+                raise ReferenceInputError(f"z must be ({latent},) or ({batch}, {latent}), got {tuple(z.shape)}")
+            return z
+        if reference is None:
+            return temperature * noise  # the prior N(0, I) at this temperature
+        references = list(reference) if isinstance(reference, (list, tuple)) else [reference]
+        if len(references) not in (1, batch):
+            raise ReferenceInputError(f"got {len(references)} references for {batch} texts (give 1 or {batch})")
+        posterior = self.encode(references, reference_text)
+        mean, std = posterior.mean.expand(batch, -1), posterior.std.expand(batch, -1)
+        return mean if mode == "mean" else mean + temperature * std * noise
+
+    # ----------------------------------------------------------------------------- synthesis
+    @torch.no_grad()
+    def tts(self, texts: str | Sequence[str], reference=None, reference_text=None, z=None,
+            mode: Literal["mean", "sample"] = "mean", temperature: float = 1.0, seed: Optional[int] = None,
+            vocode: bool = True) -> SynthesisResult:
+        """Synthesise one text or a batch (see the module docstring for the prosody choices)."""
+        texts = [texts] if isinstance(texts, str) else list(texts)
+        if not texts:
+            raise TextError("no text to synthesise")
+        z = self.prosody(texts, reference, reference_text, z, mode, temperature, seed)
+        text, text_lengths = self._encode_texts(texts)
+        out = self.model.infer(text, text_lengths, z=z, generator=self._generators(seed, texts))
+        mels = [out.mel_postnet[i, : int(out.mel_lengths[i])].float() for i in range(len(texts))]
+        return SynthesisResult(
+            mel=mels, wav=[self.vocode(m) for m in mels] if vocode else [],
+            alignment=[out.alignments[i, : int(out.stop_steps[i]), : int(text_lengths[i])] for i in range(len(texts))],
+            stop_step=out.stop_steps.tolist(), hit_max_steps=out.hit_max_steps.tolist(), z=z)
+
+    @torch.no_grad()
+    def vocode(self, mel: torch.Tensor) -> np.ndarray:
+        """log-mel (T, n_mels) -> waveform (N,) float32, by the vocoder hook or Griffin-Lim."""
+        if self.vocoder is None:
+            return griffin_lim(mel, n_iter=self.griffin_lim_iterations, mel_spec=self.mel_spec).cpu().numpy()
+        wav = self.vocoder(rearrange(mel, "t m -> 1 m t"))  # HiFi-GAN's layout: (B, n_mels, T)
+        return wav.reshape(-1).float().cpu().numpy()
+
+    def interpolate(self, reference_a: Reference, reference_b: Reference, text: str, steps: int = 5,
+                    seed: Optional[int] = None) -> SynthesisResult:
+        """`text` spoken `steps` times, z moving linearly from reference_a's posterior mean to b's."""
+        if steps < 2:
+            raise ReferenceInputError(f"steps must be >= 2, got {steps}")
+        ends = self.encode([reference_a, reference_b]).mean  # (2, latent)
+        weights = torch.linspace(0, 1, steps, device=self.device, dtype=self.dtype)[:, None]
+        return self.tts([text] * steps, z=(1 - weights) * ends[0] + weights * ends[1], seed=seed)
+
+    # ----------------------------------------------------------------------------- latent dims
+    def rank_dimensions(self, references: Sequence[Reference]) -> list[tuple[int, float]]:
+        """Latent dimensions by their mean KL over `references`, most informative first: the dims
+        worth scaling or shifting. A dim with KL near 0 is unused (collapsed onto the prior)."""
+        kl = self.encode(list(references)).kl_per_dim.mean(dim=0)  # (latent,)
+        return sorted(((d, float(v)) for d, v in enumerate(kl)), key=lambda item: -item[1])
+
+    @staticmethod
+    def edit_latent(z: torch.Tensor, dim: int, scale: float = 1.0, shift: float = 0.0) -> torch.Tensor:
+        """A copy of z (..., latent) with one dimension scaled then shifted."""
+        if not 0 <= dim < z.shape[-1]:
+            raise ReferenceInputError(f"dim must be in [0, {z.shape[-1]}), got {dim}")
+        z = z.clone()
+        z[..., dim] = z[..., dim] * scale + shift
+        return z
+
+
+def save_result(result: SynthesisResult, paths: Sequence[str | os.PathLike], sample_rate: int) -> list[Path]:
+    from .audio import save_wav
+
+    return [save_wav(path, wav, sample_rate) for path, wav in zip(paths, result.wav)]
