@@ -36,7 +36,6 @@ import os
 import random
 import signal
 import sys
-import threading
 import warnings
 from collections import defaultdict
 from dataclasses import dataclass
@@ -46,7 +45,6 @@ from typing import Any, Callable, Optional
 
 import numpy as np
 import torch
-import torch.distributed as dist
 from tqdm import tqdm
 
 from .audio import griffin_lim
@@ -55,6 +53,7 @@ from .checkpoint import RunCheckpoints, capture_rng, checkpoint_config, restore_
 from .config import OptimConfig, TrainConfig, config_to_dict
 from .data import (Batch, BucketBatchSampler, MelCache, TTSDataset, Utterance, collate_batch, read_metadata,
                    split_train_val)
+from .distributed import Cluster, StopSignals
 from .errors import CheckpointError, ConfigError, DataError, TrainingError
 from .losses import LossTerms, TacotronLoss, alignment_diagonal_score
 from .runlog import MetricWindow, RunLog
@@ -93,9 +92,9 @@ def train(config: TrainConfig, data_dir: str | os.PathLike, out_dir: str | os.Pa
     threads = torch.get_num_threads()
     if config.threads:
         torch.set_num_threads(config.threads)
-    cluster = _Cluster.start(config)
+    cluster = Cluster.start(config)
     try:
-        with _StopSignals() as signals:
+        with StopSignals() as signals:
             return _Trainer(config, data_dir, out_dir, cluster, signals).run(resume)
     finally:
         cluster.close()
@@ -133,78 +132,6 @@ def _refuse_existing_run(out_dir: Path) -> None:
                           "another --out (a run is never overwritten)")
 
 
-@dataclass
-class _Cluster:
-    """This process's place among the training processes (a cluster of one without torchrun)."""
-
-    rank: int
-    world: int
-    device: torch.device
-    owns_group: bool  # this trainer opened the process group, so it closes it
-
-    @property
-    def is_main(self) -> bool:
-        return self.rank == 0
-
-    @classmethod
-    def start(cls, config: TrainConfig) -> "_Cluster":
-        if config.device == "cuda" and not torch.cuda.is_available():
-            raise ConfigError("device = 'cuda', but torch sees no CUDA device")
-        cuda = config.device == "cuda" or (config.device == "auto" and torch.cuda.is_available())
-        local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-        device = torch.device("cuda", local_rank) if cuda else torch.device("cpu")
-        if cuda:
-            torch.cuda.set_device(device)
-        owns_group = int(os.environ.get("WORLD_SIZE", "1")) > 1 and not dist.is_initialized()
-        if owns_group:
-            dist.init_process_group("nccl" if cuda else "gloo")
-        if dist.is_initialized():
-            return cls(dist.get_rank(), dist.get_world_size(), device, owns_group)
-        return cls(0, 1, device, owns_group)
-
-    def sum(self, values: torch.Tensor) -> torch.Tensor:
-        if self.world > 1:
-            dist.all_reduce(values)
-        return values
-
-    def gather(self, value: Any) -> list[Any]:
-        if self.world == 1:
-            return [value]
-        gathered = [None] * self.world
-        dist.all_gather_object(gathered, value)
-        return gathered
-
-    def barrier(self) -> None:
-        if self.world > 1:
-            dist.barrier()
-
-    def close(self) -> None:
-        if self.owns_group:
-            dist.destroy_process_group()
-
-
-class _StopSignals:
-    """SIGINT and SIGTERM set `received`; the trainer finishes its step, saves and returns.
-    A second SIGINT interrupts at once. Handlers can only be installed from the main thread."""
-
-    def __enter__(self) -> "_StopSignals":
-        self.received: Optional[str] = None
-        self._previous = {}
-        if threading.current_thread() is threading.main_thread():
-            for sig in (signal.SIGINT, signal.SIGTERM):
-                self._previous[sig] = signal.signal(sig, self._handle)
-        return self
-
-    def _handle(self, signum: int, frame) -> None:
-        if self.received is not None and signum == signal.SIGINT:
-            raise KeyboardInterrupt
-        self.received = signal.Signals(signum).name
-
-    def __exit__(self, *exc) -> None:
-        for sig, handler in self._previous.items():
-            signal.signal(sig, handler)
-
-
 def _ignore_sigint(worker_id: int) -> None:
     """DataLoader workers leave Ctrl-C to the trainer, which stops between steps."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
@@ -226,7 +153,7 @@ class _Data:
     summary: dict[str, int]
 
 
-def _build_data(config: TrainConfig, data_dir: Path, cluster: _Cluster) -> _Data:
+def _build_data(config: TrainConfig, data_dir: Path, cluster: Cluster) -> _Data:
     c = config.data
     utterances = read_metadata(data_dir)
     train_utts, val_utts = split_train_val(utterances, c.n_val, c.seed)
@@ -274,7 +201,7 @@ def _dataset(utterances: list[Utterance], text: TextProcessor, cache: MelCache, 
     return TTSDataset(kept, text, cache, speakers), len(utterances) - len(kept)
 
 
-def _fill_cache(cache: MelCache, utterances: list[Utterance], cluster: _Cluster) -> None:
+def _fill_cache(cache: MelCache, utterances: list[Utterance], cluster: Cluster) -> None:
     """Compute missing log-mels before training, each rank a share, so the first epoch is not
     slowed by (or repeated across ranks for) feature extraction."""
     missing = [u for u in utterances if not cache.path(u).exists()][cluster.rank:: cluster.world]
@@ -285,8 +212,8 @@ def _fill_cache(cache: MelCache, utterances: list[Utterance], cluster: _Cluster)
 
 # -------------------------------------------------------------------------------------- trainer
 class _Trainer:
-    def __init__(self, config: TrainConfig, data_dir: Path, out_dir: Path, cluster: _Cluster,
-                 signals: _StopSignals):
+    def __init__(self, config: TrainConfig, data_dir: Path, out_dir: Path, cluster: Cluster,
+                 signals: StopSignals):
         self.config, self.out_dir, self.cluster, self.signals = config, out_dir, cluster, signals
         self.device = cluster.device
         self.bf16 = _use_bf16(config.bf16, self.device)

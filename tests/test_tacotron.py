@@ -15,7 +15,8 @@ from prosody_vae.errors import ConfigError, DataError, TextError
 from prosody_vae.losses import (LossConfig, TacotronLoss, alignment_diagonal_score, guided_attention_loss,
                                 guided_attention_weight, masked_l1, stop_loss, stop_targets)
 from prosody_vae.attention import beta_binomial_pmf
-from prosody_vae.tacotron import MaskedBatchNorm1d, ProsodyTacotron, TacotronConfig, _RecurrentMatmul
+from prosody_vae.recurrent import _RecurrentMatmul
+from prosody_vae.tacotron import MaskedBatchNorm1d, ProsodyTacotron, TacotronConfig
 
 N_MELS = 12
 # smaller than the tiny preset, so each test takes well under a second
