@@ -28,12 +28,14 @@ of a Monte-Carlo expectation over q), which is what `evaluate_split` measures.
 
 from __future__ import annotations
 
+import dataclasses
+import itertools
 import json
 import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable, Optional
+from typing import Iterable, Optional, Sequence
 
 import numpy as np
 import torch
@@ -280,3 +282,40 @@ def plot_rate_distortion(points: Iterable[RatePoint], path: str | os.PathLike) -
     path.parent.mkdir(parents=True, exist_ok=True)
     figure.savefig(path, dpi=120, bbox_inches="tight")
     return path
+
+
+def analyze_runs(runs: Sequence[str | os.PathLike], out_dir: str | os.PathLike,
+                 data_dir: Optional[str | os.PathLike] = None, max_train_batches: int = 20) -> str:
+    """Rate-distortion table and plot for several runs (from their metrics.jsonl); with `data_dir`,
+    also each run's best checkpoint re-evaluated on its own train/validation split and the
+    entropy-sum diagnostic on the validation split. Writes analysis.md, analysis.json and
+    rate_distortion.png into out_dir and returns the markdown."""
+    from .checkpoint import load_model
+    from .train import build_data
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    points = [read_run(run) for run in runs]
+    plot = plot_rate_distortion(points, out_dir / "rate_distortion.png")
+    lines = ["# Rate-distortion analysis", "", rate_distortion_table(points), "", f"![rate-distortion]({plot.name})"]
+    details: dict[str, dict] = {}
+    if data_dir is not None:
+        lines += ["", "## Re-evaluated checkpoints (posterior mean, teacher-forced)", "",
+                  "| run | train KL | train L1 | val KL | val L1 | entropy-sum check |", "|---|---|---|---|---|---|"]
+        for run in runs:
+            model, config = load_model(Path(run) / "checkpoints" / "best.pt")
+            data = build_data(config, Path(data_dir))
+            train = evaluate_split(model, itertools.islice(data.loader, max_train_batches))
+            val = evaluate_split(model, data.val_batches)
+            report = entropy_sum_diagnostic(val.mean, val.std, val.l1, val.n_elements)
+            details[str(run)] = {"train_kl": train.mean_kl, "train_l1": train.mean_l1, "val_kl": val.mean_kl,
+                                 "val_l1": val.mean_l1, "entropy_sum": report.summary(),
+                                 "converged": report.converged}
+            lines.append(f"| {Path(run).name} | {train.mean_kl:.2f} | {train.mean_l1:.4f} | {val.mean_kl:.2f} | "
+                         f"{val.mean_l1:.4f} | {report.summary()} |")
+    markdown = "\n".join(lines) + "\n"
+    (out_dir / "analysis.md").write_text(markdown, encoding="utf-8")
+    (out_dir / "analysis.json").write_text(json.dumps(
+        {"points": [dataclasses.asdict(p) for p in points], "checkpoints": details}, indent=1, default=str),
+        encoding="utf-8")
+    return markdown

@@ -125,6 +125,13 @@ def cmd_interpolate(args: argparse.Namespace) -> None:
     print(f"wrote {len(paths)} wavs from {args.reference_a} to {args.reference_b} in {args.out}")
 
 
+def cmd_analyze(args: argparse.Namespace) -> None:
+    from .analysis import analyze_runs
+
+    print(analyze_runs(args.runs, args.out, data_dir=args.data, max_train_batches=args.max_train_batches))
+    print(f"wrote {args.out}/analysis.md, analysis.json and rate_distortion.png")
+
+
 def _add_prosody_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--mode", choices=("mean", "sample"), default="mean", help="posterior mean or a sample")
     p.add_argument("--temperature", type=float, default=1.0, help="scale of the sampling noise (0: the mean)")
@@ -197,6 +204,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", type=Path, required=True, help="output folder: stepNN.wav")
     p.set_defaults(func=cmd_interpolate)
+
+    p = commands.add_parser("analyze", help="rate-distortion over runs and the entropy-sum diagnostic")
+    p.add_argument("--runs", type=Path, nargs="+", required=True, help="run folders (e.g. one per capacity)")
+    p.add_argument("--data", type=Path, help="re-evaluate each run's best checkpoint on this corpus's splits")
+    p.add_argument("--max-train-batches", type=_positive_int, default=20, help="training batches to re-evaluate")
+    p.add_argument("--out", type=Path, required=True)
+    p.set_defaults(func=cmd_analyze)
     return parser
 
 

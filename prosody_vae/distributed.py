@@ -35,6 +35,11 @@ class Cluster:
         return self.rank == 0
 
     @classmethod
+    def single(cls) -> "Cluster":
+        """A cluster of one process on the CPU (analysis and evaluation outside training)."""
+        return cls(0, 1, torch.device("cpu"), owns_group=False)
+
+    @classmethod
     def start(cls, config: TrainConfig) -> "Cluster":
         if config.device == "cuda" and not torch.cuda.is_available():
             raise ConfigError("device = 'cuda', but torch sees no CUDA device")

@@ -145,7 +145,7 @@ def _seed_all(seed: int) -> None:
 
 # ----------------------------------------------------------------------------------------- data
 @dataclass
-class _Data:
+class TrainingData:
     loader: torch.utils.data.DataLoader
     sampler: BucketBatchSampler
     val_batches: list[Batch]  # rank 0 only; empty elsewhere
@@ -153,7 +153,9 @@ class _Data:
     summary: dict[str, int]
 
 
-def _build_data(config: TrainConfig, data_dir: Path, cluster: Cluster) -> _Data:
+def build_data(config: TrainConfig, data_dir: Path, cluster: Optional[Cluster] = None) -> TrainingData:
+    """The run's split, datasets, training loader and validation batches (the latter on rank 0 only)."""
+    cluster = cluster or Cluster.single()
     c = config.data
     utterances = read_metadata(data_dir)
     train_utts, val_utts = split_train_val(utterances, c.n_val, c.seed)
@@ -188,7 +190,7 @@ def _build_data(config: TrainConfig, data_dir: Path, cluster: Cluster) -> _Data:
                        for s in range(0, len(order), c.batch_size)]
     summary = {"train_utterances": len(train_set), "val_utterances": len(val_set),
                "skipped_longer_than_max_frames": skipped_train + skipped_val}
-    return _Data(loader, sampler, val_batches, speakers, summary)
+    return TrainingData(loader, sampler, val_batches, speakers, summary)
 
 
 def _dataset(utterances: list[Utterance], text: TextProcessor, cache: MelCache, speakers: list[str],
@@ -217,7 +219,7 @@ class _Trainer:
         self.config, self.out_dir, self.cluster, self.signals = config, out_dir, cluster, signals
         self.device = cluster.device
         self.bf16 = _use_bf16(config.bf16, self.device)
-        self.data = _build_data(config, data_dir, cluster)
+        self.data = build_data(config, data_dir, cluster)
         _seed_all(config.seed)  # identical initial weights on every rank
         self.model = ProsodyTacotron(config.model).to(self.device)
         self.controller = build_controller(config.controller)

@@ -83,6 +83,11 @@ def test_cli_train_end_to_end_and_resume(tmp_path):
     between = run_cli("interpolate", "--checkpoint", checkpoint, "--text", "Hi.", "--reference-a", wav_a,
                       "--reference-b", wav_b, "--steps", "3", "--out", str(out / "interp"))
     assert between.returncode == 0 and len(list((out / "interp").glob("step*.wav"))) == 3, between.stderr
+    analyzed = run_cli("analyze", "--runs", str(tmp_path / "run"), "--data", str(corpus), "--out", str(out / "an"))
+    assert analyzed.returncode == 0, analyzed.stderr
+    report = json.loads((out / "an" / "analysis.json").read_text())
+    assert report["points"][0]["capacity"] == 10.0 and (out / "an" / "rate_distortion.png").is_file()
+    assert "entropy sum" in report["checkpoints"][str(tmp_path / "run")]["entropy_sum"]
     missing = run_cli("synthesize", "--checkpoint", checkpoint, "--text", "Hi.", "--reference",
                       str(tmp_path / "nope.wav"), "--out", str(out / "x.wav"))
     assert missing.returncode == 2 and "nope.wav: no such audio file" in missing.stderr
