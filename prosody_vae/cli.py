@@ -125,6 +125,15 @@ def cmd_interpolate(args: argparse.Namespace) -> None:
     print(f"wrote {len(paths)} wavs from {args.reference_a} to {args.reference_b} in {args.out}")
 
 
+def cmd_evaluate(args: argparse.Namespace) -> None:
+    from .evaluate import evaluate
+
+    evaluate(args.checkpoint, args.data, args.out, n_items=args.n_items, seed=args.seed,
+             synthesizer=_synthesizer(args))
+    print((args.out / "evaluation.md").read_text(encoding="utf-8"))
+    print(f"wrote {args.out}/evaluation.md, evaluation.json and reconstruction.png")
+
+
 def cmd_analyze(args: argparse.Namespace) -> None:
     from .analysis import analyze_runs
 
@@ -204,6 +213,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", type=Path, required=True, help="output folder: stepNN.wav")
     p.set_defaults(func=cmd_interpolate)
+
+    p = commands.add_parser("evaluate", help="reconstruction, transfer and prior-sampling metrics on a corpus")
+    _add_checkpoint(p)
+    p.add_argument("--data", type=Path, required=True, help="LJSpeech-format folder (factors.csv used if present)")
+    p.add_argument("--n-items", type=_positive_int, default=8, help="held-out utterances to evaluate")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", type=Path, required=True)
+    p.set_defaults(func=cmd_evaluate)
 
     p = commands.add_parser("analyze", help="rate-distortion over runs and the entropy-sum diagnostic")
     p.add_argument("--runs", type=Path, nargs="+", required=True, help="run folders (e.g. one per capacity)")

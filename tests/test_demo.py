@@ -118,3 +118,12 @@ def test_cli_demo_end_to_end(tmp_path):
     assert (out / "plots" / "training.png").is_file()
     assert "## Transfer" in (out / "report.md").read_text()
     assert "# prosody_vae demo" in result.stdout
+
+    evaluated = run_cli("evaluate", "--checkpoint", str(out / "run" / "checkpoints" / "best.pt"),
+                        "--data", str(out / "corpus"), "--n-items", "3", "--out", str(tmp_path / "eval"))
+    assert evaluated.returncode == 0, evaluated.stderr
+    scores = json.loads((tmp_path / "eval" / "evaluation.json").read_text())
+    assert len(scores["reconstruction"]) == len(scores["parallel_transfer"]) == 3
+    assert len(scores["non_parallel_transfer"]) == 3 * 2  # every text with every other reference
+    assert set(scores["transfer_correlation"]) == {"rate", "f0_mean_hz", "f0_range_semitones", "speech_s"}
+    assert scores["prior_sampling"]["n"] == 8 and (tmp_path / "eval" / "reconstruction.png").is_file()

@@ -1,0 +1,179 @@
+"""`prosody-vae evaluate`: objective prosody-control figures for one checkpoint on one corpus.
+
+On the held-out utterances of the checkpoint's own split (data.n_val, data.seed):
+
+- reconstruction: each utterance's text with its own recording as reference (posterior mean),
+  against the recording: MCD-DTW, GPE / VDE / FFE / F0 RMSE, duration ratio;
+- parallel transfer (built-in corpus only: it needs `factors.csv` to re-speak a text): the
+  utterance's text is spoken by espeak-ng with another utterance's factors, and that recording is
+  the reference; the output is compared with it, as above;
+- non-parallel transfer: each text with every other held-out utterance as reference; the output's
+  speaking rate, F0 mean and F0 range against the reference's (Pearson r over all pairs);
+- prior sampling: one text at `n_prior` seeds, temperature 1: spread of F0 mean and duration.
+
+Outputs are vocoded with Griffin-Lim (or the Synthesizer's vocoder), and F0 is pyin's on that
+audio: a model whose mels carry no harmonics yet shows NaN F0, which the report keeps as NaN
+rather than hiding. Writes evaluation.json, evaluation.md and plots into the output folder.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+
+from .audio import load_wav
+from .data import read_metadata, split_train_val
+from .errors import DataError
+from .metrics import compare_f0, f0_track, mel_cepstral_distortion, prosody_summary
+
+
+@dataclass
+class PairScores:
+    """Output against a recording with the same text."""
+
+    mcd_db: float
+    gpe: float
+    vde: float
+    ffe: float
+    f0_rmse_cents: float
+    duration_ratio: float  # output speech seconds / recording speech seconds
+
+
+def _scores(recording: np.ndarray, output: np.ndarray, sample_rate: int) -> PairScores:
+    from .metrics import duration_ratio
+
+    pitch = compare_f0(f0_track(recording), f0_track(output))
+    return PairScores(mel_cepstral_distortion(recording, output, sample_rate), pitch.gpe, pitch.vde, pitch.ffe,
+                      pitch.f0_rmse_cents, duration_ratio(recording, output, sample_rate))
+
+
+def _mean(values) -> float:
+    finite = [v for v in values if v is not None and math.isfinite(v)]
+    return float(np.mean(finite)) if finite else math.nan
+
+
+def _pearson(x, y) -> float:
+    pairs = [(a, b) for a, b in zip(x, y) if math.isfinite(a) and math.isfinite(b)]
+    if len(pairs) < 3:
+        return math.nan
+    a, b = np.array(pairs).T
+    return float(np.corrcoef(a, b)[0, 1]) if a.std() > 0 and b.std() > 0 else math.nan
+
+
+def evaluate(checkpoint: str | os.PathLike, data_dir: str | os.PathLike, out_dir: str | os.PathLike,
+             n_items: int = 8, n_prior: int = 8, seed: int = 0, synthesizer=None) -> dict:
+    from .infer import Synthesizer
+
+    synth = synthesizer or Synthesizer.from_checkpoint(checkpoint)
+    config, sr = synth.config, synth.audio.sample_rate
+    data_dir, out_dir = Path(data_dir), Path(out_dir)
+    utterances = read_metadata(data_dir)
+    _, held_out = split_train_val(utterances, config.data.n_val, config.data.seed)
+    items = held_out[:n_items]
+    if len(items) < 2:
+        raise DataError(f"{data_dir}: evaluation needs at least 2 held-out utterances, got {len(items)}")
+    recordings = {u.id: load_wav(u.wav_path, sr) for u in items}
+    factors = _read_factors(data_dir)
+
+    reconstruction = synth.tts([u.text for u in items], reference=[u.wav_path for u in items], seed=seed)
+    results: dict = {"checkpoint": str(checkpoint), "data": str(data_dir), "items": [u.id for u in items],
+                     "reconstruction": [asdict(_scores(recordings[u.id], w, sr))
+                                        for u, w in zip(items, reconstruction.wav)]}
+
+    if factors is not None:
+        from .corpus import synthesize
+
+        parallel = []
+        for i, u in enumerate(items):
+            other = factors[items[(i + 1) % len(items)].id]  # another utterance's voice and prosody
+            reference = synthesize(u.text, other)
+            output = synth.tts(u.text, reference=reference, seed=seed).wav[0]
+            parallel.append(asdict(_scores(reference, output, sr)))
+        results["parallel_transfer"] = parallel
+
+    pairs = []
+    for i, reference in enumerate(items):
+        texts = [u.text for j, u in enumerate(items) if j != i]
+        outputs = synth.tts(texts, reference=reference.wav_path, seed=seed)
+        ref_summary = prosody_summary(recordings[reference.id], sr, text=reference.text)
+        for text, wav in zip(texts, outputs.wav):
+            out_summary = prosody_summary(wav, sr, text=text)
+            pairs.append({"reference": reference.id, "text": text,
+                          **{f"reference_{k}": v for k, v in asdict(ref_summary).items()},
+                          **{f"output_{k}": v for k, v in asdict(out_summary).items()}})
+    results["non_parallel_transfer"] = pairs
+    results["transfer_correlation"] = {
+        name: _pearson([p[f"reference_{name}"] for p in pairs], [p[f"output_{name}"] for p in pairs])
+        for name in ("rate", "f0_mean_hz", "f0_range_semitones", "speech_s")}
+
+    prior = [prosody_summary(synth.tts(items[0].text, temperature=1.0, seed=s).wav[0], sr, text=items[0].text)
+             for s in range(seed, seed + n_prior)]
+    results["prior_sampling"] = {"text": items[0].text, "n": n_prior,
+                                 "f0_mean_hz_std": float(np.nanstd([p.f0_mean_hz for p in prior])),
+                                 "speech_s_std": float(np.std([p.speech_s for p in prior])),
+                                 "speech_s_mean": float(np.mean([p.speech_s for p in prior]))}
+    out_dir.mkdir(parents=True, exist_ok=True)
+    _plot_item(synth, items[0], recordings[items[0].id], reconstruction, out_dir / "reconstruction.png")
+    (out_dir / "evaluation.json").write_text(json.dumps(results, indent=1, default=float), encoding="utf-8")
+    (out_dir / "evaluation.md").write_text(_markdown(results), encoding="utf-8")
+    return results
+
+
+def _read_factors(data_dir: Path) -> Optional[dict]:
+    path = data_dir / "factors.csv"
+    if not path.is_file():
+        return None
+    from .corpus import Factors
+
+    with open(path, newline="", encoding="utf-8") as f:
+        return {row["id"]: Factors(row["voice"], int(row["rate"]), int(row["pitch"]), int(row["pitch_range"]),
+                                   int(row["volume"])) for row in csv.DictReader(f)}
+
+
+def _plot_item(synth, utterance, recording: np.ndarray, result, path: Path) -> None:
+    """Target and reconstructed mel, attention, and both F0 contours of one utterance."""
+    from matplotlib.figure import Figure
+
+    target = synth.reference_mel(recording).cpu()
+    figure = Figure(figsize=(10, 8), layout="constrained")
+    axes = figure.subplots(4, 1)
+    for axis, mel, title in zip(axes[:2], (target, result.mel[0].cpu()), ("recording", "reconstruction")):
+        axis.imshow(mel.T.numpy(), origin="lower", aspect="auto", interpolation="none")
+        axis.set(title=f"{title}: {utterance.id}", ylabel="mel bin")
+    axes[2].imshow(result.alignment[0].T.cpu().numpy(), origin="lower", aspect="auto", interpolation="none")
+    axes[2].set(title="attention", xlabel="decoder step", ylabel="character")
+    for wav, label in ((recording, "recording"), (result.wav[0], "reconstruction")):
+        track = f0_track(wav)
+        axes[3].plot(track.times, track.f0, label=label)
+    axes[3].set(title="F0 (pyin)", xlabel="seconds", ylabel="Hz")
+    axes[3].legend()
+    figure.savefig(path, dpi=80)
+
+
+def _markdown(r: dict) -> str:
+    def table(rows: list[dict]) -> list[str]:
+        keys = list(rows[0])
+        return [f"| {' | '.join(keys)} |", f"|{'---|' * len(keys)}",
+                f"| {' | '.join(f'{_mean(row[k] for row in rows):.3f}' for k in keys)} |"]
+
+    lines = ["# Evaluation", "", f"Checkpoint `{r['checkpoint']}` on `{r['data']}`, {len(r['items'])} held-out "
+             "utterances. Means over items; F0 by pyin on vocoded audio (NaN: no pitch found).", "",
+             "## Reconstruction (own recording as reference)", "", *table(r["reconstruction"]), ""]
+    if "parallel_transfer" in r:
+        lines += ["## Parallel transfer (espeak-ng re-speaks the text with another utterance's factors)", "",
+                  *table(r["parallel_transfer"]), ""]
+    lines += ["## Non-parallel transfer: Pearson r, reference vs output, over all pairs", "",
+              "| quantity | r |", "|---|---|",
+              *(f"| {k} | {v:.3f} |" for k, v in r["transfer_correlation"].items()), "",
+              "## Prior sampling", "",
+              f"{r['prior_sampling']['n']} samples of one text: speech duration {r['prior_sampling']['speech_s_mean']:.2f} "
+              f"± {r['prior_sampling']['speech_s_std']:.2f} s, F0 mean spread {r['prior_sampling']['f0_mean_hz_std']:.1f} Hz.",
+              "", "![reconstruction](reconstruction.png)"]
+    return "\n".join(lines) + "\n"
