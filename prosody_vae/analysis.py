@@ -43,6 +43,7 @@ import torch
 from .data import Batch
 from .errors import ConfigError, DataError
 from .losses import masked_l1
+from .runlog import read_metrics
 from .tacotron import ProsodyTacotron
 
 _LOG_2PI_E = math.log(2.0 * math.pi * math.e)
@@ -199,30 +200,13 @@ class RatePoint:
     extra: dict[str, float] = field(default_factory=dict)
 
 
-def _read_records(path: Path) -> list[dict]:
-    if not path.is_file():
-        raise DataError(f"{path}: no metrics.jsonl (is this a training run folder?)")
-    lines = path.read_text(encoding="utf-8").rstrip().splitlines()
-    records = []
-    for line_no, line in enumerate(lines, start=1):
-        if not line.strip():
-            continue
-        try:
-            records.append(json.loads(line))
-        except ValueError:
-            if line_no == len(lines):  # a run killed mid-write leaves a half line at the end
-                break
-            raise DataError(f"{path}:{line_no}: not a JSON line: {line[:80]!r}") from None
-    return records
-
-
 def read_run(run_dir: str | os.PathLike, extra_keys: tuple[str, ...] = ("align", "beta")) -> RatePoint:
     """Val numbers from the last 'val' record; train numbers are the means of the 'train' records
     from the last 10% of steps (step >= 0.9 * last train step), which smooths the batch noise
     of a single log line. Capacity is the last logged "capacity", if any."""
     run_dir = Path(run_dir)
     path = run_dir / "metrics.jsonl"
-    records = _read_records(path)
+    records = read_metrics(path)
     train = [r for r in records if r.get("split") == "train"]
     val = [r for r in records if r.get("split") == "val"]
     if not train or not val:

@@ -17,16 +17,15 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import torch
 
-from .audio import MelSpectrogram, griffin_lim, load_wav, save_wav
+from .audio import load_wav, save_wav
 from .errors import ConfigError
+from .runlog import read_metrics
 
 DEMO_CONFIG = Path(__file__).resolve().parents[1] / "recipes" / "demo" / "config.toml"
 TRANSFER_SENTENCES = ("The painter carried a wooden ladder across the river.",
                       "Did you find the golden key near the station?",
                       "We bought apples, bread and honey at the market.")
-GRIFFIN_LIM_ITERATIONS = 60
 F0_FLOOR_MARGIN_HZ = 65.0  # pyin searches from 55 Hz: estimates below this sit on its floor
 
 
@@ -43,8 +42,8 @@ class DemoReport:
 
 def run_demo(out_dir: str | Path, n_utterances: int = 1000, max_steps: int | None = None,
              config_path: str | Path | None = None, seed: int = 0) -> DemoReport:
-    from .checkpoint import load_model
     from .config import load_config
+    from .infer import Synthesizer
     from .corpus import CorpusConfig, make_corpus
     from .train import train
 
@@ -66,11 +65,13 @@ def run_demo(out_dir: str | Path, n_utterances: int = 1000, max_steps: int | Non
     result = train(config, corpus, run, resume=True, max_steps=max_steps)
 
     print("[3/3] synthesising and writing the report", flush=True)
-    model, config = load_model(result.checkpoint)
-    synthesis = _synthesise(model, config, corpus, out_dir, seed)
-    metrics = _final_validation(run)
-    _plot_training(run, out_dir / "plots" / "training.png", config)
-    report = DemoReport(out_dir, time.perf_counter() - started, metrics, synthesis)
+    synth = Synthesizer.from_checkpoint(result.checkpoint)
+    config = synth.config
+    synthesis = _synthesise(synth, corpus, out_dir, seed)
+    records = read_metrics(run / "metrics.jsonl")
+    validations = [r for r in records if r.get("split") == "val"]
+    _plot_training(records, out_dir / "plots" / "training.png", config)
+    report = DemoReport(out_dir, time.perf_counter() - started, validations[-1] if validations else {}, synthesis)
     _write_report(report, config)
     return report
 
@@ -88,49 +89,32 @@ def _contrasting_references(corpus: Path) -> dict[str, dict]:
     return {"slow_low": rows[order[0]], "fast_high": rows[order[-1]]}
 
 
-@torch.no_grad()
-def _synthesise(model, config, corpus: Path, out_dir: Path, seed: int) -> list[dict]:
-    from .text import TextProcessor
+def _synthesise(synth, corpus: Path, out_dir: Path, seed: int) -> list[dict]:
+    """Three sentences in each prosody condition, vocoded and saved; one row per output."""
+    wav_dir, sample_rate = out_dir / "wavs", synth.audio.sample_rate
+    texts = list(TRANSFER_SENTENCES)
 
-    wav_dir = out_dir / "wavs"
-    audio = config.audio
-    mel_spec = MelSpectrogram(audio)
-    processor = TextProcessor(config.text)
-    texts = [processor(t) for t in TRANSFER_SENTENCES]
-    text = torch.nn.utils.rnn.pad_sequence(texts, batch_first=True, padding_value=processor.pad_id)
-    text_lengths = torch.tensor([len(t) for t in texts])
-    generator = torch.Generator().manual_seed(seed)
-
-    def speak(z: torch.Tensor, name: str) -> list[dict]:
-        out = model.infer(text, text_lengths, z=z, generator=generator)
-        rows = []
-        for i in range(len(texts)):
-            n = int(out.mel_lengths[i])
-            wav = griffin_lim(out.mel_postnet[i, :n], n_iter=GRIFFIN_LIM_ITERATIONS, mel_spec=mel_spec)
-            path = save_wav(wav_dir / f"{name}_sentence{i}.wav", wav, audio.sample_rate)
-            rows.append({"condition": name, "sentence": i, "wav": str(path.relative_to(out_dir)),
-                         "seconds": n * audio.hop_length / audio.sample_rate,
-                         "f0_mean_hz": _f0_mean(wav.numpy(), audio.sample_rate),
-                         "stopped": not bool(out.hit_max_steps[i])})
-        _plot_alignments(out.alignments, out.stop_steps, out_dir / "plots" / f"alignment_{name}.png")
-        return rows
+    def speak(name: str, **prosody) -> list[dict]:
+        out = synth.tts(texts, seed=seed, **prosody)
+        _plot_alignments(out.alignment, out_dir / "plots" / f"alignment_{name}.png")
+        return [{"condition": name, "sentence": i,
+                 "wav": str(save_wav(wav_dir / f"{name}_sentence{i}.wav", wav, sample_rate).relative_to(out_dir)),
+                 "seconds": len(wav) / sample_rate, "f0_mean_hz": _f0_mean(wav, sample_rate),
+                 "stopped": not hit_max} for i, (wav, hit_max) in enumerate(zip(out.wav, out.hit_max_steps))]
 
     rows = []
     for name, ref in _contrasting_references(corpus).items():
-        wav = load_wav(corpus / "wavs" / f"{ref['id']}.wav", audio.sample_rate)
-        save_wav(wav_dir / f"reference_{name}.wav", wav, audio.sample_rate)
-        mel = mel_spec(torch.from_numpy(wav))[None]  # (1, T, n_mels)
-        post = model.encode_reference(mel, torch.tensor([mel.shape[1]]), mode="mean")
+        wav = load_wav(corpus / "wavs" / f"{ref['id']}.wav", sample_rate)
+        save_wav(wav_dir / f"reference_{name}.wav", wav, sample_rate)
         # the same measurement on Griffin-Lim of the reference's own mel: what a perfect model would give
-        resynthesised = griffin_lim(mel[0], n_iter=GRIFFIN_LIM_ITERATIONS, mel_spec=mel_spec).numpy()
+        resynthesised = synth.vocode(synth.reference_mel(wav))
         rows += [dict(r, reference_id=ref["id"], reference_rate=float(ref["rate"]),
-                      reference_griffin_lim_f0_hz=_f0_mean(resynthesised, audio.sample_rate),
+                      reference_griffin_lim_f0_hz=_f0_mean(resynthesised, sample_rate),
                       reference_pitch=float(ref["pitch"]), reference_seconds=float(ref["duration_s"]),
                       reference_f0_hz=float(ref["f0_mean_hz"] or "nan"))
-                 for r in speak(post.mean.expand(len(texts), -1), f"transfer_{name}")]
-    prior = model.reference_encoder.sample_prior(len(texts), temperature=1.0, generator=generator)
-    rows += speak(prior, "prior_sample")
-    rows += speak(torch.zeros_like(prior), "prior_mean")
+                 for r in speak(f"transfer_{name}", reference=wav, mode="mean")]
+    rows += speak("prior_sample", temperature=1.0)
+    rows += speak("prior_mean", temperature=0.0)
     return rows
 
 
@@ -140,12 +124,6 @@ def _f0_mean(wav: np.ndarray, sample_rate: int) -> float:
     return float(measure_prosody(wav, sample_rate).f0_mean_hz)
 
 
-def _final_validation(run: Path) -> dict:
-    lines = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines() if line.strip()]
-    validations = [line for line in lines if line.get("split") == "val"]
-    return validations[-1] if validations else {}
-
-
 def _figure(rows: int, cols: int, size: tuple[float, float]):
     from matplotlib.figure import Figure  # no pyplot: no global backend state
 
@@ -153,20 +131,19 @@ def _figure(rows: int, cols: int, size: tuple[float, float]):
     return figure, figure.subplots(rows, cols, squeeze=False)
 
 
-def _plot_alignments(alignments: torch.Tensor, stop_steps: torch.Tensor, path: Path) -> None:
-    figure, axes = _figure(1, alignments.shape[0], (4 * alignments.shape[0], 3))
-    for i, axis in enumerate(axes[0]):
-        axis.imshow(alignments[i, : int(stop_steps[i])].T.numpy(), origin="lower", aspect="auto",
-                    interpolation="none")
+def _plot_alignments(alignments: list, path: Path) -> None:
+    """One panel per item: alignment (decoder steps, characters)."""
+    figure, axes = _figure(1, len(alignments), (4 * len(alignments), 3))
+    for i, (axis, alignment) in enumerate(zip(axes[0], alignments)):
+        axis.imshow(alignment.T.cpu().numpy(), origin="lower", aspect="auto", interpolation="none")
         axis.set(xlabel="decoder step", ylabel="character", title=f"sentence {i}")
     path.parent.mkdir(parents=True, exist_ok=True)
     figure.savefig(path, dpi=80)
 
 
-def _plot_training(run: Path, path: Path, config) -> None:
-    lines = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines() if line.strip()]
-    train_rows = [line for line in lines if line.get("split") == "train"]
-    val_rows = [line for line in lines if line.get("split") == "val"]
+def _plot_training(records: list[dict], path: Path, config) -> None:
+    train_rows = [r for r in records if r.get("split") == "train"]
+    val_rows = [r for r in records if r.get("split") == "val"]
     figure, axes = _figure(1, 3, (13, 3.2))
     steps = [r["step"] for r in train_rows]
     axes[0, 0].plot(steps, [r["postnet_l1"] for r in train_rows], label="train")

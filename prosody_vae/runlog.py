@@ -99,3 +99,25 @@ class MetricWindow:
         seconds = time.perf_counter() - self.started
         means = {name: total / self.good for name, total in self.sums.items()}
         return {**means, "steps_per_s": self.steps / seconds}
+
+
+def read_metrics(path: str | os.PathLike) -> list[dict]:
+    """The records of a metrics.jsonl file. A half-written last line (a run killed mid-write) is
+    dropped; a bad line anywhere else is a DataError naming file and line."""
+    from .errors import DataError
+
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path}: no metrics.jsonl (is this a training run folder?)")
+    lines = path.read_text(encoding="utf-8").rstrip().splitlines()
+    records = []
+    for line_no, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        try:
+            records.append(json.loads(line))
+        except ValueError:
+            if line_no == len(lines):
+                break
+            raise DataError(f"{path}:{line_no}: not a JSON line: {line[:80]!r}") from None
+    return records
