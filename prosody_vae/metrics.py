@@ -5,10 +5,15 @@ Spectral distance
 
         MCD = (10 / ln 10) * sqrt(2) * mean over aligned pairs of sqrt(sum_d (c_d - c'_d)^2)   [dB]
 
-    with constant 10 * sqrt(2) / ln 10 ~= 6.1419. The constant assumes cepstra of the *natural*
-    log amplitude spectrum, which is what `MelSpectrogram` produces, so the cepstra here are the
-    orthonormal DCT-II of the package's HiFi-GAN log-mel (80 mels, n_fft 1024, hop 256, see
-    `audio.AudioConfig`). c_0 (overall level) is dropped so gain differences do not count.
+    with constant 10 * sqrt(2) / ln 10 ~= 6.1419. The constant assumes true cepstra of the
+    *natural* log amplitude spectrum, ln|X(w)| = c_0 + 2 * sum_d c_d cos(w d), the convention of
+    SPTK's mcep. The cepstra here come from the package's HiFi-GAN log-mel (natural log amplitude,
+    80 mels, n_fft 1024, hop 256, see `audio.AudioConfig`): c_d = (1 / M) * sum_k L_k
+    cos(pi d (2k + 1) / 2M) over the M mel bins, which is the orthonormal DCT-II divided by
+    sqrt(2M). Without that division the figure is sqrt(160) ~= 12.6 times too large, a scale slip
+    that makes "MFCC-MCD" numbers incomparable with published ones. So a log-spectral ripple
+    a * cos(pi d (2k + 1) / 2M) gives c_d = a / 2 and MCD = 6.1419 * a / 2. c_0 (overall level) is
+    dropped so gain differences do not count.
 
 Pitch (Nakatani et al. 2008; Chu & Alwan 2009), frames compared index by index after truncating
 both tracks to the shorter one:
@@ -58,16 +63,22 @@ def _amplitude_db(amplitude: np.ndarray) -> np.ndarray:
 # ---------------------------------------------------------------------------- MCD-DTW
 def mel_cepstra(wav: np.ndarray, sample_rate: int = 22050, n_mfcc: int = 13) -> np.ndarray:
     """(T, n_mfcc) cepstra c_1..c_n_mfcc of the HiFi-GAN log-mel, T = len(wav) // 256."""
-    import librosa
-
     wav = _check_wav(wav, "wav")
-    if n_mfcc < 1:
-        raise ConfigError(f"n_mfcc must be >= 1, got {n_mfcc}")
     mel_spec = MelSpectrogram(AudioConfig(sample_rate=sample_rate))
     with torch.no_grad():
         log_mel = mel_spec(torch.from_numpy(wav)).numpy()  # (T, n_mels), natural log amplitude
-    cepstra = librosa.feature.mfcc(S=log_mel.T, n_mfcc=n_mfcc + 1, dct_type=2, norm="ortho")
-    return cepstra[1:].T  # (T, n_mfcc): c_0 dropped
+    return cepstra_of_log_mel(log_mel, n_mfcc)
+
+
+def cepstra_of_log_mel(log_mel: np.ndarray, n_mfcc: int = 13) -> np.ndarray:
+    """(T, n_mfcc) true cepstra c_1..c_n_mfcc of a (T, M) natural-log mel (scale in the module doc)."""
+    import scipy.fft
+
+    n_mels = log_mel.shape[1]
+    if not 1 <= n_mfcc < n_mels:
+        raise ConfigError(f"n_mfcc must be in [1, {n_mels - 1}] for {n_mels} mel bins, got {n_mfcc}")
+    cepstra = scipy.fft.dct(log_mel, type=2, norm="ortho", axis=1) / math.sqrt(2 * n_mels)
+    return cepstra[:, 1:n_mfcc + 1]  # (T, n_mfcc): c_0 dropped
 
 
 def mcd_from_cepstra(ref: np.ndarray, syn: np.ndarray) -> float:

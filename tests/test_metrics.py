@@ -8,9 +8,20 @@ import numpy as np
 import pytest
 
 from prosody_vae.errors import AudioError, ConfigError, TextError
-from prosody_vae.metrics import (MCD_CONSTANT, F0Config, compare_f0, duration_ratio, energy, f0_track,
-                                 mcd_from_cepstra, mel_cepstral_distortion, prosody_summary, speaking_rate,
-                                 speech_duration)
+from prosody_vae.metrics import (
+    MCD_CONSTANT,
+    F0Config,
+    cepstra_of_log_mel,
+    compare_f0,
+    duration_ratio,
+    energy,
+    f0_track,
+    mcd_from_cepstra,
+    mel_cepstral_distortion,
+    prosody_summary,
+    speaking_rate,
+    speech_duration,
+)
 
 SR = 22050
 
@@ -95,6 +106,27 @@ def test_mcd_constant_scales_mean_euclidean_distance():
     syn = np.full((5, 13), 0.5)
     assert MCD_CONSTANT == pytest.approx(6.1419, abs=1e-4)
     assert mcd_from_cepstra(ref, syn) == pytest.approx(MCD_CONSTANT * 0.5 * math.sqrt(13))
+
+
+@pytest.mark.parametrize("quefrency", [1, 4, 13])
+def test_cepstra_are_on_the_true_cepstral_scale(quefrency):
+    # A log-spectral ripple a*cos(pi d (2k+1) / 2M) is c_d = a/2 in the mcep convention that
+    # MCD's constant assumes, so MCD = 6.1419 * a / 2 whatever the number of mel bins.
+    n_mels, ripple = 80, 0.3
+    k = np.arange(n_mels)
+    base = np.random.default_rng(0).normal(size=(20, n_mels))  # (T, M) natural-log mel
+    rippled = base + ripple * np.cos(np.pi * quefrency * (2 * k + 1) / (2 * n_mels))
+    difference = cepstra_of_log_mel(rippled) - cepstra_of_log_mel(base)  # (T, 13)
+    expected = np.zeros(13)
+    expected[quefrency - 1] = ripple / 2
+    np.testing.assert_allclose(difference, np.broadcast_to(expected, difference.shape), atol=1e-9)
+    assert mcd_from_cepstra(cepstra_of_log_mel(base), cepstra_of_log_mel(rippled)) == pytest.approx(
+        MCD_CONSTANT * ripple / 2)
+
+
+def test_cepstra_need_fewer_coefficients_than_mel_bins():
+    with pytest.raises(ConfigError, match="n_mfcc"):
+        cepstra_of_log_mel(np.zeros((3, 20)), n_mfcc=20)
 
 
 def test_duration_ratio_ignores_silence_and_follows_tempo(reference):
