@@ -108,12 +108,16 @@ class TrainConfig:
     bf16: bool | Literal["auto"] = "auto"  # autocast; auto: on for CUDA, off for CPU
     threads: int = 0  # torch intra-op threads; 0: torch's default (all cores, or OMP_NUM_THREADS)
     max_consecutive_bad_steps: int = 20  # non-finite steps in a row before training stops
+    # warn once when the controller's beta has been 0 this many good steps in a row: the KL term
+    # has had no effect, so the KL is unconstrained (with DualAscent: C is far too high). 0: never.
+    kl_inactive_warning_steps: int = 1000
 
     def __post_init__(self) -> None:
         for name in ("max_steps", "log_every", "val_every", "checkpoint_every", "keep_last",
                      "max_consecutive_bad_steps"):
             _check(getattr(self, name) >= 1, f"{name} must be >= 1, got {getattr(self, name)}")
-        _check(self.threads >= 0, f"threads must be >= 0, got {self.threads}")
+        for name in ("threads", "kl_inactive_warning_steps"):
+            _check(getattr(self, name) >= 0, f"{name} must be >= 0, got {getattr(self, name)}")
         _check(self.model.n_mels == self.audio.n_mels,
                f"model.n_mels ({self.model.n_mels}) must equal audio.n_mels ({self.audio.n_mels})")
         _check(math.isclose(self.model.pad_value, self.audio.pad_value),

@@ -1,8 +1,9 @@
 """What a training run writes for people to read: metrics.jsonl, TensorBoard scalars and media.
 
-metrics.jsonl holds one JSON object per line, {"step", "split": "train" | "val" | "data", ...},
-easy to read back in tests and reports. A resumed run drops the lines (and TensorBoard events)
-written after its checkpoint, so the log never shows steps that the model no longer has.
+metrics.jsonl holds one JSON object per line, {"step", "split": "train" | "val" | "data" |
+"warning", ...}, easy to read back in tests and reports; a "warning" line has "kind" and
+"message". A resumed run drops the lines (and TensorBoard events) written after its checkpoint,
+so the log never shows steps that the model no longer has.
 """
 
 from __future__ import annotations
@@ -42,6 +43,13 @@ class RunLog:
         self.file.flush()
         for name, value in values.items():
             self.tensorboard.add_scalar(f"{split}/{name}", value, step)
+
+    def warning(self, step: int, kind: str, message: str, values: dict[str, float]) -> None:
+        """A one-off problem worth a person's attention, as a metrics.jsonl line and TensorBoard text."""
+        record = {"step": step, "split": "warning", "kind": kind, "message": message, **values}
+        self.file.write(json.dumps(record) + "\n")
+        self.file.flush()
+        self.tensorboard.add_text(f"warning/{kind}", message, step)
 
     def media(self, step: int, alignment: torch.Tensor, target: torch.Tensor, predicted: torch.Tensor,
               wav: torch.Tensor, sample_rate: int) -> None:

@@ -7,8 +7,20 @@ One step:
     backward -> clip the model's gradient (beta lives in the controller, not in the model)
     all-reduce [KL, reconstruction, bad flag, stop flag], so every rank decides alike
     model optimizer and LR schedule step, then controller.update(KL averaged over ranks)
-A non-finite loss or gradient norm skips both updates and is counted; `max_consecutive_bad_steps`
-in a row stop training with a TrainingError that says what went wrong.
+A batch whose log-mels hold a NaN or an infinity in a valid frame (a damaged cache file, a
+broken wav) is not run at all, and a non-finite loss or gradient norm skips both updates: either
+way the step is counted in `skipped_steps`, beta is left as it was, and the utterance ids are
+reported. `max_consecutive_bad_steps` in a row stop training with a TrainingError that says what
+went wrong. A checkpoint that cannot be written (a full disk) ends the run with a CheckpointError;
+the write is atomic (checkpoint.py), so the previous checkpoint is still there to resume from.
+
+An unconstrained KL is reported once per run: if the controller's weight beta has been exactly 0
+for `kl_inactive_warning_steps` good steps in a row, the KL term has exerted no force for that
+long and nothing bounds the latent, which then drifts towards a plain autoencoder code (the KL
+keeps growing as far as reconstruction profits: "exploding"). With DualAscent beta rests at 0 only
+while KL < C, so this means C has not been reached in that many steps: C is far too high for the
+model and data. The warning goes to stderr, to metrics.jsonl as {"split": "warning", "kind":
+"kl_inactive", "message", "kl", "kl_window_start"} and to TensorBoard as text.
 
 Distributed: `torchrun --nproc_per_node N -m ...` sets WORLD_SIZE; the trainer then joins a
 process group (nccl on CUDA, gloo on CPU) and wraps the model in DistributedDataParallel. Each
@@ -55,7 +67,7 @@ from .data import (Batch, BucketBatchSampler, MelCache, TTSDataset, Utterance, c
                    split_train_val)
 from .distributed import Cluster, StopSignals
 from .errors import CheckpointError, ConfigError, DataError, TrainingError
-from .losses import LossTerms, TacotronLoss, alignment_diagonal_score
+from .losses import TacotronLoss, alignment_diagonal_score
 from .runlog import MetricWindow, RunLog
 from .tacotron import ProsodyTacotron, TacotronConfig, decoder_steps
 from .text import TextProcessor
@@ -63,7 +75,8 @@ from .text import TextProcessor
 # Settings a resumed run may change: they decide how long, where and how verbosely it runs.
 # Anything else differing from the checkpoint's config is refused.
 RESUMABLE_CHANGES = frozenset({"max_steps", "log_every", "val_every", "checkpoint_every", "keep_last", "device",
-                               "bf16", "threads", "max_consecutive_bad_steps", "data.num_workers", "data.cache_dir"})
+                               "bf16", "threads", "max_consecutive_bad_steps", "kl_inactive_warning_steps",
+                               "data.num_workers", "data.cache_dir"})
 GRIFFIN_LIM_ITERATIONS = 32  # enough to hear prosody in TensorBoard, cheap next to a validation pass
 
 
@@ -239,6 +252,7 @@ class _Trainer:
         self.checkpoints = RunCheckpoints(out_dir / "checkpoints", config.keep_last)
         self.step = self.epoch = self.position = 0
         self.skipped_steps = self.consecutive_bad = 0
+        self.kl_inactive_steps, self.kl_inactive_start, self.warned_kl_inactive = 0, 0.0, False
         self.best_val_l1, self.val_metrics = math.inf, {}
         self.validated_at = self.saved_at = -1
         self.last_checkpoint: Optional[Path] = None
@@ -297,6 +311,19 @@ class _Trainer:
     def _train_step(self, batch: Batch) -> tuple[Optional[dict[str, float]], bool]:
         """One step; returns (the step's logged values, or None if it was skipped; stop requested)."""
         batch = batch.to(self.device)
+        broken = non_finite_items(batch)
+        # agreed before the forward pass: under DDP every rank must skip it, or the gradient
+        # all-reduce of the ranks that did run would wait forever
+        flags = torch.tensor([float(bool(broken)), float(self.signals.received is not None)], device=self.device)
+        broken_ranks, stop_ranks = self.cluster.sum(flags).tolist()
+        stop = stop_ranks > 0
+        if broken_ranks > 0:
+            where = f"in {', '.join(broken)}" if broken else "on another rank"
+            if broken:
+                tqdm.write(f"step {self.step + 1}: skipped, non-finite log-mel values {where}", file=sys.stderr)
+            self._count_bad_step(f"non-finite log-mel values {where} ({int(broken_ranks)} of "
+                                 f"{self.cluster.world} rank(s)); check those cache files and wavs")
+            return None, stop
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16):
             output = self.forward(batch.text, batch.text_lengths, batch.mel, batch.mel_lengths,
                                   speaker_ids=self._speaker_ids(batch))
@@ -305,36 +332,64 @@ class _Trainer:
         terms.total.backward()
         grad_norm = float(torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.max_grad_norm))
         local = torch.stack([terms.kl.detach().float(), (terms.mel_l1 + terms.postnet_l1).detach().float(),
-                             (~torch.isfinite(terms.total.detach())).float(),
-                             torch.tensor(float(self.signals.received is not None), device=self.device)])
-        kl_sum, recon_sum, bad_ranks, stop_ranks = self.cluster.sum(local).tolist()
+                             (~torch.isfinite(terms.total.detach())).float()])
+        kl_sum, recon_sum, bad_ranks = self.cluster.sum(local).tolist()
         if bad_ranks > 0 or not math.isfinite(grad_norm):
-            self._count_bad_step(terms, grad_norm, int(bad_ranks))
-            return None, stop_ranks > 0
+            values = terms.as_floats()
+            bad_terms = [name for name, value in values.items() if not math.isfinite(value)]
+            self._count_bad_step(
+                f"non-finite loss on {int(bad_ranks)} of {self.cluster.world} rank(s), gradient norm {grad_norm}; "
+                f"this rank's non-finite terms: {bad_terms or 'none'} "
+                f"({', '.join(f'{k}={v:.4g}' for k, v in values.items())})")
+            return None, stop
         self.consecutive_bad = 0
         self.optimizer.step()
         self.scheduler.step()
         # the same averaged KL on every rank keeps beta identical across ranks
-        self.controller.update(kl_sum / self.cluster.world, recon=recon_sum / self.cluster.world)
+        kl = kl_sum / self.cluster.world
+        self.controller.update(kl, recon=recon_sum / self.cluster.world)
+        self._watch_kl_pressure(kl)
         if not self.cluster.is_main:
-            return {}, stop_ranks > 0
+            return {}, stop
         align = alignment_diagonal_score(output.alignments.detach().float(), batch.text_lengths,
                                          decoder_steps(batch.mel_lengths, self.config.model.reduction_factor))
-        return {**terms.as_floats(), "grad_norm": grad_norm, "align": float(align)}, stop_ranks > 0
+        return {**terms.as_floats(), "grad_norm": grad_norm, "align": float(align)}, stop
 
-    def _count_bad_step(self, terms: LossTerms, grad_norm: float, bad_ranks: int) -> None:
+    def _count_bad_step(self, reason: str) -> None:
         self.skipped_steps += 1
         self.consecutive_bad += 1
         if self.consecutive_bad < self.config.max_consecutive_bad_steps:
             return
-        values = terms.as_floats()
-        broken = [name for name, value in values.items() if not math.isfinite(value)]
         raise TrainingError(
             f"{self.consecutive_bad} non-finite steps in a row (max_consecutive_bad_steps), the last at step "
-            f"{self.step + 1}: non-finite loss on {bad_ranks} of {self.cluster.world} rank(s), gradient norm {grad_norm}; "
-            f"this rank's non-finite terms: {broken or 'none'} ({', '.join(f'{k}={v:.4g}' for k, v in values.items())}). "
-            "Lower optim.lr, check the corpus for silent or corrupt audio, or set bf16 = false. "
-            f"The last good state is in {self.checkpoints.dir}.")
+            f"{self.step + 1}: {reason}. Lower optim.lr, check the corpus for silent or corrupt audio, or set "
+            f"bf16 = false. The last good state is in {self.checkpoints.dir}.")
+
+    def _watch_kl_pressure(self, kl: float) -> None:
+        """Warn once if beta has been 0 for kl_inactive_warning_steps good steps in a row (the
+        module docstring says why that means an unconstrained, growing KL)."""
+        limit = self.config.kl_inactive_warning_steps
+        if self.controller.beta > 0 or not limit:
+            self.kl_inactive_steps = 0
+            return
+        if self.kl_inactive_steps == 0:
+            self.kl_inactive_start = kl
+        self.kl_inactive_steps += 1
+        if self.kl_inactive_steps < limit or self.warned_kl_inactive:
+            return
+        self.warned_kl_inactive = True
+        capacity = getattr(self.controller, "capacity", None)
+        cause = (f"it is still below the capacity C = {capacity:g} nats that the controller waits for, so C is "
+                 "far too high for this model and data: set controller.capacity below the KL the run settles at"
+                 if isinstance(capacity, (int, float)) and kl < capacity else
+                 "give the KL term a positive weight in [controller]")
+        message = (f"the KL is unconstrained: beta has been 0 for the last {limit} steps, so the KL term had no "
+                   f"effect and the KL went from {self.kl_inactive_start:.4g} to {kl:.4g} nats per utterance; "
+                   f"{cause} (a free latent copies the reference and prior samples stop sounding like speech)")
+        self.say(f"WARNING step {self.step + 1}: {message}")
+        if self.log is not None:
+            self.log.warning(self.step + 1, "kl_inactive", message,
+                             {"kl": kl, "kl_window_start": self.kl_inactive_start})
 
     def _speaker_ids(self, batch: Batch) -> Optional[torch.Tensor]:
         return batch.speaker_ids if self.config.model.n_speakers else None
@@ -371,10 +426,18 @@ class _Trainer:
             rng = self.cluster.gather(capture_rng())
             if self.cluster.is_main and (periodic or improved):
                 state = self._state(rng)
-                if periodic:
-                    self.last_checkpoint = self.checkpoints.save(state, self.step)
-                if improved:
-                    self.checkpoints.save_best(state)
+                try:
+                    if periodic:
+                        self.last_checkpoint = self.checkpoints.save(state, self.step)
+                    if improved:
+                        self.checkpoints.save_best(state)
+                except OSError as exc:  # a full disk, a quota, a vanished mount
+                    # the writes are atomic: every checkpoint already on disk is still whole
+                    previous = f"{self.last_checkpoint} is intact" if self.last_checkpoint else "none was written before"
+                    raise CheckpointError(
+                        f"{self.checkpoints.dir}: cannot write the checkpoint of step {self.step} "
+                        f"({exc.strerror or exc}); the previous one: {previous}. Free space and continue "
+                        "with --resume") from exc
         if periodic:
             self.saved_at = self.step
 
@@ -478,6 +541,14 @@ class _Trainer:
                       "but not bit-exactly", RuntimeWarning, stacklevel=2)
         self.position = math.ceil(self.position * world / self.cluster.world)
         _seed_all(self.config.seed + self.cluster.rank + self.step)
+
+
+def non_finite_items(batch: Batch) -> list[str]:
+    """Ids of the items whose valid log-mel frames hold a NaN or an infinity (padding is ignored)."""
+    frames = torch.arange(batch.mel.shape[1], device=batch.mel.device)[None]  # (1, T)
+    valid = frames < batch.mel_lengths[:, None]  # (B, T)
+    broken = (~torch.isfinite(batch.mel).all(dim=2) & valid).any(dim=1)  # (B,)
+    return [batch.ids[i] for i in broken.nonzero().flatten().tolist()]
 
 
 def _use_bf16(setting: bool | str, device: torch.device) -> bool:
