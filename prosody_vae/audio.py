@@ -187,32 +187,57 @@ def griffin_lim(log_mel: torch.Tensor, config: AudioConfig | None = None, n_iter
     return wav.squeeze(0) if squeeze else wav
 
 
-def load_wav(path: str | os.PathLike, sample_rate: int = 22050) -> np.ndarray:
-    """Read any soundfile-readable file as mono float32 in [-1, 1] at `sample_rate`.
+SILENCE_PEAK = 1 / 2**15  # one 16-bit quantisation step: a peak at or below it is digital silence
+
+
+def load_wav(path: str | os.PathLike, sample_rate: int = 22050, max_seconds: float | None = None) -> np.ndarray:
+    """Read any soundfile-readable file as mono float32 at `sample_rate`.
 
     Integer and float formats are scaled by soundfile; several channels are averaged; another
     rate is resampled (soxr, high quality). Missing, unreadable, empty and non-finite files raise
-    `AudioError` naming the file.
+    `AudioError` naming the file, as does a file longer than `max_seconds` (read from the header,
+    so a long file is refused before it is decoded).
     """
     import soundfile as sf
 
     path = Path(path)
+    if path.is_dir():
+        raise AudioError(f"{path}: is a folder, not an audio file")
     if not path.is_file():
         raise AudioError(f"{path}: no such audio file")
     try:
+        if max_seconds is not None:
+            info = sf.info(str(path))
+            if info.duration > max_seconds:
+                raise AudioError(f"{path}: {info.duration:.1f} s of audio is over the {max_seconds:g} s limit")
         wav, file_rate = sf.read(str(path), dtype="float32", always_2d=True)  # (N, channels)
+    except AudioError:
+        raise
     except Exception as exc:  # soundfile raises several types for corrupt headers
         raise AudioError(f"{path}: cannot read audio ({exc})") from exc
     if wav.shape[0] == 0:
         raise AudioError(f"{path}: audio file holds no samples")
     if not np.isfinite(wav).all():
         raise AudioError(f"{path}: audio holds NaN or infinite samples")
-    wav = wav.mean(axis=1) if wav.shape[1] > 1 else wav[:, 0]
+    # float64 for the mix and the resampler: float audio far outside [-1, 1] must not overflow
+    wav = wav.astype(np.float64).mean(axis=1)
     if file_rate != sample_rate:
         import librosa
 
         wav = librosa.resample(wav, orig_sr=file_rate, target_sr=sample_rate, res_type="soxr_hq")
+    if not (np.isfinite(wav).all() and np.abs(wav).max() <= np.finfo(np.float32).max):
+        raise AudioError(f"{path}: samples overflow when mixed down or resampled (audio should lie in [-1, 1])")
     return np.ascontiguousarray(wav, dtype=np.float32)
+
+
+def check_not_silent(wav: np.ndarray | torch.Tensor, source: str, error: type[Exception] = AudioError) -> None:
+    """Raise `error` naming `source` if non-empty `wav` never rises above one 16-bit step
+    (`SILENCE_PEAK`). Digital silence carries neither prosody for a reference nor speech for
+    training, and its log-mel is the padding value throughout, so it is refused, not used."""
+    peak = float(abs(wav).max())
+    if peak <= SILENCE_PEAK:
+        raise error(f"{source}: audio is digital silence (peak |x| = {peak:.2g} <= {SILENCE_PEAK:.2g}); "
+                    "it carries no speech or prosody")
 
 
 def save_wav(path: str | os.PathLike, wav: np.ndarray | torch.Tensor, sample_rate: int = 22050) -> Path:

@@ -57,25 +57,55 @@ def save_checkpoint(path: str | os.PathLike, state: dict[str, Any]) -> Path:
 
 
 def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
-    """Read a checkpoint onto the CPU. CheckpointError if it is missing, unreadable or of
-    another format version."""
+    """Read a checkpoint onto the CPU. CheckpointError if it is missing, unreadable (truncated,
+    corrupt, not a checkpoint) or of another format version. `format_version` alone decides
+    compatibility: a checkpoint written by another package version of the same format loads."""
     path = Path(path)
     state = _read(path)
     _check_format(state, path)
     return state
 
 
-def load_model(path: str | os.PathLike, device: str | torch.device = "cpu") -> tuple[ProsodyTacotron, TrainConfig]:
-    """(ProsodyTacotron in eval mode, TrainConfig) from a training checkpoint."""
+def load_model(path: str | os.PathLike, device: str | torch.device = "cpu",
+               strict: bool = True) -> tuple[ProsodyTacotron, TrainConfig]:
+    """(ProsodyTacotron in eval mode, TrainConfig) from a training checkpoint.
+
+    The model is built from the checkpoint's own config. Weights that do not fit it (missing,
+    unexpected or of another shape: a hand-edited file, or a config whose defaults moved) are a
+    CheckpointError listing them, and nothing is loaded. `strict=False` asks for a partial load
+    instead: the tensors that fit are loaded, the rest keep their initial values, and a
+    RuntimeWarning lists them.
+    """
     path = Path(path)
     state = load_checkpoint(path)
     config = checkpoint_config(state, path)
     model = ProsodyTacotron(config.model)
-    try:
-        model.load_state_dict(state["model"])
-    except (KeyError, RuntimeError) as exc:
-        raise CheckpointError(f"{path}: model weights do not fit its own config ({exc})") from None
+    weights = state.get("model")
+    if not isinstance(weights, dict):
+        raise CheckpointError(f"{path}: holds no model weights")
+    own = model.state_dict()
+    misfits = _weight_misfits(weights, own)
+    if misfits and strict:
+        raise CheckpointError(f"{path}: model weights do not fit its own config ({misfits}); nothing was "
+                              "loaded (load_model(..., strict=False) loads the tensors that fit)")
+    if misfits:
+        warnings.warn(f"{path}: partial load, left at initial values or ignored: {misfits}", RuntimeWarning,
+                      stacklevel=2)
+    model.load_state_dict({k: v for k, v in weights.items() if k in own and _fits(v, own[k])}, strict=False)
     return model.to(device).eval(), config
+
+
+def _fits(tensor: Any, target: torch.Tensor) -> bool:
+    return isinstance(tensor, torch.Tensor) and tensor.shape == target.shape
+
+
+def _weight_misfits(weights: dict[str, Any], own: dict[str, torch.Tensor]) -> str:
+    """'' if `weights` fit the model's state dict `own` exactly, else a short account of what does not."""
+    shown = lambda keys: ", ".join(keys[:3]) + (f" and {len(keys) - 3} more" if len(keys) > 3 else "")
+    groups = {"missing": sorted(own.keys() - weights.keys()),
+              "unexpected": sorted(weights.keys() - own.keys()),
+              "of another shape": sorted(k for k in own.keys() & weights.keys() if not _fits(weights[k], own[k]))}
+    return "; ".join(f"{len(keys)} {what}: {shown(keys)}" for what, keys in groups.items() if keys)
 
 
 def checkpoint_config(state: dict[str, Any], path: Path) -> TrainConfig:
@@ -83,7 +113,8 @@ def checkpoint_config(state: dict[str, Any], path: Path) -> TrainConfig:
     try:
         return config_from_dict(TrainConfig, state["config"], f"{path} (stored config)")
     except ConfigError as exc:
-        raise CheckpointError(str(exc)) from None
+        raise CheckpointError(f"{exc} (checkpoint written by prosody_vae {state.get('package_version')}, "
+                              f"this is {__version__})") from None
 
 
 class RunCheckpoints:
@@ -110,6 +141,14 @@ class RunCheckpoints:
         for old in self.step_files()[self.keep_last:]:
             old.unlink()
         return path
+
+    def remove_stale_temporaries(self) -> list[Path]:
+        """Delete the hidden temporaries that a killed writer left (kill -9 runs no cleanup). Call
+        it only where no other process writes into this run's folder: at a run's start, rank 0."""
+        stale = sorted(self.dir.glob(".*.tmp")) if self.dir.is_dir() else []
+        for path in stale:
+            path.unlink(missing_ok=True)
+        return stale
 
     def save_best(self, state: dict[str, Any]) -> Path:
         return save_checkpoint(self.dir / "best.pt", state)
@@ -143,7 +182,8 @@ def _read(path: Path) -> dict[str, Any]:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch.load raises many types for a damaged zip or pickle
-        raise CheckpointError(f"{path}: cannot read checkpoint ({type(exc).__name__}: {exc})") from None
+        raise CheckpointError(f"{path}: cannot read checkpoint (truncated or corrupt; "
+                              f"{type(exc).__name__}: {exc})") from None
     if not isinstance(state, dict) or "format_version" not in state or "config" not in state:
         raise CheckpointError(f"{path}: not a prosody_vae training checkpoint")
     return state

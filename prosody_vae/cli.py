@@ -1,7 +1,8 @@
 """`prosody-vae` command line.
 
-Every expected failure (a `ProsodyVAEError`) prints one line on stderr and exits with status 2;
-`--debug` shows the full traceback instead.
+Every expected failure (a `ProsodyVAEError`, or an OSError such as an unwritable output) prints
+one line on stderr and exits with status 2; `--debug` shows the full traceback instead. A bad
+command line is one line too (argparse's error, without the usage block; see --help).
 """
 
 from __future__ import annotations
@@ -12,6 +13,11 @@ from pathlib import Path
 
 from . import __version__
 from .errors import ProsodyVAEError
+
+
+class _OneLineParser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:
+        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
 
 
 def _positive_int(text: str) -> int:
@@ -56,21 +62,38 @@ def cmd_demo(args: argparse.Namespace) -> None:
 def _synthesizer(args: argparse.Namespace):
     from .infer import Synthesizer
 
-    return Synthesizer.from_checkpoint(args.checkpoint, device=args.device)
+    return Synthesizer.from_checkpoint(args.checkpoint, device=args.device,
+                                       max_reference_seconds=args.max_reference_seconds)
+
+
+def _check_text(synth, text: str, where: str) -> None:
+    """Encode `text` once up front, so a refused text names its flag or file line before any work."""
+    from .errors import TextError
+
+    try:
+        synth.text.encode(text)
+    except TextError as exc:
+        raise TextError(f"{where}: {exc}") from None
 
 
 def _wav_files(paths: list[Path]) -> list[Path]:
-    """Files as given, and the .wav files inside any folder, sorted."""
+    """Files as given, and the .wav files inside any folder, sorted; a folder without one is an error."""
     from .errors import AudioError
 
-    files = [f for p in paths for f in (sorted(p.glob("*.wav")) if p.is_dir() else [p])]
-    if not files:
-        raise AudioError(f"no wav files in {', '.join(map(str, paths))}")
+    files = []
+    for path in paths:
+        found = sorted(path.glob("*.wav")) if path.is_dir() else [path]
+        if not found:
+            raise AudioError(f"{path}: folder holds no .wav files")
+        files += found
     return files
 
 
 def cmd_synthesize(args: argparse.Namespace) -> None:
     synth = _synthesizer(args)
+    _check_text(synth, args.text, "--text")
+    if args.reference_text is not None:
+        _check_text(synth, args.reference_text, "--reference-text")
     result = synth.tts(args.text, reference=args.reference, reference_text=args.reference_text, mode=args.mode,
                        temperature=args.temperature, seed=args.seed)
     from .audio import save_wav
@@ -85,9 +108,16 @@ def cmd_transfer(args: argparse.Namespace) -> None:
     from .infer import save_result
 
     synth = _synthesizer(args)
-    texts = [line.strip() for line in args.texts.read_text(encoding="utf-8").splitlines() if line.strip()]
-    if not texts:
+    try:
+        lines = args.texts.read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise TextError(f"{args.texts}: cannot read the text file ({exc})") from None
+    numbered = [(n, line.strip()) for n, line in enumerate(lines, start=1) if line.strip()]
+    if not numbered:
         raise TextError(f"{args.texts}: no text lines")
+    for line_no, text in numbered:
+        _check_text(synth, text, f"{args.texts}:{line_no}")
+    texts = [text for _, text in numbered]
     for reference in _wav_files(args.references):
         for start in range(0, len(texts), args.batch_size):
             chunk = texts[start: start + args.batch_size]
@@ -120,6 +150,7 @@ def cmd_interpolate(args: argparse.Namespace) -> None:
     from .infer import save_result
 
     synth = _synthesizer(args)
+    _check_text(synth, args.text, "--text")
     result = synth.interpolate(args.reference_a, args.reference_b, args.text, steps=args.steps, seed=args.seed)
     paths = save_result(result, [args.out / f"step{i:02d}.wav" for i in range(args.steps)], synth.audio.sample_rate)
     print(f"wrote {len(paths)} wavs from {args.reference_a} to {args.reference_b} in {args.out}")
@@ -150,10 +181,12 @@ def _add_prosody_options(p: argparse.ArgumentParser) -> None:
 def _add_checkpoint(p: argparse.ArgumentParser) -> None:
     p.add_argument("--checkpoint", type=Path, required=True, help="a training checkpoint (e.g. RUN/checkpoints/best.pt)")
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ...")
+    p.add_argument("--max-reference-seconds", type=float, default=30.0,
+                   help="refuse longer references (they are not cut: trim them yourself)")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="prosody-vae", description=__doc__.splitlines()[0])
+    parser = _OneLineParser(prog="prosody-vae", description=__doc__.splitlines()[0])
     parser.add_argument("--version", action="version", version=f"prosody_vae {__version__}")
     parser.add_argument("--debug", action="store_true", help="show tracebacks for errors")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -235,10 +268,11 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         args.func(args)
-    except ProsodyVAEError as exc:
+    except (ProsodyVAEError, OSError) as exc:
         if args.debug:
             raise
-        print(f"prosody-vae {args.command}: error: {exc}", file=sys.stderr)
+        message = " ".join(line.strip() for line in str(exc).splitlines() if line.strip())
+        print(f"prosody-vae {args.command}: error: {message}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"prosody-vae {args.command}: interrupted", file=sys.stderr)

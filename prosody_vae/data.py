@@ -11,6 +11,7 @@ split on '|' with no quoting (LJSpeech's own convention: its texts contain quote
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import math
 import os
@@ -22,8 +23,8 @@ from typing import Iterator, Sequence
 import numpy as np
 import torch
 
-from .audio import AudioConfig, MelSpectrogram, load_wav
-from .errors import AudioError, DataError
+from .audio import AudioConfig, MelSpectrogram, check_not_silent, load_wav
+from .errors import AudioError, DataError, TextError
 
 
 @dataclass(frozen=True)
@@ -80,9 +81,9 @@ def read_metadata(root: str | os.PathLike, metadata: str = "metadata.csv", wav_d
     if check_wavs:
         missing = [u.wav_path for u in utterances if not u.wav_path.is_file()]
         if missing:
-            shown = "\n  ".join(str(p) for p in missing[:10])
-            more = f"\n  ... and {len(missing) - 10} more" if len(missing) > 10 else ""
-            raise DataError(f"{meta_path}: {len(missing)} of {len(utterances)} wav files are missing:\n  {shown}{more}")
+            shown = ", ".join(str(p) for p in missing[:10])
+            more = f" and {len(missing) - 10} more" if len(missing) > 10 else ""
+            raise DataError(f"{meta_path}: {len(missing)} of {len(utterances)} wav files are missing: {shown}{more}")
     return utterances
 
 
@@ -103,8 +104,8 @@ class MelCache:
     """Log-mels on disk, one .npy per utterance, in a folder keyed by the audio config.
 
     Files are written to a temporary name and renamed, so an interrupted run leaves either a
-    complete file or none; a file that still fails to load is recomputed. A missing wav raises
-    `AudioError` naming it.
+    complete file or none; a file that still fails to load is recomputed. A wav that is missing,
+    unreadable, non-finite, shorter than one frame or digital silence raises `AudioError` naming it.
     """
 
     def __init__(self, cache_dir: str | os.PathLike, audio: AudioConfig | None = None):
@@ -126,8 +127,9 @@ class MelCache:
 
     def get(self, utt: Utterance) -> np.ndarray:
         """(T, n_mels) float32 log-mel, computed on first use."""
-        if not utt.wav_path.is_file():
-            raise AudioError(f"{utt.wav_path}: no such audio file")
+        if not utt.wav_path.is_file():  # checked here because the cache file is named by its stat
+            what = "is a folder, not an audio file" if utt.wav_path.is_dir() else "no such audio file"
+            raise AudioError(f"{utt.wav_path}: {what}")
         path = self.path(utt)
         if path.exists():
             try:
@@ -135,10 +137,9 @@ class MelCache:
             except (ValueError, OSError, EOFError):
                 pass  # damaged by something outside our atomic writes: recompute below
         mel = self.compute(utt)
-        fd, tmp = tempfile.mkstemp(dir=self.dir, prefix=f".{utt.id}.", suffix=".tmp")
-        with os.fdopen(fd, "wb") as f:
-            np.save(f, mel, allow_pickle=False)
-        os.replace(tmp, path)
+        buffer = io.BytesIO()
+        np.save(buffer, mel, allow_pickle=False)
+        _atomic_write_bytes(path, buffer.getvalue())
         return mel
 
     def compute(self, utt: Utterance) -> np.ndarray:
@@ -147,15 +148,23 @@ class MelCache:
         wav = load_wav(utt.wav_path, self.audio.sample_rate)
         if len(wav) < max(self.audio.min_samples, self.audio.hop_length):
             raise AudioError(f"{utt.wav_path}: {len(wav)} samples is shorter than one mel frame")
+        check_not_silent(wav, str(utt.wav_path))
         with torch.no_grad():
-            return self._mel_spec(torch.from_numpy(wav)).numpy()
+            mel = self._mel_spec(torch.from_numpy(wav)).numpy()
+        if not np.isfinite(mel).all():  # float samples near float32's limit overflow the power spectrum
+            raise AudioError(f"{utt.wav_path}: samples too large for a log-mel (audio should lie in [-1, 1])")
+        return mel
 
 
 def _atomic_write_bytes(path: Path, data: bytes) -> None:
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    with os.fdopen(fd, "wb") as f:
-        f.write(data)
-    os.replace(tmp, path)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+    finally:  # a failed write (a full disk) leaves no temporary behind
+        if os.path.exists(tmp):
+            os.unlink(tmp)
 
 
 @dataclass
@@ -182,7 +191,8 @@ class Batch:
 
 
 class TTSDataset(torch.utils.data.Dataset):
-    """Utterances -> `Sample`s of symbol ids and cached log-mels."""
+    """Utterances -> `Sample`s of symbol ids and cached log-mels. Texts are encoded up front: one
+    the text processor refuses is a `TextError` naming the utterance id."""
 
     def __init__(self, utterances: Sequence[Utterance], text_processor, mel_cache: MelCache,
                  speakers: Sequence[str] | None = None):
@@ -192,26 +202,38 @@ class TTSDataset(torch.utils.data.Dataset):
         names = speakers if speakers is not None else sorted({u.speaker or "" for u in self.utterances})
         self.speaker_index = {name: i for i, name in enumerate(names)}
         self._lengths: list[int] | None = None
+        self._text_ids = [self._encode(u) for u in self.utterances]
 
     def __len__(self) -> int:
         return len(self.utterances)
 
     def __getitem__(self, index: int) -> Sample:
         utt = self.utterances[index]
-        ids = torch.tensor(self.text_processor.encode(utt.text), dtype=torch.long)
         mel = torch.from_numpy(self.mel_cache.get(utt))
-        return Sample(utt.id, ids, mel, self.speaker_index.get(utt.speaker or "", 0))
+        return Sample(utt.id, self._text_ids[index], mel, self.speaker_index.get(utt.speaker or "", 0))
+
+    def _encode(self, utt: Utterance) -> torch.Tensor:
+        try:
+            return torch.tensor(self.text_processor.encode(utt.text), dtype=torch.long)  # (L,)
+        except TextError as exc:
+            raise TextError(f"metadata of utterance {utt.id!r}: {exc}") from None
 
     @property
     def mel_lengths(self) -> list[int]:
         """Frame counts from the wav headers, without decoding audio (for bucketing)."""
         if self._lengths is None:
-            import soundfile as sf
-
-            audio = self.mel_cache.audio
-            frames = lambda info: math.floor(info.frames * audio.sample_rate / info.samplerate) // audio.hop_length
-            self._lengths = [frames(sf.info(str(u.wav_path))) for u in self.utterances]
+            self._lengths = [_header_frames(u.wav_path, self.mel_cache.audio) for u in self.utterances]
         return self._lengths
+
+
+def _header_frames(path: Path, audio: AudioConfig) -> int:
+    import soundfile as sf
+
+    try:
+        info = sf.info(str(path))
+    except Exception as exc:  # soundfile raises several types for a missing or corrupt header
+        raise AudioError(f"{path}: cannot read audio header ({exc})") from None
+    return math.floor(info.frames * audio.sample_rate / info.samplerate) // audio.hop_length
 
 
 def collate_batch(samples: Sequence[Sample], pad_id: int = 0, pad_value: float | None = None,

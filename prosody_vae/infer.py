@@ -11,6 +11,10 @@ explicit `z`; or, with neither, a sample of the prior at `temperature` (0 gives 
 A reference transcript is optional, also for a "V+T" model (its learned no-transcript vector
 stands in).
 
+References are checked before encoding (see `Synthesizer.reference_mel`): a reference longer than
+`max_reference_seconds` (30 s by default) is refused, not cut or chunked, because which part holds
+the wanted prosody is the user's choice; trim it, or raise the limit (None: no limit).
+
 Randomness is explicit and per item. Every item draws its noise (posterior or prior sample, and
 the prenet dropout that Tacotron keeps on at inference) from its own generator, seeded by
 (`seed`, the item's text); `seed=None` means seed 0. So the
@@ -34,8 +38,8 @@ import numpy as np
 import torch
 from einops import rearrange
 
-from .audio import MelSpectrogram, griffin_lim, load_wav
-from .errors import ReferenceInputError, TextError
+from .audio import MelSpectrogram, check_not_silent, griffin_lim, load_wav
+from .errors import ConfigError, ReferenceInputError, TextError
 from .reference import Posterior
 
 Reference = Union[str, os.PathLike, np.ndarray, torch.Tensor]
@@ -57,10 +61,18 @@ class SynthesisResult:
 
 class Synthesizer:
     def __init__(self, model, config, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32,
-                 vocoder: Optional[Vocoder] = None, griffin_lim_iterations: int = 60):
+                 vocoder: Optional[Vocoder] = None, griffin_lim_iterations: int = 60,
+                 max_reference_seconds: Optional[float] = 30.0):
         from .text import TextProcessor
 
-        self.device = torch.device(device)
+        if max_reference_seconds is not None and not max_reference_seconds > 0:
+            raise ConfigError(f"max_reference_seconds must be > 0 or None, got {max_reference_seconds!r}")
+        try:
+            self.device = torch.device(device)
+        except RuntimeError as exc:
+            raise ConfigError(f"device {device!r} is not a torch device ({exc})") from None
+        if self.device.type == "cuda" and not torch.cuda.is_available():
+            raise ConfigError(f"device {device!r}: CUDA is not available here")
         self.dtype = dtype
         self.model = model.to(self.device, dtype).eval()
         self.config = config
@@ -69,33 +81,72 @@ class Synthesizer:
         self.mel_spec = MelSpectrogram(self.audio).to(self.device)
         self.vocoder = vocoder
         self.griffin_lim_iterations = griffin_lim_iterations
+        self.max_reference_seconds = max_reference_seconds
 
     @classmethod
     def from_checkpoint(cls, path: str | os.PathLike, device: str | torch.device = "cpu",
-                        dtype: torch.dtype = torch.float32, vocoder: Optional[Vocoder] = None) -> "Synthesizer":
+                        dtype: torch.dtype = torch.float32, vocoder: Optional[Vocoder] = None,
+                        max_reference_seconds: Optional[float] = 30.0, strict: bool = True) -> "Synthesizer":
+        """`strict=False` allows a partial load of weights that do not fit (checkpoint.load_model)."""
         from .checkpoint import load_model
 
-        model, config = load_model(path)
-        return cls(model, config, device, dtype, vocoder)
+        model, config = load_model(path, strict=strict)
+        return cls(model, config, device, dtype, vocoder, max_reference_seconds=max_reference_seconds)
 
     # ----------------------------------------------------------------------------- inputs
     def reference_mel(self, reference: Reference) -> torch.Tensor:
-        """A wav path, a waveform (N,) array/tensor, or a log-mel (T, n_mels) -> log-mel (T, n_mels)."""
-        if isinstance(reference, (str, os.PathLike)):
-            reference = load_wav(reference, self.audio.sample_rate)
-        tensor = torch.as_tensor(reference, dtype=torch.float32)
-        if tensor.dim() == 1:
-            if not torch.isfinite(tensor).all():
-                raise ReferenceInputError("reference waveform holds NaN or infinite samples")
-            with torch.no_grad():
-                return self.mel_spec(tensor.to(self.device))
-        if tensor.dim() == 2 and tensor.shape[1] == self.audio.n_mels:
-            return tensor.to(self.device)
-        raise ReferenceInputError(f"reference must be a wav path, a waveform (N,) or a log-mel (T, "
-                                  f"{self.audio.n_mels}), got shape {tuple(tensor.shape)}")
+        """A wav path, a waveform (N,) array/tensor, or a log-mel (T, n_mels) -> log-mel (T, n_mels).
 
-    def _encode_texts(self, texts: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
-        ids = [torch.tensor(self.text.encode(t), dtype=torch.long) for t in texts]
+        Refused, with a message naming the file (or "reference"): a file that cannot be read
+        (AudioError), and with ReferenceInputError: a wrong shape, NaN or infinite values, a
+        waveform too short for one STFT frame (`AudioConfig.min_samples`, 17 ms at 22.05 kHz; the
+        encoder itself accepts any length >= 1 frame), digital silence (no prosody to transfer),
+        samples so large that the log-mel overflows, and anything longer than
+        `max_reference_seconds`. Other sample rates and stereo files
+        are resampled and mixed down by `load_wav`.
+        """
+        source = "reference"
+        if isinstance(reference, (str, os.PathLike)):
+            source = str(reference)
+            reference = load_wav(reference, self.audio.sample_rate, self.max_reference_seconds)
+        try:
+            tensor = torch.as_tensor(reference, dtype=torch.float32)
+        except (TypeError, ValueError, RuntimeError):
+            raise ReferenceInputError(f"{source}: expected a wav path, a waveform or a log-mel, "
+                                      f"got {type(reference).__name__}") from None
+        is_wav = tensor.dim() == 1
+        if not (is_wav or (tensor.dim() == 2 and tensor.shape[1] == self.audio.n_mels)):
+            raise ReferenceInputError(f"reference must be a wav path, a waveform (N,) or a log-mel (T, "
+                                      f"{self.audio.n_mels}), got shape {tuple(tensor.shape)}")
+        if not torch.isfinite(tensor).all():
+            raise ReferenceInputError(f"{source}: reference holds NaN or infinite values")
+        seconds = tensor.shape[0] / self.audio.sample_rate * (1 if is_wav else self.audio.hop_length)
+        if self.max_reference_seconds is not None and seconds > self.max_reference_seconds:
+            raise ReferenceInputError(f"{source}: reference of {seconds:.1f} s is over max_reference_seconds="
+                                      f"{self.max_reference_seconds:g}; trim it or raise the limit")
+        if not is_wav:
+            if tensor.shape[0] == 0 or tensor.max() <= self.audio.pad_value + 1e-3:  # all at the log floor
+                raise ReferenceInputError(f"{source}: log-mel reference is empty or silence throughout")
+            return tensor.to(self.device)
+        if tensor.shape[0] < self.audio.min_samples:
+            raise ReferenceInputError(
+                f"{source}: reference of {tensor.shape[0]} samples is too short: one mel frame needs "
+                f"{self.audio.min_samples} ({self.audio.min_samples / self.audio.sample_rate * 1000:.0f} ms)")
+        check_not_silent(tensor, source, ReferenceInputError)
+        with torch.no_grad():
+            mel = self.mel_spec(tensor.to(self.device))
+        if not torch.isfinite(mel).all():  # float samples near float32's limit overflow the power spectrum
+            raise ReferenceInputError(f"{source}: samples too large for a log-mel (audio should lie in [-1, 1])")
+        return mel
+
+    def _encode_texts(self, texts: Sequence[str], argument: str = "texts") -> tuple[torch.Tensor, torch.Tensor]:
+        """Ids (B, L) padded and lengths (B,); a refused text is a TextError naming `argument`[i]."""
+        ids = []
+        for i, text in enumerate(texts):
+            try:
+                ids.append(torch.tensor(self.text.encode(text), dtype=torch.long))
+            except TextError as exc:
+                raise TextError(f"{argument}{f'[{i}]' if len(texts) > 1 else ''}: {exc}") from None
         padded = torch.nn.utils.rnn.pad_sequence(ids, batch_first=True, padding_value=self.text.pad_id)
         return padded.to(self.device), torch.tensor([len(i) for i in ids], device=self.device)
 
@@ -119,7 +170,7 @@ class Synthesizer:
             transcripts = [reference_text] if isinstance(reference_text, str) else list(reference_text)
             if len(transcripts) != len(references):
                 raise ReferenceInputError(f"got {len(transcripts)} reference transcripts for {len(references)} references")
-            text, text_lengths = self._encode_texts(transcripts)
+            text, text_lengths = self._encode_texts(transcripts, "reference_text")
         return self.model.encode_reference(mel.to(self.dtype), lengths, text, text_lengths, mode="mean")
 
     def prosody(self, texts: Sequence[str], reference=None, reference_text=None, z=None,
@@ -154,11 +205,13 @@ class Synthesizer:
             mode: Literal["mean", "sample"] = "mean", temperature: float = 1.0, seed: Optional[int] = None,
             vocode: bool = True) -> SynthesisResult:
         """Synthesise one text or a batch (see the module docstring for the prosody choices)."""
+        if not isinstance(texts, (str, list, tuple)):
+            raise TextError(f"texts must be a str or a list of str, got {type(texts).__name__}")
         texts = [texts] if isinstance(texts, str) else list(texts)
         if not texts:
-            raise TextError("no text to synthesise")
+            raise TextError("texts: no text to synthesise")
+        text, text_lengths = self._encode_texts(texts)  # first: a bad text fails before any encoding
         z = self.prosody(texts, reference, reference_text, z, mode, temperature, seed)
-        text, text_lengths = self._encode_texts(texts)
         out = self.model.infer(text, text_lengths, z=z, generator=self._generators(seed, texts))
         mels = [out.mel_postnet[i, : int(out.mel_lengths[i])].float() for i in range(len(texts))]
         return SynthesisResult(

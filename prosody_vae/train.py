@@ -268,6 +268,7 @@ class _Trainer:
         restored = self._restore() if resume else None
         start = self.step
         if self.cluster.is_main:
+            self.checkpoints.remove_stale_temporaries()
             # a --resume that found no checkpoint drops whatever log lines a crashed first attempt left
             self.log = RunLog(self.out_dir, resumed_at=start if restored else (-1 if resume else None))
             self.log.scalars("data", start, self.data.summary)

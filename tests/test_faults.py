@@ -117,6 +117,7 @@ def test_kill_9_at_random_moments_never_loses_more_than_a_checkpoint(corpus, tmp
     if newest is not None:
         assert f"resumed from {newest[0]} at step {newest[1]}" in done.stderr
     assert_nothing_readable_is_damaged(run, cache_dir)
+    assert not list((run / "checkpoints").glob("*.tmp")), "a finished run cleared the killed runs' temporaries"
     assert [r["step"] for r in records(run, "train")] == list(range(1, max_steps + 1))
     # and the interruptions changed nothing: the same weights as a run that was never killed
     straight = train(make_config(str(cache_dir), max_steps=max_steps, checkpoint_every=2), corpus, tmp_path / "straight")
