@@ -75,6 +75,10 @@ _EXPORTS = {
     # inference and evaluation
     "Synthesizer": "infer",
     "SynthesisResult": "infer",
+    "reduce_precision": "quantize",
+    # deployment
+    "export_reference_encoder_onnx": "export",
+    "OnnxReferenceEncoder": "export",
     "mel_cepstral_distortion": "metrics",
     "f0_track": "metrics",
     "compare_f0": "metrics",
@@ -111,7 +115,9 @@ if TYPE_CHECKING:  # let type checkers and IDEs see the real names
     from .train import TrainResult, train
     from .reference import (MeanEncoder, Posterior, ReferenceEncoder, VariationalReferenceEncoder, ZConditioner,
                             condition_on_z)
+    from .export import OnnxReferenceEncoder, export_reference_encoder_onnx
     from .infer import SynthesisResult, Synthesizer
+    from .quantize import reduce_precision
     from .losses import LossConfig, LossTerms, TacotronLoss
     from .metrics import compare_f0, f0_track, mel_cepstral_distortion, prosody_summary
     from .tacotron import InferenceOutput, ProsodyTacotron, TacotronConfig, TacotronOutput

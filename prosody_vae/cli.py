@@ -62,7 +62,7 @@ def cmd_demo(args: argparse.Namespace) -> None:
 def _synthesizer(args: argparse.Namespace):
     from .infer import Synthesizer
 
-    return Synthesizer.from_checkpoint(args.checkpoint, device=args.device,
+    return Synthesizer.from_checkpoint(args.checkpoint, device=args.device, precision=args.precision,
                                        max_reference_seconds=args.max_reference_seconds)
 
 
@@ -181,6 +181,8 @@ def _add_prosody_options(p: argparse.ArgumentParser) -> None:
 def _add_checkpoint(p: argparse.ArgumentParser) -> None:
     p.add_argument("--checkpoint", type=Path, required=True, help="a training checkpoint (e.g. RUN/checkpoints/best.pt)")
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ...")
+    p.add_argument("--precision", choices=("fp32", "bf16", "int8"), default="fp32",
+                   help="decoder weights; int8 (CPU only) is the fast path, MCD cost ~0.03 dB")
     p.add_argument("--max-reference-seconds", type=float, default=30.0,
                    help="refuse longer references (they are not cut: trim them yourself)")
 

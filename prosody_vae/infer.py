@@ -21,6 +21,11 @@ the prenet dropout that Tacotron keeps on at inference) from its own generator, 
 same call always gives the same audio, and a text synthesised in a batch equals the same text
 synthesised alone.
 
+Precision: `precision="int8"` (CPU) or `"bf16"` runs the decoder's per-step matmuls with int8 or
+bfloat16 weights (quantize.py): at batch 1 a decoder step streams ~19 M weights from memory, so
+smaller weights make it several times faster. The recurrent state and attention stay float32; the
+measured cost in quality (MCD-DTW against fp32) is in benchmarks/README.md.
+
 Vocoder: Griffin-Lim by default. Any callable or TorchScript module mapping a log-mel
 (B, n_mels, T) to a waveform (B, N) or (B, 1, N) plugs in as `vocoder=`; our mels follow the HiFi-GAN
 LJSpeech convention (audio.py), so an LJSpeech HiFi-GAN generator works unchanged.
@@ -40,6 +45,7 @@ from einops import rearrange
 
 from .audio import MelSpectrogram, check_not_silent, griffin_lim, load_wav
 from .errors import ConfigError, ReferenceInputError, TextError
+from .quantize import Precision, reduce_precision
 from .reference import Posterior
 
 Reference = Union[str, os.PathLike, np.ndarray, torch.Tensor]
@@ -60,9 +66,11 @@ class SynthesisResult:
 
 
 class Synthesizer:
-    def __init__(self, model, config, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32,
+    def __init__(self, model, config, device: str | torch.device = "cpu", precision: Precision = "fp32",
                  vocoder: Optional[Vocoder] = None, griffin_lim_iterations: int = 60,
                  max_reference_seconds: Optional[float] = 30.0):
+        """`precision` of the decoder's per-step matmuls: "fp32", "bf16" (bfloat16 weights) or
+        "int8" (int8 weights, CPU only), see quantize.py; `model` keeps its float32 decoder."""
         from .text import TextProcessor
 
         if max_reference_seconds is not None and not max_reference_seconds > 0:
@@ -73,8 +81,8 @@ class Synthesizer:
             raise ConfigError(f"device {device!r} is not a torch device ({exc})") from None
         if self.device.type == "cuda" and not torch.cuda.is_available():
             raise ConfigError(f"device {device!r}: CUDA is not available here")
-        self.dtype = dtype
-        self.model = model.to(self.device, dtype).eval()
+        self.precision = precision
+        self.model = reduce_precision(model.to(self.device).eval(), precision)
         self.config = config
         self.audio = config.audio
         self.text = TextProcessor(config.text)
@@ -85,13 +93,13 @@ class Synthesizer:
 
     @classmethod
     def from_checkpoint(cls, path: str | os.PathLike, device: str | torch.device = "cpu",
-                        dtype: torch.dtype = torch.float32, vocoder: Optional[Vocoder] = None,
+                        precision: Precision = "fp32", vocoder: Optional[Vocoder] = None,
                         max_reference_seconds: Optional[float] = 30.0, strict: bool = True) -> "Synthesizer":
         """`strict=False` allows a partial load of weights that do not fit (checkpoint.load_model)."""
         from .checkpoint import load_model
 
         model, config = load_model(path, strict=strict)
-        return cls(model, config, device, dtype, vocoder, max_reference_seconds=max_reference_seconds)
+        return cls(model, config, device, precision, vocoder, max_reference_seconds=max_reference_seconds)
 
     # ----------------------------------------------------------------------------- inputs
     def reference_mel(self, reference: Reference) -> torch.Tensor:
@@ -171,7 +179,7 @@ class Synthesizer:
             if len(transcripts) != len(references):
                 raise ReferenceInputError(f"got {len(transcripts)} reference transcripts for {len(references)} references")
             text, text_lengths = self._encode_texts(transcripts, "reference_text")
-        return self.model.encode_reference(mel.to(self.dtype), lengths, text, text_lengths, mode="mean")
+        return self.model.encode_reference(mel, lengths, text, text_lengths, mode="mean")
 
     def prosody(self, texts: Sequence[str], reference=None, reference_text=None, z=None,
                 mode: Literal["mean", "sample"] = "mean", temperature: float = 1.0,
@@ -183,9 +191,9 @@ class Synthesizer:
             raise ReferenceInputError(f"temperature must be a finite number >= 0, got {temperature!r}")
         batch, latent = len(texts), self.model.config.latent_dim
         generators = self._generators(seed, texts)
-        noise = torch.stack([torch.randn(latent, generator=g) for g in generators]).to(self.device, self.dtype)
+        noise = torch.stack([torch.randn(latent, generator=g) for g in generators]).to(self.device)
         if z is not None:
-            z = torch.as_tensor(z, dtype=self.dtype, device=self.device)
+            z = torch.as_tensor(z, dtype=torch.float32, device=self.device)
             z = z.expand(batch, -1) if z.dim() == 1 else z
             if z.shape != (batch, latent):
                 raise ReferenceInputError(f"z must be ({latent},) or ({batch}, {latent}), got {tuple(z.shape)}")
@@ -233,7 +241,7 @@ class Synthesizer:
         if steps < 2:
             raise ReferenceInputError(f"steps must be >= 2, got {steps}")
         ends = self.encode([reference_a, reference_b]).mean  # (2, latent)
-        weights = torch.linspace(0, 1, steps, device=self.device, dtype=self.dtype)[:, None]
+        weights = torch.linspace(0, 1, steps, device=self.device)[:, None]
         return self.tts([text] * steps, z=(1 - weights) * ends[0] + weights * ends[1], seed=seed)
 
     # ----------------------------------------------------------------------------- latent dims

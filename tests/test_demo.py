@@ -70,6 +70,9 @@ def test_cli_train_end_to_end_and_resume(tmp_path):
     said = run_cli("synthesize", "--checkpoint", checkpoint, "--text", "Hello there.", "--reference", wav_a,
                    "--out", str(out / "one.wav"))
     assert said.returncode == 0 and (out / "one.wav").is_file(), said.stderr
+    quantised = run_cli("synthesize", "--checkpoint", checkpoint, "--text", "Hello there.", "--reference", wav_a,
+                        "--precision", "int8", "--out", str(out / "int8.wav"))
+    assert quantised.returncode == 0 and (out / "int8.wav").is_file(), quantised.stderr
     (tmp_path / "lines.txt").write_text("One boat.\nTwo boats?\n\n")
     transferred = run_cli("transfer", "--checkpoint", checkpoint, "--texts", str(tmp_path / "lines.txt"),
                           "--references", wav_a, wav_b, "--out", str(out / "transfer"))
