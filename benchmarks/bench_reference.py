@@ -3,8 +3,9 @@
 Defaults reproduce two figures, each measured in a fresh process so its peak RSS is its own:
   * "V" at Capacitron size: batch 32, 400 frames, 80 mels, latent 128.
   * "V+T" at batch 16, the setting of the Coqui comparison in issue 6 ("reference encoder + text
-    summary alone, forward + backward, batch 16: 85 ms"). The text summary is an LSTM of 128 over
-    512-d text embeddings (Capacitron's text-summary shape), timed together with the encoder.
+    summary alone, forward + backward, batch 16: 85 ms"). The text summary is the model's own
+    (`tacotron.summarise_text`): an LSTM of 128 over 512-d embeddings of `--text-len` symbols,
+    timed together with the encoder and the embedding's gradient.
 
     python benchmarks/bench_reference.py                      # both figures, one JSON object
     python benchmarks/bench_reference.py --variant V --batch 8 --frames 200
@@ -28,6 +29,8 @@ import torch
 from torch import nn
 
 from prosody_vae.reference import VariationalReferenceEncoder
+from prosody_vae.tacotron import summarise_text
+from prosody_vae.text import SYMBOLS
 
 DEFAULT_BATCH = {"V": 32, "V+T": 16}
 TEXT_EMBEDDING_DIM, TEXT_SUMMARY_DIM = 512, 128
@@ -44,17 +47,20 @@ def measure(variant: str, batch: int, frames: int, n_mels: int, latent_dim: int,
     encoder = VariationalReferenceEncoder(n_mels=n_mels, latent_dim=latent_dim,
                                           text_summary_dim=TEXT_SUMMARY_DIM if with_text else 0).train()
     text_rnn = nn.LSTM(TEXT_EMBEDDING_DIM, TEXT_SUMMARY_DIM, batch_first=True) if with_text else None
-    modules = nn.ModuleList([encoder] + ([text_rnn] if text_rnn is not None else []))
+    embedding = nn.Embedding(len(SYMBOLS), TEXT_EMBEDDING_DIM, padding_idx=0)
+    modules = nn.ModuleList([encoder] + ([text_rnn, embedding] if text_rnn is not None else []))
     mel = torch.randn(batch, frames, n_mels)
     lengths = torch.randint(frames // 2, frames + 1, (batch,))
     lengths[0] = frames
-    text_embeddings = torch.randn(batch, text_len, TEXT_EMBEDDING_DIM, requires_grad=True) if with_text else None
+    text = torch.randint(1, len(SYMBOLS), (batch, text_len))
+    text_lengths = torch.randint(text_len // 2, text_len + 1, (batch,))
     rss_before = peak_rss_mib()
 
     def step() -> float:
         modules.zero_grad(set_to_none=True)
         start = time.perf_counter()
-        text_summary = text_rnn(text_embeddings)[1][0][-1] if text_rnn is not None else None  # (B, 128)
+        text_summary = (summarise_text(text_rnn, embedding, text, text_lengths)  # (B, 128)
+                        if text_rnn is not None else None)
         post = encoder(mel, lengths, text_summary=text_summary)
         (post.kl.mean() + post.z.square().mean()).backward()
         return time.perf_counter() - start
@@ -102,7 +108,8 @@ def main() -> None:
         results = [measure(args.variant, batch, args.frames, args.n_mels, args.latent_dim, args.text_len,
                            args.warmup, args.runs)]
     print(json.dumps({"benchmark": "reference_encoder_forward_backward_cpu", "torch": torch.__version__,
-                      "threads": args.threads, "cpu_count": os.cpu_count(), "results": results}, indent=2))
+                      "threads": args.threads, "cpu_count": os.cpu_count(), "results": results,
+                      "load_average_1min": os.getloadavg()[0]}, indent=2))
 
 
 if __name__ == "__main__":

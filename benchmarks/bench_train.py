@@ -1,9 +1,10 @@
 """CPU speed and memory of ProsodyTacotron: one training step and free-running decoder steps.
 
-The issue-4 figures, at the `tacotron2` preset (r = 2, location attention, "V" posterior with a
-128-d latent unless overridden), batch 16, 60 characters, 400 frames, 80 mels:
+The issue-6 reference configuration: the `tacotron2` preset (r = 2, 128-d latent) with Dynamic
+Convolution Attention and the "V+T" posterior, batch 16, 60 characters, 400 frames, 80 mels:
 
     python benchmarks/bench_train.py                  # one JSON object
+    python benchmarks/bench_train.py --attention location --posterior V   # the issue-4 figures
     python benchmarks/bench_train.py --preset tiny --runs 9
 
 - train: seconds per step (forward, loss with DualAscent, backward, clipping, Adam) and mel
@@ -14,7 +15,8 @@ The issue-4 figures, at the `tacotron2` preset (r = 2, location attention, "V" p
   real-time factor at batch 1 (seconds of compute per second of audio).
 
 Torch threads = the machine's cores. Each figure is the median of `--runs` timings after
-`--warmup` untimed ones.
+`--warmup` untimed ones. The 1-minute load average is printed with the figures: on a shared
+machine, compare timings only against others taken at a similar load.
 """
 
 from __future__ import annotations
@@ -65,10 +67,10 @@ def bench_train(model: ProsodyTacotron, batch_size: int, chars: int, frames: int
     model.train()
 
     def step() -> None:
+        optimizer.zero_grad(set_to_none=True)  # as the trainer: last step's gradients freed before the forward
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
             output = model(batch.text, batch.text_lengths, batch.mel, batch.mel_lengths)
             terms = loss_fn(output, batch, controller, 0)
-        optimizer.zero_grad(set_to_none=True)
         terms.total.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 5.0)
         optimizer.step()
@@ -108,6 +110,8 @@ def bench_infer(model: ProsodyTacotron, batch_size: int, chars: int, steps: int,
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--preset", default="tacotron2")
+    parser.add_argument("--attention", default="dca", choices=["location", "forward", "dca"])
+    parser.add_argument("--posterior", default="V+T", choices=["V", "V+T"])
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--chars", type=int, default=60)
     parser.add_argument("--frames", type=int, default=400)
@@ -121,8 +125,10 @@ def main() -> None:
     threads = os.cpu_count() or 1
     torch.set_num_threads(threads)
     torch.manual_seed(0)
-    model = ProsodyTacotron(TacotronConfig.preset(args.preset))
-    result = {"preset": args.preset, "parameters": sum(p.numel() for p in model.parameters()),
+    model = ProsodyTacotron(TacotronConfig.preset(args.preset, attention_kind=args.attention,
+                                                  posterior=args.posterior))
+    result = {"preset": args.preset, "attention": args.attention, "posterior": args.posterior,
+              "parameters": sum(p.numel() for p in model.parameters()),
               "threads": threads, "torch": torch.__version__, "machine": platform.processor() or platform.machine(),
               "bf16": args.bf16, "batch": args.batch, "chars": args.chars, "frames": args.frames,
               "runs": args.runs}
@@ -132,6 +138,7 @@ def main() -> None:
                        for b in (1, 8)]
     result["infer_batch8_vs_batch1_mel_frames_per_s"] = (result["infer"][1]["mel_frames_per_s"]
                                                         / result["infer"][0]["mel_frames_per_s"])
+    result["load_average_1min"] = os.getloadavg()[0]
     print(json.dumps(result, indent=1))
 
 

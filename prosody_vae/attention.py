@@ -4,6 +4,16 @@
 and returns the step function, so the decoder loop does only the work that depends on the
 recurrence: step(query (B, Q), previous (B, L), cumulative (B, L)) -> alignment (B, L).
 
+Layout. Energies are formed as (B, L, A), tokens before attention channels: the location
+"convolutions" of a (B, L) alignment are matmuls of its sliding windows (B, L, K) with the filters,
+and the score is then a matmul over the last dimension. Against conv1d over (B, A, L) this runs
+no per-step convolution set-up, and the score's backward saves the tanh output it already has
+instead of a transposed copy.
+
+Memory. Training keeps every decoder step's activations for the backward pass; the (B, L, A)
+energy activations would be the largest of them (~100 MB over 200 steps at tacotron2 size), so
+they are recomputed in the backward pass from the step's small inputs (`_recomputed_in_backward`).
+
 - `LocationSensitiveAttention`: Chorowski et al. 2015, as in Tacotron 2.
 - `ForwardAttention`: Zhang et al. 2018, monotonic: stay or advance one token per step.
 - `DynamicConvolutionAttention`: Battenberg et al. 2020, location-only energies and a causal
@@ -19,6 +29,7 @@ import torch
 import torch.nn.functional as F
 from einops import rearrange
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 # Each attention's `start(memory, mask)` does the per-call precomputation and returns the step
 # function: step(query (B, Q), previous (B, L), cumulative (B, L)) -> alignment (B, L).
@@ -26,8 +37,21 @@ AttentionStep = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tenso
 
 
 def _fused_filter(dense_weight: torch.Tensor, conv_weight: torch.Tensor) -> torch.Tensor:
-    """dense (A, F) after conv (F, C, K) is one conv with weight (A, C, K)."""
-    return torch.einsum("af,fck->ack", dense_weight, conv_weight)
+    """dense (A, F) after conv (F, C, K) is one filter bank; returned as a matmul weight (C * K, A)."""
+    return torch.einsum("af,fck->cka", dense_weight, conv_weight).flatten(0, 1)
+
+
+def _windows(x: torch.Tensor, size: int, left: int) -> torch.Tensor:
+    """(..., L) -> (..., L, size): window j holds x[j - left : j - left + size], zero-padded.
+    `_windows(x, K, K // 2) @ w` is conv1d(x, w, padding=K // 2) for odd K; left = K - 1 is causal."""
+    return F.pad(x, (left, size - 1 - left)).unfold(-1, size, 1)
+
+
+def _recomputed_in_backward(fn: Callable[..., torch.Tensor], *args: torch.Tensor) -> torch.Tensor:
+    """fn(*args), keeping for the backward pass only its inputs (and the tensors it closes over)."""
+    if not torch.is_grad_enabled():
+        return fn(*args)
+    return checkpoint(fn, *args, use_reentrant=False, preserve_rng_state=False)  # fn draws no noise
 
 
 def _masked_softmax(energies: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -48,15 +72,20 @@ class LocationSensitiveAttention(nn.Module):
         self.score = nn.Linear(attention_dim, 1, bias=False)
 
     def start(self, memory: torch.Tensor, mask: torch.Tensor) -> AttentionStep:
-        keys = rearrange(self.keys(memory), "b l a -> b a l")  # channels first, like the conv output
-        location_filter = _fused_filter(self.location_dense.weight, self.location_conv.weight)  # (A, 2, K)
-        padding = location_filter.shape[2] // 2
+        keys = self.keys(memory)  # (B, L, A)
+        location_filter = _fused_filter(self.location_dense.weight, self.location_conv.weight)  # (2 * K, A)
+        kernel_size = self.location_conv.kernel_size[0]
         score = self.score.weight[0]  # (A,)
 
+        def energies(query: torch.Tensor, previous: torch.Tensor, cumulative: torch.Tensor) -> torch.Tensor:
+            windows = _windows(torch.stack([previous, cumulative], dim=1), kernel_size, kernel_size // 2)
+            windows = rearrange(windows, "b c l k -> b l (c k)")  # (B, L, 2 * K)
+            hidden = torch.tanh(torch.baddbmm(keys + query[:, None], windows,
+                                              location_filter.expand(len(windows), -1, -1)))  # (B, L, A)
+            return hidden @ score  # (B, L)
+
         def step(query: torch.Tensor, previous: torch.Tensor, cumulative: torch.Tensor) -> torch.Tensor:
-            location = F.conv1d(torch.stack([previous, cumulative], dim=1), location_filter, padding=padding)
-            hidden = torch.tanh(keys + location + self.query(query)[:, :, None])  # (B, A, L)
-            return _masked_softmax(score @ hidden, mask)  # (A,) @ (B, A, L) -> (B, L)
+            return _masked_softmax(_recomputed_in_backward(energies, self.query(query), previous, cumulative), mask)
 
         return step
 
@@ -109,20 +138,23 @@ class DynamicConvolutionAttention(nn.Module):
         self.register_buffer("prior_filter", prior.reshape(1, 1, -1), persistent=False)
 
     def start(self, memory: torch.Tensor, mask: torch.Tensor) -> AttentionStep:
-        batch, n_tokens = mask.shape
-        static_filter = _fused_filter(self.static_dense.weight, self.static_conv.weight)  # (A, 1, K)
-        n_dynamic, dynamic_size = self.dynamic_shape
-        prior_padding = self.prior_filter.shape[2] - 1
+        static_size, (n_dynamic, dynamic_size) = self.static_conv.kernel_size[0], self.dynamic_shape
+        prior_size = self.prior_filter.shape[2]
+        # static filters and the dynamic features' dense layer in one weight: [windows ; dynamic] @ it
+        location_weight = torch.cat([_fused_filter(self.static_dense.weight, self.static_conv.weight),
+                                     self.dynamic_dense.weight.T])  # (K_s + n_dynamic, A)
         score = self.score.weight[0]  # (A,)
 
+        def energies(filters: torch.Tensor, previous: torch.Tensor) -> torch.Tensor:
+            dynamic = _windows(previous, dynamic_size, dynamic_size // 2) @ filters  # (B, L, n_dynamic)
+            features = torch.cat([_windows(previous, static_size, static_size // 2), dynamic], dim=2)
+            hidden = torch.tanh(torch.addmm(self.dynamic_dense.bias, features.flatten(0, 1), location_weight))
+            return hidden.view(*previous.shape, -1) @ score  # (B, L)
+
         def step(query: torch.Tensor, previous: torch.Tensor, cumulative: torch.Tensor) -> torch.Tensor:
-            static = F.conv1d(previous[:, None], static_filter, padding=static_filter.shape[2] // 2)  # (B, A, L)
-            filters = self.filter_mlp(query).reshape(batch * n_dynamic, 1, dynamic_size)
-            # one group per item: item b's alignment is filtered by item b's own filters
-            dynamic = F.conv1d(previous[None], filters, padding=dynamic_size // 2, groups=batch)
-            dynamic = dynamic.reshape(batch, n_dynamic, n_tokens)
-            hidden = torch.tanh(static + self.dynamic_dense.weight @ dynamic + self.dynamic_dense.bias[:, None])
-            prior = F.conv1d(F.pad(previous[:, None], (prior_padding, 0)), self.prior_filter)[:, 0]  # (B, L)
-            return _masked_softmax(score @ hidden + torch.log(prior.clamp_min(1e-6)), mask)
+            filters = rearrange(self.filter_mlp(query), "b (n k) -> b k n", n=n_dynamic)  # item b's own filters
+            prior = _windows(previous, prior_size, prior_size - 1) @ self.prior_filter[0, 0]  # causal, (B, L)
+            return _masked_softmax(_recomputed_in_backward(energies, filters, previous)
+                                   + torch.log(prior.clamp_min(1e-6)), mask)
 
         return step

@@ -102,10 +102,54 @@ def _at_least_float32(x: torch.Tensor) -> torch.Tensor:
     return x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
 
 
+class _MaskedBatchNormReLU(torch.autograd.Function):
+    """relu(batchnorm(x)) zeroed at padding, with batch statistics over the valid frames only.
+
+    The same function as `_MaskedBatchNorm2d.forward` + ReLU + masking, written out with its own
+    backward: autograd through the masked statistics takes about 20 full passes over the
+    activation per layer, this takes 11 (forward 4, backward 7). Returns (y, mean, var), the last
+    two per channel for the running statistics.
+    """
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, weights: torch.Tensor, gamma: torch.Tensor, beta: torch.Tensor,
+                eps: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        # x (B, C, T, F) finite everywhere; weights (B, 1, T, 1) float, 1 on valid frames
+        x_in, x = x, _at_least_float32(x)
+        frame_weights = weights[:, :, :, 0]  # (B, 1, T)
+        count = frame_weights.sum() * x.shape[3]
+        # per-frame sums first (no activation-sized temporaries), then the valid frames' share
+        mean = (x.sum(dim=3) * frame_weights).sum(dim=(0, 2)) / count  # (C,)
+        squares = torch.linalg.vector_norm(x, dim=3).square()  # (B, C, T)
+        var = ((squares * frame_weights).sum(dim=(0, 2)) / count - mean.square()).clamp(min=0)
+        rstd = torch.rsqrt(var + eps)
+        scale = gamma * rstd
+        y = torch.addcmul((beta - mean * scale)[:, None, None], x, scale[:, None, None])
+        y = y.relu_().mul_(weights).to(x_in.dtype)
+        ctx.save_for_backward(x, y, weights, gamma, mean, rstd, count)
+        ctx.mark_non_differentiable(mean, var)
+        return y, mean, var
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor, _mean: None, _var: None):
+        x, y, weights, gamma, mean, rstd, count = ctx.saved_tensors
+        grad = torch.where(y > 0, grad, 0.0).to(x.dtype)  # ReLU and padding (y is 0 there) in one pass
+        grad_beta = grad.sum(dim=(0, 2, 3))  # (C,)
+        grad_gamma = ((grad * x).sum(dim=(0, 2, 3)) - mean * grad_beta) * rstd
+        # dx = a * g + b * x + c on valid frames (BatchNorm's backward with valid-only statistics)
+        a = gamma * rstd
+        b = -a * rstd * grad_gamma / count
+        c = -a * grad_beta / count - b * mean
+        grad_x = torch.addcmul(c[:, None, None], x, b[:, None, None]).addcmul_(grad, a[:, None, None])
+        return grad_x.mul_(weights).to(y.dtype), None, grad_gamma, grad_beta, None
+
+
 class _MaskedBatchNorm2d(nn.BatchNorm2d):
     """BatchNorm2d over (B, C, T, F) whose training statistics count only valid frames.
 
     In eval mode it is plain BatchNorm (per-position affine), so masking after it suffices.
+    `forward` is the plain autograd version; `normalise_relu` (what the encoder runs) fuses the
+    following ReLU and masking into one function with a hand-written backward, tested equal.
     """
 
     def forward(self, x: torch.Tensor, frame_mask: torch.Tensor) -> torch.Tensor:  # mask (B, 1, T, 1)
@@ -119,14 +163,26 @@ class _MaskedBatchNorm2d(nn.BatchNorm2d):
         mean = masked.sum(dim=(0, 2, 3)) / count  # (C,)
         # E[x^2] - E[x]^2 saves a full pass over x against centring first (the clamp absorbs rounding)
         var = ((masked * x).sum(dim=(0, 2, 3)) / count - mean.square()).clamp(min=0)  # (C,)
-        with torch.no_grad():
-            self.num_batches_tracked += 1
-            momentum = self.momentum if self.momentum is not None else 1.0 / float(self.num_batches_tracked)
-            self.running_mean.lerp_(mean, momentum)
-            self.running_var.lerp_(var * count / (count - 1).clamp(min=1), momentum)  # unbiased, as torch
+        self._track(mean.detach(), var.detach(), count)
         scale = self.weight * torch.rsqrt(var + self.eps)  # (C,)
         shift = self.bias - mean * scale
         return torch.addcmul(shift[:, None, None], x, scale[:, None, None]).to(x_in.dtype)
+
+    def normalise_relu(self, x: torch.Tensor, frame_mask: torch.Tensor) -> torch.Tensor:
+        """relu(self(x, frame_mask)), zero on padded frames; x must be finite everywhere."""
+        if not self.training:
+            return torch.where(frame_mask, F.relu(super().forward(x)), 0.0)
+        weights = frame_mask.to(torch.float32)
+        y, mean, var = _MaskedBatchNormReLU.apply(x, weights, self.weight, self.bias, self.eps)
+        self._track(mean, var, weights.sum() * x.shape[3])
+        return y
+
+    @torch.no_grad()
+    def _track(self, mean: torch.Tensor, var: torch.Tensor, count: torch.Tensor) -> None:
+        self.num_batches_tracked += 1
+        momentum = self.momentum if self.momentum is not None else 1.0 / float(self.num_batches_tracked)
+        self.running_mean.lerp_(mean, momentum)
+        self.running_var.lerp_(var * count / (count - 1).clamp(min=1), momentum)  # unbiased, as torch
 
 
 class ReferenceEncoder(nn.Module):
@@ -165,7 +221,7 @@ class ReferenceEncoder(nn.Module):
             lengths = _conv_out_len(lengths)
             frame_mask = rearrange(_frame_mask(lengths, x.shape[2]), "b t -> b 1 t 1")
             # zeroing after ReLU makes the next conv see exactly the zero padding a lone item sees
-            x = torch.where(frame_mask, F.relu(norm(x, frame_mask)), 0.0)
+            x = norm.normalise_relu(x, frame_mask)
         states, _ = self.gru(rearrange(x, "b c t f -> b t (c f)"))  # (B, T', gru_dim)
         # the GRU is causal, so the state at the true last frame has not seen any padding
         return states[torch.arange(states.shape[0], device=states.device), lengths - 1]

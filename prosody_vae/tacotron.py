@@ -24,13 +24,15 @@ Speed. The loop runs T / r times, so everything that does not depend on the recu
 out of it: the prenet and the prenet's share of the attention LSTM gates run for all teacher-forced
 steps in one matmul before the loop, the frame/stop projection for all steps after it; attention
 keys and the fused location filter (the location conv and its dense layer are both linear, so one
-conv whose weight is their product) are computed once per call. Each LSTM does one matmul per step
-over [recurrent inputs ; h] for all four gates. The weight gradient of that matmul is not
-accumulated step by step (hundreds of rank-B updates of a 10 M-entry matrix, bound by memory
-traffic); each step records its (input, output gradient) and one GEMM over all steps forms the
-gradient (`_RecurrentMatmul`; about 15% of a tacotron2 training step on CPU). Step outputs are
-collected in lists and stacked once. The model runs under `torch.autocast` (bf16 on CPU roughly
-halves a step on CPUs with bf16 units); recurrent weights are then cast once per pass, not per step.
+filter bank whose weight is their product) are computed once per call (see attention.py). Each
+LSTM does one matmul per step over [recurrent inputs ; h] for all four gates. The weight gradient
+of that matmul is not accumulated step by step (hundreds of rank-B updates of a 10 M-entry matrix,
+bound by memory traffic); each step records its (input, output gradient) and a few GEMMs over all
+steps form the gradient (`_RecurrentMatmul`; about 15% of a tacotron2 training step on CPU). Step
+outputs are collected in lists and stacked once. Dropout keeps a bool mask for the backward pass,
+and the "V+T" text summary projects the embedding table instead of every embedded token
+(`summarise_text`). The model runs under `torch.autocast` (bf16 on CPU roughly halves a step on
+CPUs with bf16 units); recurrent weights are then cast once per pass, not per step.
 """
 
 from __future__ import annotations
@@ -229,9 +231,8 @@ def dropout(x: torch.Tensor, p: float, active: bool, generator: Generators = Non
     else:
         device = generator.device if generator is not None else x.device
         noise = torch.rand(x.shape, generator=generator, device=device)
-    # in place on the fresh uniform draw: one buffer becomes the scaled 0 / (1 / (1 - p)) mask
-    mask = noise.ge_(p).mul_(1.0 / (1.0 - p))
-    return x * mask.to(device=x.device, dtype=x.dtype)
+    # a bool mask and `where`: autograd keeps 1 byte per element for the backward, not a float mask
+    return torch.where((noise >= p).to(x.device), x * (1.0 / (1.0 - p)), 0.0)
 
 
 class MaskedBatchNorm1d(nn.BatchNorm1d):
@@ -417,6 +418,28 @@ class Decoder(nn.Module):
         return frames, torch.stack(all_alignments, dim=1), stop_steps, ~done
 
 
+def summarise_text(lstm: nn.LSTM, embedding: nn.Embedding, text: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+    """State of a one-layer, one-way, batch-first `lstm` reading `embedding(text)`, at each item's
+    last valid token (B,) (the LSTM is causal, so padding never reaches it): (B, L) -> (B, H).
+
+    Same result as `lstm(embedding(text))[0]` gathered there, for less work: the LSTM first projects
+    its inputs, and a projection of embedded symbols is a projection of the embedding table, indexed.
+    So the table (n_symbols rows, not B * L) is projected once and the fused LSTM kernel reads one-hot
+    symbols with the projected table as its input weight; the backward pass then never forms the
+    gradient of B * L embedded vectors. At 512-d embeddings that is ~3x less work on CPU.
+    """
+    weight = embedding.weight
+    if embedding.padding_idx is not None:  # as in nn.Embedding, the padding row gets no gradient
+        is_padding = torch.arange(weight.shape[0], device=weight.device)[:, None] == embedding.padding_idx
+        weight = torch.where(is_padding, weight.detach(), weight)
+    table = weight @ lstm.weight_ih_l0.T  # (n_symbols, 4H)
+    one_hot = F.one_hot(text, embedding.num_embeddings).to(table.dtype)  # (B, L, n_symbols)
+    zeros = one_hot.new_zeros(1, text.shape[0], lstm.hidden_size)
+    weights = [table.T, lstm.weight_hh_l0, lstm.bias_ih_l0, lstm.bias_hh_l0]
+    states, _, _ = torch.lstm(one_hot, (zeros, zeros), weights, True, 1, 0.0, lstm.training, False, True)
+    return states[torch.arange(states.shape[0], device=states.device), lengths - 1]  # (B, H)
+
+
 # --------------------------------------------------------------------------------------------- model
 class ProsodyTacotron(nn.Module):
     """Tacotron 2 + variational reference encoder (+ optional speaker embedding)."""
@@ -462,7 +485,7 @@ class ProsodyTacotron(nn.Module):
         if reference_mel is None:
             reference_mel, reference_lengths = mel, mel_lengths
         posterior = self.reference_encoder(
-            reference_mel, reference_lengths, self._summarise_text(embedded, text_lengths),
+            reference_mel, reference_lengths, self._summarise_text(text, text_lengths),
             speaker if self.config.posterior == "V+T+S" else None, mode=mode, generator=generator)
         text_mask = length_mask(text_lengths, text.shape[1])
         memory = self._memory(embedded, text_lengths, text_mask, posterior.z, speaker)
@@ -511,7 +534,7 @@ class ProsodyTacotron(nn.Module):
         summary = None
         if text is not None and self.text_summary is not None:
             text_lengths = self._check_text(text, text_lengths)
-            summary = self._summarise_text(self.embedding(text), text_lengths)
+            summary = self._summarise_text(text, text_lengths)
         speaker = self._speaker(speaker_ids, mel.shape[0]) if self.config.posterior == "V+T+S" else None
         return self.reference_encoder(mel, mel_lengths, summary, speaker, mode=mode,
                                       temperature=temperature, generator=generator)
@@ -522,13 +545,11 @@ class ProsodyTacotron(nn.Module):
         memory = condition_on_z(self.encoder(embedded, lengths, mask), z)  # (B, L, E + Z)
         return memory if speaker is None else condition_on_z(memory, speaker)  # (B, L, E + Z + S)
 
-    def _summarise_text(self, embedded: torch.Tensor, lengths: torch.Tensor) -> Optional[torch.Tensor]:
-        """(B, L, E) -> (B, text_summary_dim): the LSTM state at the last valid token (it is causal,
-        so padding never reaches it); None for a "V" model."""
+    def _summarise_text(self, text: torch.Tensor, lengths: torch.Tensor) -> Optional[torch.Tensor]:
+        """(B, L) ids -> (B, text_summary_dim), or None for a "V" model (see `summarise_text`)."""
         if self.text_summary is None:
             return None
-        states, _ = self.text_summary(embedded)
-        return states[torch.arange(states.shape[0], device=states.device), lengths - 1]
+        return summarise_text(self.text_summary, self.embedding, text, lengths)
 
     def _finish(self, frames: torch.Tensor, frame_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Add the postnet residual; frames beyond each length become pad_value. Both (B, T, n_mels)."""

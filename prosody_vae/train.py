@@ -325,11 +325,12 @@ class _Trainer:
             self._count_bad_step(f"non-finite log-mel values {where} ({int(broken_ranks)} of "
                                  f"{self.cluster.world} rank(s)); check those cache files and wavs")
             return None, stop
+        # freeing the last step's gradients before the forward pass keeps them out of its peak memory
+        self.optimizer.zero_grad(set_to_none=True)
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16):
             output = self.forward(batch.text, batch.text_lengths, batch.mel, batch.mel_lengths,
                                   speaker_ids=self._speaker_ids(batch))
         terms = self.loss_fn(output, batch, self.controller, self.step)
-        self.optimizer.zero_grad(set_to_none=True)
         terms.total.backward()
         grad_norm = float(torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.max_grad_norm))
         local = torch.stack([terms.kl.detach().float(), (terms.mel_l1 + terms.postnet_l1).detach().float(),

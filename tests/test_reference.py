@@ -113,6 +113,34 @@ def test_masked_batchnorm_without_padding_equals_torch_batchnorm():
     torch.testing.assert_close(masked.running_var, reference.running_var)
 
 
+@pytest.mark.parametrize("memory_format", [torch.contiguous_format, torch.channels_last])
+@pytest.mark.parametrize("training", [True, False])
+def test_fused_batchnorm_relu_equals_the_plain_path(memory_format, training):
+    """`normalise_relu` (hand-written backward) == relu(BatchNorm) zeroed at padding via autograd:
+    outputs, gradients of input, weight and bias, and the running statistics."""
+    g = torch.Generator().manual_seed(0)
+    x = (3.0 + 2.0 * torch.randn(4, 5, 9, 3, generator=g, dtype=torch.float64)).contiguous(memory_format=memory_format)
+    frame_mask = (torch.arange(9) < torch.tensor([9, 4, 1, 7])[:, None])[:, None, :, None]  # (B, 1, T, 1)
+    grad_out = torch.randn(4, 5, 9, 3, generator=g, dtype=torch.float64)
+    plain, fused = _MaskedBatchNorm2d(5).double(), _MaskedBatchNorm2d(5).double()
+    with torch.no_grad():
+        plain.weight.uniform_(0.5, 2.0, generator=g)
+        plain.bias.uniform_(-1.0, 1.0, generator=g)
+    fused.load_state_dict(plain.state_dict())
+    results = []
+    for norm, forward in ((plain, lambda x: torch.where(frame_mask, torch.relu(plain(x, frame_mask)), 0.0)),
+                          (fused, lambda x: fused.normalise_relu(x, frame_mask))):
+        norm.train(training)
+        x_in = x.detach().clone().requires_grad_()
+        y = forward(x_in)
+        (y * grad_out).sum().backward()
+        results.append([y, x_in.grad, norm.weight.grad, norm.bias.grad, norm.running_mean, norm.running_var])
+    assert (results[1][0][~frame_mask.expand_as(x)] == 0).all()
+    assert results[0][1].abs().sum() > 0  # the comparison below is not between zeros
+    for plain_value, fused_value in zip(*results):
+        torch.testing.assert_close(fused_value, plain_value, rtol=1e-9, atol=1e-10)
+
+
 def test_kl_matches_monte_carlo_estimate():
     """Closed-form KL == E_q[log q(z) - log p(z)], estimated from the encoder's own samples."""
     enc = small_encoder(latent_dim=32).eval()

@@ -9,14 +9,16 @@ from types import SimpleNamespace
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from prosody_vae.capacity import DualAscent, FixedBeta
 from prosody_vae.errors import ConfigError, DataError, TextError
 from prosody_vae.losses import (LossConfig, TacotronLoss, alignment_diagonal_score, guided_attention_loss,
                                 guided_attention_weight, masked_l1, stop_loss, stop_targets)
-from prosody_vae.attention import beta_binomial_pmf
+from prosody_vae import recurrent
+from prosody_vae.attention import DynamicConvolutionAttention, LocationSensitiveAttention, beta_binomial_pmf
 from prosody_vae.recurrent import _RecurrentMatmul
-from prosody_vae.tacotron import MaskedBatchNorm1d, ProsodyTacotron, TacotronConfig
+from prosody_vae.tacotron import MaskedBatchNorm1d, ProsodyTacotron, TacotronConfig, dropout, summarise_text
 
 N_MELS = 12
 # smaller than the tiny preset, so each test takes well under a second
@@ -143,11 +145,14 @@ def test_dca_prior_is_the_beta_binomial():
     torch.testing.assert_close(uniform, torch.full((5,), 0.2))
 
 
-def test_recurrent_matmul_gradient_is_exact():
+@pytest.mark.parametrize("tape_chunk", [3, 32])  # 3: the weight gradient sums over several chunks
+def test_recurrent_matmul_gradient_is_exact(tape_chunk, monkeypatch):
+    monkeypatch.setattr(recurrent, "_TAPE_CHUNK", tape_chunk)
+
     def recurrence(weight, x0):
         matmul = _RecurrentMatmul(weight)
         h, total = x0, 0.0
-        for _ in range(4):
+        for _ in range(7):
             h = torch.tanh(matmul(h))
             total = total + h.square().sum()
         return total
@@ -155,6 +160,98 @@ def test_recurrent_matmul_gradient_is_exact():
     weight = torch.randn(5, 5, dtype=torch.float64, requires_grad=True)
     x0 = torch.randn(3, 5, dtype=torch.float64, requires_grad=True)
     assert torch.autograd.gradcheck(recurrence, (weight, x0))
+
+
+def _plain_dca_step(attention, query, previous):
+    """DCA energies as in Battenberg et al., with conv1d over (B, channels, L): the oracle for the
+    (B, L, A) matmul form in attention.py."""
+    batch, n_tokens = previous.shape
+    n_dynamic, size = attention.dynamic_shape
+    static = attention.static_dense(F.conv1d(previous[:, None], attention.static_conv.weight,
+                                             padding=attention.static_conv.kernel_size[0] // 2).transpose(1, 2))
+    filters = attention.filter_mlp(query).reshape(batch * n_dynamic, 1, size)
+    dynamic = F.conv1d(previous[None], filters, padding=size // 2, groups=batch).reshape(batch, n_dynamic, n_tokens)
+    hidden = torch.tanh(static + attention.dynamic_dense(dynamic.transpose(1, 2)))  # (B, L, A)
+    pmf = beta_binomial_pmf(attention.prior_filter.shape[2], 0.1, 0.9).to(previous.dtype)
+    padded = F.pad(previous, (len(pmf) - 1, 0))
+    # prior[j] = sum_k pmf[k] * previous[j - k]: the chance of moving k tokens forward
+    prior = sum(pmf[k] * padded[:, len(pmf) - 1 - k : len(pmf) - 1 - k + n_tokens] for k in range(len(pmf)))
+    return attention.score(hidden)[..., 0] + torch.log(prior.clamp_min(1e-6))
+
+
+def _plain_location_step(attention, keys, query, previous, cumulative):
+    location = F.conv1d(torch.stack([previous, cumulative], dim=1), attention.location_conv.weight,
+                        padding=attention.location_conv.kernel_size[0] // 2)  # (B, F, L)
+    hidden = torch.tanh(keys + attention.location_dense(location.transpose(1, 2)) + attention.query(query)[:, None])
+    return attention.score(hidden)[..., 0]
+
+
+@pytest.mark.parametrize("kind", ["dca", "location"])
+def test_attention_matmul_form_equals_the_convolution_form(kind):
+    """Four decoder steps: alignments and the gradients of the query, memory and every weight agree
+    with the textbook conv1d formulation."""
+    torch.manual_seed(0)
+    batch, n_tokens, query_dim, memory_dim = 3, 13, 10, 7
+    if kind == "dca":
+        attention = DynamicConvolutionAttention(query_dim, 6, 4, 5, 3, 7, 8, 11, 0.1, 0.9).double()
+    else:
+        attention = LocationSensitiveAttention(query_dim, memory_dim, 6, 4, 7).double()
+    memory = torch.randn(batch, n_tokens, memory_dim, dtype=torch.float64, requires_grad=True)
+    queries = torch.randn(4, batch, query_dim, dtype=torch.float64, requires_grad=True)
+    mask = torch.arange(n_tokens) < torch.tensor([13, 9, 4])[:, None]
+    results = []
+    for optimised in (True, False):
+        step = attention.start(memory, mask)
+        previous = F.one_hot(torch.zeros(batch, dtype=torch.long), n_tokens).double()
+        cumulative, total = previous, 0.0
+        for query in queries:
+            if optimised:
+                previous = step(query, previous, cumulative)
+            elif kind == "dca":
+                previous = _plain_dca_step(attention, query, previous).masked_fill(~mask, -math.inf).softmax(dim=1)
+            else:
+                energies = _plain_location_step(attention, attention.keys(memory), query, previous, cumulative)
+                previous = energies.masked_fill(~mask, -math.inf).softmax(dim=1)
+            cumulative = cumulative + previous
+            total = total + (previous * torch.arange(n_tokens)).sum()
+        inputs = [queries, memory, *attention.parameters()]
+        grads = torch.autograd.grad(total, inputs, allow_unused=True)
+        results.append([previous] + [torch.zeros_like(x) if g is None else g for x, g in zip(inputs, grads)])
+    assert results[1][1].abs().sum() > 0
+    for optimised_value, plain_value in zip(*results):
+        torch.testing.assert_close(optimised_value, plain_value, rtol=1e-9, atol=1e-12)
+
+
+def test_dropout_equals_multiplying_by_the_scaled_mask():
+    x = torch.randn(6, 9, requires_grad=True)
+    noise = torch.rand(6, 9, generator=torch.Generator().manual_seed(4))
+    scaled_mask = (noise >= 0.3).float() * (1 / 0.7)
+    out = dropout(x, 0.3, True, torch.Generator().manual_seed(4))
+    assert torch.equal(out, x * scaled_mask)  # bit for bit: the same draw, the same rounding
+    out.sum().backward()
+    assert torch.equal(x.grad, scaled_mask)
+
+
+def test_text_summary_equals_the_lstm_over_embeddings():
+    """`summarise_text` (projected embedding table, one-hot input) == nn.LSTM over nn.Embedding,
+    outputs and gradients, and the padding row gets no gradient (as with nn.Embedding)."""
+    torch.manual_seed(0)
+    embedding, lstm = torch.nn.Embedding(11, 6, padding_idx=0), torch.nn.LSTM(6, 5, batch_first=True)
+    text = torch.randint(1, 11, (3, 8))
+    lengths = torch.tensor([8, 3, 5])
+    text[1, 3:] = 0
+    text[2, 5:] = 0
+    weights = [embedding.weight, *lstm.parameters()]
+    results = []
+    for optimised in (True, False):
+        if optimised:
+            summary = summarise_text(lstm, embedding, text, lengths)
+        else:
+            summary = lstm(embedding(text))[0][torch.arange(3), lengths - 1]
+        results.append([summary, *torch.autograd.grad(summary.square().sum(), weights)])
+    assert (results[0][1][0] == 0).all() and results[0][1].abs().sum() > 0
+    for optimised_value, plain_value in zip(*results):
+        torch.testing.assert_close(optimised_value, plain_value, rtol=1e-5, atol=1e-6)
 
 
 def test_tiny_model_overfits_one_batch():
