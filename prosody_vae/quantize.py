@@ -20,8 +20,9 @@ float32, so rounding does not accumulate in the LSTM cell state over hundreds of
 `FusedLSTMCell`), which `quantize_dynamic` does not see. `ReducedPrecisionDecoder` therefore
 copies them into `nn.Linear`s (the attention LSTM's static and recurrent weights side by side,
 so one matmul per step serves both; the decoder LSTM with its bias), quantises or casts those,
-and runs its own copy of `Decoder.infer`'s loop (eval mode only: no dropout on the LSTM states). `reduce_precision(model, precision)` returns a
-copy of the model whose `decoder` is this wrapper, so `model.infer` is unchanged for callers.
+and runs its own copy of `Decoder.infer`'s loop (eval mode only: no dropout on the LSTM
+states). `reduce_precision(model, precision)` returns a copy of the model whose `decoder` is this
+wrapper, so `model.infer` is unchanged for callers.
 The text and reference encoders run once per utterance and stay float32.
 
 tests/test_infer.py checks that the "fp32" loop reproduces `Decoder.infer` (so the two loops
