@@ -211,8 +211,9 @@ class Synthesizer:
     @torch.no_grad()
     def tts(self, texts: str | Sequence[str], reference=None, reference_text=None, z=None,
             mode: Literal["mean", "sample"] = "mean", temperature: float = 1.0, seed: Optional[int] = None,
-            vocode: bool = True) -> SynthesisResult:
-        """Synthesise one text or a batch (see the module docstring for the prosody choices)."""
+            vocode: bool = True, max_decoder_steps: Optional[int] = None) -> SynthesisResult:
+        """Synthesise one text or a batch (see the module docstring for the prosody choices).
+        `max_decoder_steps` bounds the free-running decoder (default: the model config's)."""
         if not isinstance(texts, (str, list, tuple)):
             raise TextError(f"texts must be a str or a list of str, got {type(texts).__name__}")
         texts = [texts] if isinstance(texts, str) else list(texts)
@@ -220,7 +221,8 @@ class Synthesizer:
             raise TextError("texts: no text to synthesise")
         text, text_lengths = self._encode_texts(texts)  # first: a bad text fails before any encoding
         z = self.prosody(texts, reference, reference_text, z, mode, temperature, seed)
-        out = self.model.infer(text, text_lengths, z=z, generator=self._generators(seed, texts))
+        out = self.model.infer(text, text_lengths, z=z, generator=self._generators(seed, texts),
+                               max_decoder_steps=max_decoder_steps)
         mels = [out.mel_postnet[i, : int(out.mel_lengths[i])].float() for i in range(len(texts))]
         return SynthesisResult(
             mel=mels, wav=[self.vocode(m) for m in mels] if vocode else [],

@@ -62,6 +62,18 @@ def test_temperature_zero_is_the_prior_mean(synth):
     assert all(torch.equal(x, y) for x, y in zip(cold.mel, explicit.mel))
 
 
+def test_max_decoder_steps_bounds_the_decoder_and_flags_unstopped_items():
+    synth = make_synth()
+    with torch.no_grad():
+        synth.model.decoder.projection.bias[-1] = -100.0  # the stop logit: this model never stops
+    full = synth.tts(TEXTS[:2], seed=3, vocode=False)  # runs to the config's maximum
+    short = synth.tts(TEXTS[:2], seed=3, vocode=False, max_decoder_steps=2)
+    r = synth.config.model.reduction_factor
+    assert all(s > 2 for s in full.stop_step)
+    assert short.stop_step == [2, 2] and short.hit_max_steps == [True, True]
+    assert all(m.shape[0] == 2 * r for m in short.mel)
+
+
 def test_mode_mean_is_deterministic_and_sample_is_not(synth):
     wav = reference_wav()
     means = [synth.prosody(TEXTS[:1], reference=wav, mode="mean", seed=s) for s in (0, 1)]
