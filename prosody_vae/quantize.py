@@ -32,7 +32,6 @@ cannot drift apart silently) and bounds the int8 and bf16 deviation.
 from __future__ import annotations
 
 import copy
-import math
 import warnings
 from typing import Literal, get_args
 
@@ -42,7 +41,7 @@ from torch import nn
 
 from .errors import ConfigError
 from .recurrent import FusedLSTMCell
-from .tacotron import Decoder, Generators, ProsodyTacotron
+from .tacotron import Decoder, Generators, ProsodyTacotron, StopTracker
 
 Precision = Literal["fp32", "bf16", "int8"]
 PRECISIONS: tuple[str, ...] = get_args(Precision)
@@ -134,7 +133,6 @@ class ReducedPrecisionDecoder(nn.Module):
         """`Decoder.infer`: frames (B, S * r, n_mels), alignments (B, S, L), stop_steps (B,), hit_max (B,)."""
         layers = self.layers
         batch, n_tokens, memory_dim = memory.shape
-        stop_logit_threshold = math.log(stop_threshold / (1.0 - stop_threshold))
         attend = self.attention.start(memory, mask)
         attention_c = memory.new_zeros(batch, self.attention_rnn_dim)
         decoder_c = memory.new_zeros(batch, self.decoder_rnn_dim)
@@ -144,8 +142,7 @@ class ReducedPrecisionDecoder(nn.Module):
         alignment[:, 0] = 1.0  # start on the first token, as Decoder does
         cumulative = alignment
         frame = memory.new_zeros(batch, self.n_mels)  # go frame
-        stop_steps = torch.full((batch,), max_steps, dtype=torch.long, device=memory.device)
-        done = torch.zeros(batch, dtype=torch.bool, device=memory.device)
+        stops = StopTracker(batch, max_steps, stop_threshold, memory.device)
         all_outputs, all_alignments = [], []
         for step in range(max_steps):
             gates = layers["attention_gates"](torch.cat([self.prenet(frame, generator), context, attention_h], dim=1))
@@ -159,13 +156,10 @@ class ReducedPrecisionDecoder(nn.Module):
             all_outputs.append(out)
             all_alignments.append(alignment)
             frame = out[:, -1 - self.n_mels : -1]  # the last of the r frames feeds the next step
-            stopped = (out[:, -1] > stop_logit_threshold) & ~done
-            stop_steps = torch.where(stopped, step + 1, stop_steps)
-            done = done | stopped
-            if bool(done.all()):
+            if stops.update(out, step):
                 break
         frames = rearrange(torch.stack(all_outputs, dim=1)[..., :-1], "b s (r f) -> b (s r) f", r=self.r)
-        return frames, torch.stack(all_alignments, dim=1), stop_steps, ~done
+        return frames, torch.stack(all_alignments, dim=1), stops.stop_steps, ~stops.done
 
 
 def reduce_precision(model: ProsodyTacotron, precision: Precision) -> ProsodyTacotron:

@@ -355,6 +355,23 @@ class _DecoderPass:
         return self.decoder_h, self.context, self.alignment
 
 
+class StopTracker:
+    """Per-item stop bookkeeping of a free-running decoder: an item stops at the first step whose
+    stop logit (the last output of the projection) passes the stop probability `threshold`."""
+
+    def __init__(self, batch: int, max_steps: int, threshold: float, device: torch.device):
+        self.logit_threshold = math.log(threshold / (1.0 - threshold))
+        self.stop_steps = torch.full((batch,), max_steps, dtype=torch.long, device=device)  # (B,)
+        self.done = torch.zeros(batch, dtype=torch.bool, device=device)  # (B,)
+
+    def update(self, out: torch.Tensor, step: int) -> bool:
+        """Record decoder step `step`'s output (B, r * n_mels + 1); True once every item stopped."""
+        stopped = (out[:, -1] > self.logit_threshold) & ~self.done
+        self.stop_steps = torch.where(stopped, step + 1, self.stop_steps)
+        self.done = self.done | stopped
+        return bool(self.done.all())
+
+
 class Decoder(nn.Module):
     """Autoregressive attention decoder: memory (B, L, D) -> r frames + a stop logit per step."""
 
@@ -394,11 +411,9 @@ class Decoder(nn.Module):
         """Free-running decoding until every item has emitted a stop or max_steps ran.
         Returns frames (B, S * r, n_mels), alignments (B, S, L), stop_steps (B,), hit_max_steps (B,)."""
         batch = memory.shape[0]
-        stop_logit_threshold = math.log(stop_threshold / (1.0 - stop_threshold))
         decoding = _DecoderPass(self, memory, mask)
         frame = memory.new_zeros(batch, self.n_mels)  # go frame
-        stop_steps = torch.full((batch,), max_steps, dtype=torch.long, device=memory.device)
-        done = torch.zeros(batch, dtype=torch.bool, device=memory.device)
+        stops = StopTracker(batch, max_steps, stop_threshold, memory.device)
         all_features, all_alignments = [], []
         for step in range(max_steps):
             attention_gates = self.attention_cell.static_gates(self.prenet(frame, generator))
@@ -408,14 +423,11 @@ class Decoder(nn.Module):
             all_features.append(features)
             all_alignments.append(alignment)
             frame = out[:, -1 - self.n_mels : -1]  # the last of the r frames feeds the next step
-            stopped = (out[:, -1] > stop_logit_threshold) & ~done
-            stop_steps = torch.where(stopped, step + 1, stop_steps)
-            done = done | stopped
-            if bool(done.all()):
+            if stops.update(out, step):
                 break
         # re-projecting all steps at once is cheaper than keeping r frames of every step apart
         frames, _ = self._project(torch.stack(all_features, dim=1))
-        return frames, torch.stack(all_alignments, dim=1), stop_steps, ~done
+        return frames, torch.stack(all_alignments, dim=1), stops.stop_steps, ~stops.done
 
 
 def summarise_text(lstm: nn.LSTM, embedding: nn.Embedding, text: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
