@@ -328,8 +328,8 @@ class _DecoderPass:
         batch, n_tokens, memory_dim = memory.shape
         self.decoder, self.memory = decoder, memory
         self.attend = decoder.attention.start(memory, mask)
-        self.attention_matmul = _RecurrentMatmul(decoder.attention_cell.recurrent_weight)
-        self.decoder_matmul = _RecurrentMatmul(decoder.decoder_cell.recurrent_weight)
+        self.attention_matmul = _RecurrentMatmul(decoder.attention_cell.recurrent_weight, rows=batch)
+        self.decoder_matmul = _RecurrentMatmul(decoder.decoder_cell.recurrent_weight, rows=batch)
         zeros = memory.new_zeros
         self.attention_h = self.attention_c = zeros(batch, decoder.attention_rnn_dim)
         self.decoder_h = self.decoder_c = zeros(batch, decoder.decoder_rnn_dim)

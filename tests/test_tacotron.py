@@ -150,7 +150,7 @@ def test_recurrent_matmul_gradient_is_exact(tape_chunk, monkeypatch):
     monkeypatch.setattr(recurrent, "_TAPE_CHUNK", tape_chunk)
 
     def recurrence(weight, x0):
-        matmul = _RecurrentMatmul(weight)
+        matmul = _RecurrentMatmul(weight, rows=3)
         h, total = x0, 0.0
         for _ in range(7):
             h = torch.tanh(matmul(h))

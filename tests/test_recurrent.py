@@ -1,0 +1,81 @@
+"""The oneDNN-packed per-step matmul (prosody_vae/recurrent.py) against the plain one.
+
+The packed path is an optimisation only: with `torch.backends.mkldnn.flags(enabled=False)` the same
+code runs plain matmuls, and every output and gradient must agree within float32 rounding.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from prosody_vae.recurrent import PackedMatmul, _RecurrentMatmul
+from test_tacotron import make_batch, micro_model, run
+
+needs_onednn = pytest.mark.skipif(not torch.backends.mkldnn.is_available(), reason="torch built without oneDNN")
+
+
+@needs_onednn
+@pytest.mark.parametrize("rows, hint", [(16, 16), (1, 16), (5, 8)])  # the hint is a layout choice, any row count works
+@pytest.mark.parametrize("with_bias", [False, True])
+def test_packed_matmul_is_the_linear_layer(rows, hint, with_bias):
+    torch.manual_seed(0)
+    weight, bias, x = torch.randn(96, 40), torch.randn(96), torch.randn(rows, 40)
+    matmul = PackedMatmul(weight, hint, bias if with_bias else None)
+    assert matmul.packed is not None  # the fast path is really taken on this CPU
+    torch.testing.assert_close(matmul(x), F.linear(x, weight, bias if with_bias else None), atol=1e-5, rtol=1e-5)
+    # a transposed (non-contiguous) view packs too: the backward pass uses weight.T
+    torch.testing.assert_close(PackedMatmul(weight.T, hint)(torch.randn(rows, 96)).shape, (rows, 40))
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float16])
+def test_packing_falls_back_to_the_plain_matmul(dtype):
+    weight, x = torch.randn(8, 6, dtype=dtype), torch.randn(3, 6, dtype=dtype)
+    matmul = PackedMatmul(weight, 3)
+    assert matmul.packed is None
+    torch.testing.assert_close(matmul(x), x @ weight.T)
+    with torch.backends.mkldnn.flags(enabled=False):
+        assert PackedMatmul(weight.float(), 3).packed is None  # torch's own switch turns it off
+
+
+@needs_onednn
+def test_packed_recurrence_gradients_equal_autograd_on_a_plain_matmul():
+    torch.manual_seed(0)
+    weight = torch.randn(24, 24, requires_grad=True)
+    x0 = torch.randn(4, 24, requires_grad=True)
+
+    def recurrence(matmul_of):
+        h, total = x0, 0.0
+        for _ in range(9):
+            h = torch.tanh(matmul_of(h) / 5)
+            total = total + h.square().sum()
+        return total
+
+    packed = _RecurrentMatmul(weight, rows=4)
+    assert packed.forward_matmul.packed is not None
+    grads = torch.autograd.grad(recurrence(packed), (weight, x0))
+    expected = torch.autograd.grad(recurrence(lambda h: h @ weight.T), (weight, x0))
+    for got, want in zip(grads, expected):
+        torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-4)
+
+
+@needs_onednn
+@pytest.mark.filterwarnings("ignore:.*max_decoder_steps:RuntimeWarning", "ignore:TF32:UserWarning")
+@pytest.mark.parametrize("kind", ["location", "dca"])
+def test_model_outputs_and_gradients_do_not_depend_on_packing(kind):
+    def outputs_and_grads(model):
+        batch = make_batch([7, 5], [12, 9], 2, model.config.n_symbols, seed=3)
+        out = run(model, batch, mode="mean")
+        (out.mel_postnet.abs().mean() + out.stop_logits.square().mean()).backward()
+        with torch.no_grad():
+            frames = model.infer(batch.text, batch.text_lengths, max_decoder_steps=6).mel_postnet
+        return ([out.mel_postnet, out.stop_logits, frames]
+                + [p.grad for p in model.parameters() if p.grad is not None])
+
+    packed = outputs_and_grads(micro_model(attention_kind=kind, reduction_factor=2).train())
+    with torch.backends.mkldnn.flags(enabled=False):
+        plain = outputs_and_grads(micro_model(attention_kind=kind, reduction_factor=2).train())
+    assert len(packed) == len(plain) > 20
+    for got, want in zip(packed, plain):
+        torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-4)
