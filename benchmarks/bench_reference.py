@@ -10,7 +10,8 @@ Defaults reproduce two figures, each measured in a fresh process so its peak RSS
     python benchmarks/bench_reference.py                      # both figures, one JSON object
     python benchmarks/bench_reference.py --variant V --batch 8 --frames 200
 
-Reference lengths are drawn uniformly from [frames / 2, frames] (fixed seed) so the masking path is
+As in the trainer, glibc malloc keeps freed memory (`cpu_memory.keep_freed_memory`); `--default-malloc`
+leaves it alone. Reference lengths are drawn uniformly from [frames / 2, frames] (fixed seed) so the masking path is
 exercised as in training. Timing: `--warmup` untimed steps, then the median of `--runs` steps.
 """
 
@@ -28,6 +29,7 @@ import time
 import torch
 from torch import nn
 
+from prosody_vae.cpu_memory import keep_freed_memory
 from prosody_vae.reference import VariationalReferenceEncoder
 from prosody_vae.tacotron import summarise_text
 from prosody_vae.text import SYMBOLS
@@ -90,6 +92,8 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--runs", type=int, default=7)
     parser.add_argument("--threads", type=int, default=os.cpu_count())
+    parser.add_argument("--default-malloc", action="store_true",
+                        help="leave glibc malloc as it is (the trainer calls cpu_memory.keep_freed_memory)")
     args = parser.parse_args()
     if args.runs < 5:
         parser.error("--runs must be >= 5 for a meaningful median")
@@ -98,15 +102,18 @@ def main() -> None:
         results = []
         for variant in ("V+T", "V"):
             argv = [f"--{name.replace('_', '-')}={value}" for name, value in vars(args).items()
-                    if value is not None and name != "variant"]
+                    if value is not None and name not in ("variant", "default_malloc")]
+            argv += ["--default-malloc"] if args.default_malloc else []
             out = subprocess.run([sys.executable, __file__, *argv, f"--variant={variant}"],
                                  check=True, capture_output=True, text=True).stdout
             results.extend(json.loads(out)["results"])
     else:
         torch.set_num_threads(args.threads)
+        malloc_tuned = False if args.default_malloc else keep_freed_memory()
         batch = args.batch or DEFAULT_BATCH[args.variant]
         results = [measure(args.variant, batch, args.frames, args.n_mels, args.latent_dim, args.text_len,
                            args.warmup, args.runs)]
+        results[0]["keep_freed_memory"] = malloc_tuned
     print(json.dumps({"benchmark": "reference_encoder_forward_backward_cpu", "torch": torch.__version__,
                       "threads": args.threads, "cpu_count": os.cpu_count(), "results": results,
                       "load_average_1min": os.getloadavg()[0]}, indent=2))

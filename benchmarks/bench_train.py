@@ -7,14 +7,15 @@ Convolution Attention and the "V+T" posterior, batch 16, 60 characters, 400 fram
     python benchmarks/bench_train.py --attention location --posterior V   # the issue-4 figures
     python benchmarks/bench_train.py --preset tiny --runs 9
 
-- train: seconds per step (forward, loss with DualAscent, backward, clipping, Adam) and mel
+- train: seconds per step (forward, loss with DualAscent, backward, clipping, fused Adam) and mel
   frames per second (batch * frames / step time), peak RSS of the process after training.
 - infer: milliseconds per decoder step (r frames per item) at batch 1 and batch 8, and the mel
   frames per second over the whole batch, free-running over 200
   steps (the stop threshold is set out of reach so every item runs the full length), and the
   real-time factor at batch 1 (seconds of compute per second of audio).
 
-Torch threads = the machine's cores. Each figure is the median of `--runs` timings after
+As in the trainer, glibc malloc keeps freed memory (`cpu_memory.keep_freed_memory`; turn that off
+with `--default-malloc`). Torch threads = the machine's cores. Each figure is the median of `--runs` timings after
 `--warmup` untimed ones. The 1-minute load average is printed with the figures: on a shared
 machine, compare timings only against others taken at a similar load.
 """
@@ -33,6 +34,7 @@ import warnings
 import torch
 
 from prosody_vae.capacity import DualAscent
+from prosody_vae.cpu_memory import keep_freed_memory
 from prosody_vae.data import Batch
 from prosody_vae.losses import TacotronLoss
 from prosody_vae.tacotron import ProsodyTacotron, TacotronConfig
@@ -63,7 +65,7 @@ def bench_train(model: ProsodyTacotron, batch_size: int, chars: int, frames: int
                   mel_lengths=torch.full((batch_size,), frames),
                   speaker_ids=torch.zeros(batch_size, dtype=torch.long))
     loss_fn, controller = TacotronLoss(), DualAscent(capacity=50.0)
-    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3, fused=True)  # as the trainer
     model.train()
 
     def step() -> None:
@@ -120,7 +122,10 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--bf16", action="store_true", help="bf16 autocast (on CPUs with bf16 units)")
     parser.add_argument("--skip-train", action="store_true")
+    parser.add_argument("--default-malloc", action="store_true",
+                        help="leave glibc malloc as it is (the trainer calls cpu_memory.keep_freed_memory)")
     args = parser.parse_args()
+    malloc_tuned = False if args.default_malloc else keep_freed_memory()
 
     threads = os.cpu_count() or 1
     torch.set_num_threads(threads)
@@ -131,7 +136,7 @@ def main() -> None:
               "parameters": sum(p.numel() for p in model.parameters()),
               "threads": threads, "torch": torch.__version__, "machine": platform.processor() or platform.machine(),
               "bf16": args.bf16, "batch": args.batch, "chars": args.chars, "frames": args.frames,
-              "runs": args.runs}
+              "runs": args.runs, "keep_freed_memory": malloc_tuned}
     if not args.skip_train:
         result["train"] = bench_train(model, args.batch, args.chars, args.frames, args.warmup, args.runs, args.bf16)
     result["infer"] = [bench_infer(model, b, args.chars, args.infer_steps, args.warmup, args.runs, args.bf16)

@@ -71,6 +71,7 @@ _EXPORTS = {
     "load_config": "config",
     "train": "train",
     "TrainResult": "train",
+    "keep_freed_memory": "cpu_memory",
     "load_model": "checkpoint",
     # inference and evaluation
     "Synthesizer": "infer",

@@ -63,6 +63,7 @@ from .audio import griffin_lim
 from .capacity import KLController, build_controller
 from .checkpoint import RunCheckpoints, capture_rng, checkpoint_config, restore_rng
 from .config import OptimConfig, TrainConfig, config_to_dict
+from .cpu_memory import keep_freed_memory
 from .data import (Batch, BucketBatchSampler, MelCache, TTSDataset, Utterance, collate_batch, read_metadata,
                    split_train_val)
 from .distributed import Cluster, StopSignals
@@ -236,8 +237,12 @@ class _Trainer:
         _seed_all(config.seed)  # identical initial weights on every rank
         self.model = ProsodyTacotron(config.model).to(self.device)
         self.controller = build_controller(config.controller)
-        optimizer_class = {"adam": torch.optim.Adam, "radam": torch.optim.RAdam}[config.optim.name]
+        if self.device.type == "cpu":
+            keep_freed_memory()  # see cpu_memory.py: a tenth of a CPU step went to page faults
         o = config.optim
+        # Adam's fused kernel makes one pass over each tensor instead of a dozen (on CPU: 54 -> 15 ms
+        # per step for tacotron2); RAdam has none
+        optimizer_class = partial(torch.optim.Adam, fused=True) if o.name == "adam" else torch.optim.RAdam
         self.optimizer = optimizer_class(self.model.parameters(), lr=o.lr, betas=o.betas, eps=o.eps,
                                          weight_decay=o.weight_decay)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lr_schedule(o))
