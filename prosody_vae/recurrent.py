@@ -38,18 +38,41 @@ def _onednn_packable(weight: torch.Tensor) -> bool:
     return weight.dtype == torch.float32
 
 
+def _autocast(weight: torch.Tensor) -> torch.Tensor:
+    """The weight in the dtype autocast would run its matmul in; cast once per pass, not per step."""
+    if torch.is_autocast_enabled(weight.device.type):
+        return weight.to(torch.get_autocast_dtype(weight.device.type))
+    return weight
+
+
 class PackedMatmul:
     """x (..., in) -> x @ weight.T (+ bias) for a weight (out, in) that stays fixed while it is
     used; `rows` is the expected number of rows of x (a hint for the layout, any count works).
-    Holds no autograd graph: wrap it (as `_TapedMatmul` does) or use it under no_grad."""
+    Follows autocast like F.linear. Holds no autograd graph: wrap it (as `_TapedMatmul` does) or
+    use it under no_grad."""
 
     def __init__(self, weight: torch.Tensor, rows: int, bias: torch.Tensor | None = None) -> None:
-        self.weight, self.bias = weight.detach(), None if bias is None else bias.detach()
+        self.weight = _autocast(weight.detach())
+        self.bias = None if bias is None else bias.detach().to(self.weight.dtype)
+        self.rows = rows
+        self.packed = self._pack()
+
+    def _pack(self) -> torch.Tensor | None:
         # a transposed view is copied only for the reorder, so no second full copy outlives it
-        self.packed = (torch.ops.mkldnn._reorder_linear_weight(self.weight.contiguous(), rows)
-                       if _onednn_packable(self.weight) else None)
+        if not _onednn_packable(self.weight):
+            return None
+        return torch.ops.mkldnn._reorder_linear_weight(self.weight.contiguous(), self.rows)
+
+    # oneDNN's packed tensor has no storage to copy or pickle: copies pack their own
+    def __getstate__(self) -> dict:
+        return {**self.__dict__, "packed": None}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        self.packed = self._pack()
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        x = x.to(self.weight.dtype)
         if self.packed is None:
             return F.linear(x, self.weight, self.bias)
         return torch.ops.mkldnn._linear_pointwise(x, self.packed, self.bias, "none", [], "")
@@ -107,16 +130,16 @@ class _RecurrentMatmul:
 
     def __init__(self, weight: torch.Tensor, rows: int) -> None:
         self.taped = torch.is_grad_enabled() and weight.requires_grad
-        if torch.is_autocast_enabled(weight.device.type):
-            weight = weight.to(torch.get_autocast_dtype(weight.device.type))
+        weight = _autocast(weight)
         self.rows, self.tape = rows, []
         self.forward_matmul = PackedMatmul(weight, rows)
         self._backward_matmul: PackedMatmul | None = None
         self.weight = _TapedWeight.apply(weight, self.tape) if self.taped else weight
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        x = x.to(self.weight.dtype)
-        return _TapedMatmul.apply(x, self.weight, self) if self.taped else self.forward_matmul(x)
+        if not self.taped:
+            return self.forward_matmul(x)
+        return _TapedMatmul.apply(x.to(self.weight.dtype), self.weight, self)
 
     def backward_matmul(self, grad: torch.Tensor) -> torch.Tensor:
         """grad (rows, out) -> grad @ weight (rows, in), with weight.T packed on the first call."""

@@ -52,7 +52,7 @@ from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 from .attention import (DynamicConvolutionAttention, ForwardAttention,
                         LocationSensitiveAttention)
 from .errors import ConfigError, DataError, ReferenceInputError, TextError
-from .recurrent import FusedLSTMCell, _RecurrentMatmul
+from .recurrent import FusedLSTMCell, PackedMatmul, _RecurrentMatmul
 from .reference import CAPACITRON_CHANNELS, Posterior, VariationalReferenceEncoder, condition_on_z
 from .text import SYMBOLS
 
@@ -406,20 +406,23 @@ class Decoder(nn.Module):
         out = self.projection(features)
         return rearrange(out[..., :-1], "b s (r f) -> b (s r) f", r=self.r), out[..., -1]
 
+    @torch.no_grad()
     def infer(self, memory: torch.Tensor, mask: torch.Tensor, max_steps: int, stop_threshold: float,
               generator: Generators = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         """Free-running decoding until every item has emitted a stop or max_steps ran.
         Returns frames (B, S * r, n_mels), alignments (B, S, L), stop_steps (B,), hit_max_steps (B,)."""
         batch = memory.shape[0]
         decoding = _DecoderPass(self, memory, mask)
+        # per step, as the recurrent matmuls: packed weights (see recurrent.PackedMatmul)
+        prenet_gates = PackedMatmul(self.attention_cell.static_weight, batch, self.attention_cell.bias)
+        project = PackedMatmul(self.projection.weight, batch, self.projection.bias)
         frame = memory.new_zeros(batch, self.n_mels)  # go frame
         stops = StopTracker(batch, max_steps, stop_threshold, memory.device)
         all_features, all_alignments = [], []
         for step in range(max_steps):
-            attention_gates = self.attention_cell.static_gates(self.prenet(frame, generator))
-            decoder_h, context, alignment = decoding.step(attention_gates)
+            decoder_h, context, alignment = decoding.step(prenet_gates(self.prenet(frame, generator)))
             features = torch.cat([decoder_h, context], dim=1)
-            out = self.projection(features)
+            out = project(features)
             all_features.append(features)
             all_alignments.append(alignment)
             frame = out[:, -1 - self.n_mels : -1]  # the last of the r frames feeds the next step

@@ -79,3 +79,15 @@ def test_model_outputs_and_gradients_do_not_depend_on_packing(kind):
     assert len(packed) == len(plain) > 20
     for got, want in zip(packed, plain):
         torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-4)
+
+
+@needs_onednn
+def test_a_copied_or_pickled_packed_matmul_packs_its_own_weight():
+    import copy
+    import pickle
+
+    weight, x = torch.randn(16, 8), torch.randn(3, 8)
+    matmul = PackedMatmul(weight, 3)
+    for clone in (copy.deepcopy(matmul), pickle.loads(pickle.dumps(matmul))):
+        assert clone.packed is not None and clone.packed is not matmul.packed
+        torch.testing.assert_close(clone(x), matmul(x))
