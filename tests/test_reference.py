@@ -141,6 +141,38 @@ def test_fused_batchnorm_relu_equals_the_plain_path(memory_format, training):
         torch.testing.assert_close(fused_value, plain_value, rtol=1e-9, atol=1e-10)
 
 
+@pytest.mark.parametrize("training", [True, False])
+def test_first_layer_with_folded_batchnorm_equals_conv_then_batchnorm(training):
+    """The first layer's BatchNorm folded into its conv (statistics from patch moments) == conv,
+    masked BatchNorm, ReLU, zeroing, via autograd: outputs, gradients of the conv weight, gamma
+    and beta, and the running statistics, with padding in the batch."""
+    g = torch.Generator().manual_seed(0)
+    lengths = torch.tensor([11, 6, 1, 9])
+    mel = (3.0 + 2.0 * torch.randn(4, 1, 11, 7, generator=g, dtype=torch.float64))
+    mel = torch.where((torch.arange(11) < lengths[:, None])[:, None, :, None], mel, 0.0)
+    out_lengths = (lengths - 1) // 2 + 1
+    results = []
+    for folded in (False, True):
+        torch.manual_seed(1)
+        encoder = ReferenceEncoder(n_mels=7, conv_channels=(5, 6), gru_dim=4).double().train(training)
+        conv, norm = encoder.convs[0], encoder.norms[0]
+        with torch.no_grad():
+            norm.weight.uniform_(0.5, 2.0, generator=torch.Generator().manual_seed(2))
+            norm.bias.uniform_(-1.0, 1.0, generator=torch.Generator().manual_seed(3))
+            norm.running_mean.fill_(0.3)
+        if folded:
+            y = encoder._first_layer(mel, out_lengths)
+        else:
+            frame_mask = (torch.arange(6) < out_lengths[:, None])[:, None, :, None]
+            y = torch.where(frame_mask, torch.relu(norm(conv(mel), frame_mask)), 0.0)
+        grad_out = torch.randn(y.shape, generator=torch.Generator().manual_seed(4), dtype=torch.float64)
+        (y * grad_out).sum().backward()
+        results.append([y, conv.weight.grad, norm.weight.grad, norm.bias.grad, norm.running_mean, norm.running_var])
+    assert results[0][1].abs().sum() > 0 and (results[1][0][1, :, 3:] == 0).all()
+    for plain_value, folded_value in zip(*results):
+        torch.testing.assert_close(folded_value, plain_value, rtol=1e-9, atol=1e-10)
+
+
 def test_kl_matches_monte_carlo_estimate():
     """Closed-form KL == E_q[log q(z) - log p(z)], estimated from the encoder's own samples."""
     enc = small_encoder(latent_dim=32).eval()
