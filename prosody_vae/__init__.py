@@ -80,6 +80,7 @@ _EXPORTS = {
     # deployment
     "export_reference_encoder_onnx": "export",
     "OnnxReferenceEncoder": "export",
+    "ExportedSynthesizer": "export_synth",
     "mel_cepstral_distortion": "metrics",
     "f0_track": "metrics",
     "compare_f0": "metrics",

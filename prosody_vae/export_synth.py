@@ -1,0 +1,333 @@
+"""Deployment export of the whole synthesiser: three torch.export programs and a host-side loop.
+
+    from prosody_vae.export_synth import ExportedSynthesizer
+    ExportedSynthesizer.from_model(model).save("synth/")      # text.pt2, step.pt2, postnet.pt2, synth.json
+    synth = ExportedSynthesizer.load("synth/")                 # the programs run on torch alone
+    out = synth.infer(text, text_lengths, z, generator=g)      # an InferenceOutput, as model.infer returns
+
+Free-running Tacotron decoding is a loop whose length depends on the data (each item's stop
+token), so it is not one graph. The graph boundary is drawn around the parts without data-dependent
+control flow, and the host keeps the loop, the stop decisions (`tacotron.StopTracker`) and the
+random draws:
+
+- text program: text (B, L), text_lengths (B,), z (B, Z) [, speaker_ids (B,)] -> the utterance
+  tensors the decoder reads every step: memory (B, L, D), mask (B, L) bool and, for "location"
+  and "forward" attention, the attention keys (B, L, A), computed once per utterance as in eager
+  mode (in the exported copy the step's attention gets an identity key projection).
+- step program: previous frame (B, n_mels), state (the 7 tensors of `STATE_NAMES`), utterance,
+  prenet noise (one (B, prenet_dims[i]) uniform draw per prenet layer; none when prenet dropout
+  is off at inference) -> out (B, r * n_mels + 1) = r frames and the stop logit, new state.
+- postnet program: frames (B, T, n_mels), mel_lengths (B,) -> mel_postnet (B, T, n_mels),
+  pad_value beyond each length.
+
+Batch, tokens and frames are dynamic dimensions (`torch.export.Dim`) in all three programs, so one
+export serves any batch and text length; items of a batch stop on their own, as in eager mode.
+The text and postnet programs are traced non-strict, the step strict (TorchDynamo; see
+`_export_programs`). The text encoder's BiLSTM is a `scan` (a torch 2.13 prototype), as nn.LSTM
+would be unrolled over the example's token count.
+
+Equal to eager `ProsodyTacotron.infer` up to float rounding: the host draws the prenet noise with
+the same calls in the same order as `tacotron.dropout` (one generator, or one per item), so the
+same generator gives the same mel. Rounding differs because the eager loop multiplies by oneDNN-
+packed weights (recurrent.PackedMatmul, private ops torch.export does not trace) and the programs
+by plain linear ops. Two eager constructs are rewritten with the same eval-mode values:
+`MaskedBatchNorm1d`'s all-valid shortcut is a data-dependent branch (here always
+`BatchNorm(x) * mask`), and the packed BiLSTM runs unpacked: the forward direction over the padded
+sequence (it is causal and padding comes last), the backward one over each item's valid span
+reversed in place.
+
+Limits: eval mode, float32 on CPU (no autocast); the programs hold a copy of the weights taken at
+export; the step is re-entered from Python once per r frames, so the host loop's overhead stays.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import warnings
+from pathlib import Path
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+from einops import rearrange
+from torch import nn
+from torch.export import Dim
+
+from .errors import CheckpointError, ConfigError, DataError, ReferenceInputError, TextError
+from .recurrent import FusedLSTMCell
+from .reference import condition_on_z
+from .tacotron import (Generators, InferenceOutput, ProsodyTacotron, StopTracker, TacotronConfig, _check_lengths,
+                       length_mask)
+
+STATE_NAMES = ("attention_h", "attention_c", "decoder_h", "decoder_c", "context", "alignment", "cumulative")
+PROGRAM_FILES = {"text": "text.pt2", "step": "step.pt2", "postnet": "postnet.pt2"}
+SPEC_FILE = "synth.json"
+FORMAT_VERSION = 1
+
+
+def _masked_batch_norm(norm: nn.BatchNorm1d, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Eval-mode `MaskedBatchNorm1d` without its data-dependent shortcut: (B, C, L), mask (B, L)."""
+    return nn.BatchNorm1d.forward(norm, x) * mask[:, None]
+
+
+def _unpacked_bilstm(lstm: nn.LSTM, x: torch.Tensor, lengths: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """One-layer BiLSTM over x (B, L, C) equal to it on packed sequences: (B, L, 2H), zero at padding.
+
+    Both directions run as one forward-in-time `scan` (torch.export keeps its length dynamic, where
+    nn.LSTM is unrolled over the example's length); the backward direction reads each valid span
+    reversed in place, which is what packing gives it."""
+    try:
+        from torch._higher_order_ops.scan import scan  # a prototype: torch 2.13 has no public scan
+    except ImportError as error:
+        raise ConfigError(f"exporting the synthesiser needs torch's scan operator (torch 2.13 has it); "
+                          f"this is torch {torch.__version__}") from error
+    positions = torch.arange(x.shape[1], device=x.device)[None]  # (1, L)
+    # reverses each valid span and keeps padding where it is: a permutation that is its own inverse
+    span_reversed = torch.where(mask, lengths[:, None] - 1 - positions, positions)[:, :, None]  # (B, L, 1)
+    inputs = torch.stack([x, x.gather(1, span_reversed.expand_as(x))], dim=2)  # (B, L, 2, C)
+    weights = {name: torch.stack([getattr(lstm, f"{name}_l0"), getattr(lstm, f"{name}_l0_reverse")])
+               for name in ("weight_ih", "weight_hh", "bias_ih", "bias_hh")}  # (2, ...) per direction
+    input_gates = (torch.einsum("bldc,dgc->bldg", inputs, weights["weight_ih"])
+                   + weights["bias_ih"] + weights["bias_hh"])  # (B, L, 2, 4H)
+    recurrent_weight = weights["weight_hh"]  # (2, 4H, H)
+
+    def cell(carry: tuple[torch.Tensor, torch.Tensor], gates: torch.Tensor):  # gates (B, 2, 4H)
+        h, c = carry  # (B, 2, H)
+        gates = gates + torch.einsum("bdh,dgh->bdg", h, recurrent_weight)
+        h, c = FusedLSTMCell.step(rearrange(gates, "b d g -> (b d) g"), rearrange(c, "b d h -> (b d) h"))
+        h, c = (rearrange(t, "(b d) h -> b d h", d=2) for t in (h, c))
+        return (h, c), h.clone()  # scan's outputs may not alias its carry
+
+    zeros = x.new_zeros(x.shape[0], 2, lstm.hidden_size)
+    _, hidden = scan(cell, (zeros, zeros.clone()), input_gates, dim=1)  # (B, L, 2, H)
+    forward, backward = hidden.unbind(dim=2)
+    backward = backward.gather(1, span_reversed.expand_as(backward))
+    return torch.where(mask[:, :, None], torch.cat([forward, backward], dim=2), 0.0)
+
+
+class _TextProgram(nn.Module):
+    """(text, text_lengths, z, speaker_ids tuple) -> utterance (memory, mask[, keys]); eval mode."""
+
+    def __init__(self, model: ProsodyTacotron, keys: Optional[nn.Linear]) -> None:
+        super().__init__()
+        self.embedding, self.encoder, self.speaker_embedding = model.embedding, model.encoder, model.speaker_embedding
+        self.keys = keys
+
+    def forward(self, text: torch.Tensor, lengths: torch.Tensor, z: torch.Tensor,
+                speaker_ids: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:
+        mask = length_mask(lengths, text.shape[1])  # (B, L)
+        x = torch.where(mask[:, None], rearrange(self.embedding(text), "b l e -> b e l"), 0.0)
+        for conv, norm in zip(self.encoder.convs, self.encoder.norms):
+            x = F.relu(_masked_batch_norm(norm, conv(x), mask))  # (B, C, L)
+        memory = condition_on_z(_unpacked_bilstm(self.encoder.lstm, rearrange(x, "b c l -> b l c"), lengths, mask), z)
+        if speaker_ids:
+            memory = condition_on_z(memory, self.speaker_embedding(speaker_ids[0]))  # (B, L, E + Z + S)
+        return (memory, mask) if self.keys is None else (memory, mask, self.keys(memory))
+
+
+class _StepProgram(nn.Module):
+    """One decoder step, as `Decoder.infer`'s loop body (`_DecoderPass.step` and the projection)."""
+
+    def __init__(self, model: ProsodyTacotron) -> None:
+        super().__init__()
+        self.decoder, self.prenet_dropout = model.decoder, model.config.prenet_dropout
+
+    def forward(self, frame: torch.Tensor, state: tuple[torch.Tensor, ...], utterance: tuple[torch.Tensor, ...],
+                prenet_noise: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, tuple[torch.Tensor, ...]]:
+        d, p = self.decoder, self.prenet_dropout
+        attention_h, attention_c, decoder_h, decoder_c, context, alignment, cumulative = state
+        memory, mask, *keys = utterance  # keys: location-sensitive attention's, precomputed
+        x = frame  # (B, n_mels)
+        for index, layer in enumerate(d.prenet.layers):
+            x = F.relu(layer(x))
+            if prenet_noise:  # tacotron.dropout with the host's draw
+                x = torch.where(prenet_noise[index] >= p, x * (1.0 / (1.0 - p)), 0.0)
+        gates = d.attention_cell.static_gates(x) + F.linear(torch.cat([context, attention_h], dim=1),
+                                                            d.attention_cell.recurrent_weight)  # (B, 4H_a)
+        attention_h, attention_c = FusedLSTMCell.step(gates, attention_c)
+        alignment = d.attention.start(keys[0] if keys else memory, mask)(attention_h, alignment, cumulative)
+        cumulative = cumulative + alignment  # (B, L)
+        context = torch.bmm(alignment[:, None], memory)[:, 0]  # (B, D)
+        gates = d.decoder_cell.bias + F.linear(torch.cat([attention_h, context, decoder_h], dim=1),
+                                               d.decoder_cell.recurrent_weight)  # (B, 4H_d)
+        decoder_h, decoder_c = FusedLSTMCell.step(gates, decoder_c)
+        out = d.projection(torch.cat([decoder_h, context], dim=1))  # (B, r * n_mels + 1)
+        return out, (attention_h, attention_c, decoder_h, decoder_c, context, alignment, cumulative)
+
+
+class _PostnetProgram(nn.Module):
+    """frames (B, T, n_mels), lengths (B,) -> mel_postnet, pad_value beyond each length (`_finish`)."""
+
+    def __init__(self, model: ProsodyTacotron) -> None:
+        super().__init__()
+        self.postnet, self.pad_value = model.postnet, model.config.pad_value
+
+    def forward(self, frames: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        mask = length_mask(lengths, frames.shape[1])  # (B, T)
+        x = torch.where(mask[:, None], rearrange(frames, "b t f -> b f t"), 0.0)
+        last = len(self.postnet.convs) - 1
+        for index, (conv, norm) in enumerate(zip(self.postnet.convs, self.postnet.norms)):
+            x = _masked_batch_norm(norm, conv(x), mask)
+            x = torch.tanh(x) if index < last else x
+        return (frames + rearrange(x, "b f t -> b t f")).where(mask[:, :, None], self.pad_value)
+
+
+def _prenet_noise_active(config: TacotronConfig) -> bool:
+    return config.prenet_dropout_at_inference and config.prenet_dropout > 0.0
+
+
+def _initial_state(config: TacotronConfig, batch: int, n_tokens: int) -> tuple[torch.Tensor, ...]:
+    """The state `_DecoderPass` starts from: zeros, the alignment on the first token."""
+    memory_dim = config.encoder_lstm_dim + config.latent_dim + config.speaker_dim
+    alignment = torch.zeros(batch, n_tokens)
+    alignment[:, 0] = 1.0
+    a, d = config.attention_rnn_dim, config.decoder_rnn_dim
+    return (torch.zeros(batch, a), torch.zeros(batch, a), torch.zeros(batch, d), torch.zeros(batch, d),
+            torch.zeros(batch, memory_dim), alignment, alignment.clone())  # strict export merges aliased inputs
+
+
+def prenet_noise(config: TacotronConfig, batch: int, generator: Generators = None) -> tuple[torch.Tensor, ...]:
+    """One step's prenet dropout draws, made by the same calls in the same order as eager
+    `Prenet.forward` -> `tacotron.dropout`, so a generator advances as in `model.infer`."""
+    if not _prenet_noise_active(config):
+        return ()
+    if isinstance(generator, (list, tuple)):
+        return tuple(torch.stack([torch.rand((dim,), generator=g, device=g.device) for g in generator]).cpu()
+                     for dim in config.prenet_dims)
+    device = generator.device if generator is not None else "cpu"
+    return tuple(torch.rand((batch, dim), generator=generator, device=device).cpu() for dim in config.prenet_dims)
+
+
+@torch.no_grad()  # else attention traces its training-time activation checkpointing
+def _export_programs(model: ProsodyTacotron) -> dict[str, torch.export.ExportedProgram]:
+    config = model.config
+    model = copy.deepcopy(model).to("cpu", torch.float32).eval().requires_grad_(False)
+    keys = getattr(model.decoder.attention, "keys", None)
+    if keys is not None:  # the text program applies the key projection, once per utterance
+        model.decoder.attention.keys = nn.Identity()
+    batch, tokens, frames = Dim("batch"), Dim("tokens"), Dim("frames")
+    n_batch, n_tokens = 2, 7  # distinct sizes, so no two dynamic dimensions are taken as equal
+    text = torch.randint(1, config.n_symbols, (n_batch, n_tokens))
+    lengths = torch.tensor([n_tokens, n_tokens - 3])
+    speaker = (torch.zeros(n_batch, dtype=torch.long),) if config.n_speakers else ()
+    text_args = (text, lengths, torch.randn(n_batch, config.latent_dim), speaker)
+    per_item = {0: batch}
+    per_token = {0: batch, 1: tokens}
+    programs = {"text": torch.export.export(
+        _TextProgram(model, keys), text_args, strict=False,
+        dynamic_shapes=(per_token, per_item, per_item, tuple(per_item for _ in speaker)))}
+    utterance = programs["text"].module()(*text_args)
+    state = _initial_state(config, n_batch, n_tokens)
+    noise = prenet_noise(config, n_batch)
+    step_args = (torch.randn(n_batch, config.n_mels), state, utterance, noise)
+    # strict (TorchDynamo) tracing: the non-strict tracer turns attention's `len(windows)` into a
+    # constant and so fixes the batch size
+    programs["step"] = torch.export.export(
+        _StepProgram(model), step_args, strict=True,
+        dynamic_shapes=(per_item, (per_item,) * 5 + (per_token,) * 2, (per_token,) * len(utterance),
+                        (per_item,) * len(noise)))
+    n_frames = 5 * config.reduction_factor
+    postnet_args = (torch.randn(n_batch, n_frames, config.n_mels), torch.tensor([n_frames, n_frames - 3]))
+    programs["postnet"] = torch.export.export(_PostnetProgram(model), postnet_args, strict=False,
+                                              dynamic_shapes=({0: batch, 1: frames}, per_item))
+    return programs
+
+
+class ExportedSynthesizer:
+    """Free-running synthesis from the three exported programs; see the module docstring."""
+
+    def __init__(self, config: TacotronConfig, programs: dict[str, torch.export.ExportedProgram]) -> None:
+        self.config, self.programs = config, programs
+        self.text_program, self.step, self.postnet = (programs[name].module() for name in ("text", "step", "postnet"))
+
+    @classmethod
+    def from_model(cls, model: ProsodyTacotron) -> "ExportedSynthesizer":
+        """Export `model` (not modified; its eval-mode behaviour is what is exported)."""
+        if not isinstance(model, ProsodyTacotron):
+            raise ConfigError(f"expected a ProsodyTacotron, got {type(model).__name__}")
+        return cls(model.config, _export_programs(model))
+
+    def save(self, directory: str | os.PathLike) -> Path:
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        for name, program in self.programs.items():
+            torch.export.save(program, directory / PROGRAM_FILES[name])
+        spec = {"format_version": FORMAT_VERSION, "torch_version": torch.__version__, "tacotron": self.config.to_dict()}
+        (directory / SPEC_FILE).write_text(json.dumps(spec, indent=1) + "\n", encoding="utf-8")
+        return directory
+
+    @classmethod
+    def load(cls, directory: str | os.PathLike) -> "ExportedSynthesizer":
+        directory = Path(directory)
+        missing = [name for name in (SPEC_FILE, *PROGRAM_FILES.values()) if not (directory / name).is_file()]
+        if missing:
+            raise CheckpointError(f"{directory}: not an exported synthesiser, missing {missing}")
+        try:
+            spec = json.loads((directory / SPEC_FILE).read_text(encoding="utf-8"))
+            version, config = spec["format_version"], TacotronConfig.from_dict(spec["tacotron"])
+        except (ValueError, KeyError, TypeError) as error:
+            raise CheckpointError(f"{directory / SPEC_FILE}: unreadable spec ({error})") from error
+        if version != FORMAT_VERSION:
+            raise CheckpointError(f"{directory / SPEC_FILE}: format_version {version}, this code reads "
+                                  f"{FORMAT_VERSION}; export the model again")
+        return cls(config, {name: torch.export.load(directory / file) for name, file in PROGRAM_FILES.items()})
+
+    @torch.no_grad()
+    def infer(self, text: torch.Tensor, text_lengths: torch.Tensor, z: Optional[torch.Tensor] = None,
+              speaker_ids: Optional[torch.Tensor] = None, max_decoder_steps: Optional[int] = None,
+              generator: Generators = None) -> InferenceOutput:
+        """As `ProsodyTacotron.infer`: z (B, latent_dim), None for the prior mean; the same generator(s)
+        draw the same prenet noise. Tensors on CPU."""
+        config = self.config
+        batch, n_tokens = self._check(text, text_lengths, speaker_ids)
+        z = torch.zeros(batch, config.latent_dim) if z is None else z
+        if not isinstance(z, torch.Tensor) or z.shape != (batch, config.latent_dim):
+            raise ReferenceInputError(f"z must be a tensor of shape ({batch}, {config.latent_dim}), got "
+                                      f"{tuple(z.shape) if isinstance(z, torch.Tensor) else type(z).__name__}")
+        max_steps = config.max_decoder_steps if max_decoder_steps is None else max_decoder_steps
+        if not isinstance(max_steps, int) or max_steps < 1:
+            raise ConfigError(f"max_decoder_steps must be a positive int, got {max_steps!r}")
+        speaker = () if speaker_ids is None else (speaker_ids,)
+        utterance = self.text_program(text, text_lengths, z.float(), speaker)
+        state = _initial_state(config, batch, n_tokens)
+        frame = torch.zeros(batch, config.n_mels)  # go frame
+        stops = StopTracker(batch, max_steps, config.stop_threshold, torch.device("cpu"))
+        outputs, alignments = [], []
+        for step in range(max_steps):
+            out, state = self.step(frame, state, utterance, prenet_noise(config, batch, generator))
+            outputs.append(out[:, :-1])
+            alignments.append(state[STATE_NAMES.index("alignment")])
+            frame = out[:, -1 - config.n_mels : -1]  # the last of the r frames feeds the next step
+            if stops.update(out, step):
+                break
+        frames = rearrange(torch.stack(outputs), "s b (r f) -> b (s r) f", f=config.n_mels)
+        mel_lengths = stops.stop_steps * config.reduction_factor
+        mel_postnet = self.postnet(frames, mel_lengths)
+        steps_run = len(outputs)
+        alignments = torch.stack(alignments, dim=1).where(length_mask(stops.stop_steps, steps_run)[:, :, None], 0.0)
+        hit_max = ~stops.done
+        if hit_max.any():
+            warnings.warn(f"{int(hit_max.sum())} of {batch} items reached max_decoder_steps={max_steps} without "
+                          "a stop token (see InferenceOutput.hit_max_steps)", RuntimeWarning,
+                          stacklevel=3)  # past torch.no_grad's wrapper
+        return InferenceOutput(mel_postnet, mel_lengths, alignments, stops.stop_steps, hit_max)
+
+    def _check(self, text: torch.Tensor, lengths: torch.Tensor,
+               speaker_ids: Optional[torch.Tensor]) -> tuple[int, int]:
+        """The checks of `ProsodyTacotron.infer`; the programs themselves check only shapes."""
+        config = self.config
+        if not isinstance(text, torch.Tensor) or text.dim() != 2 or text.is_floating_point() or text.shape[0] == 0:
+            raise TextError(f"text must be integer ids of shape (B, L), got "
+                            f"{tuple(text.shape) if isinstance(text, torch.Tensor) else type(text).__name__}")
+        batch, n_tokens = text.shape
+        lengths = _check_lengths(lengths, batch, n_tokens, "text_lengths", TextError)
+        if ((text < 0) | (text >= config.n_symbols))[length_mask(lengths, n_tokens)].any():
+            raise TextError(f"text holds symbol ids outside [0, n_symbols={config.n_symbols})")
+        if (speaker_ids is None) != (config.n_speakers == 0):
+            raise DataError(f"this model has n_speakers={config.n_speakers}: give speaker_ids exactly when it is >= 1")
+        if speaker_ids is not None and (speaker_ids.shape != (batch,) or speaker_ids.is_floating_point()
+                                        or ((speaker_ids < 0) | (speaker_ids >= config.n_speakers)).any()):
+            raise DataError(f"speaker_ids must be integers in [0, {config.n_speakers}) of shape ({batch},)")
+        return batch, n_tokens
