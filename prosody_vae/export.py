@@ -16,13 +16,9 @@ exporter unrolls the GRU over the example's frame count, fixing the time axis, a
 extra `onnxscript` package. The TorchScript exporter is deprecated but keeps the time axis
 dynamic; its deprecation warnings are silenced here so callers see only real problems.
 
-Limits of exporting the whole synthesiser (not provided): free-running decoding is an
-autoregressive loop whose length depends on the data (each item's stop token), the text encoder
-packs sequences by length, and Tacotron's prenet dropout stays on at inference and draws noise
-from per-item generators. A graph would need the loop unrolled to a fixed maximum (hundreds of
-copies of the decoder step), or the step exported alone with its recurrent state and dropout
-masks as explicit inputs and the loop, stopping and postnet driven by the host. For CPU serving,
-`Synthesizer(precision="int8")` (quantize.py) is the supported fast path.
+The whole synthesiser exports too, as torch.export programs and a host loop (export_synth.py:
+free-running decoding stops per item on data, so the decoder step is the graph and the host drives
+the loop). For CPU serving, `Synthesizer(precision="int8")` (quantize.py) is the fastest path.
 """
 
 from __future__ import annotations

@@ -155,11 +155,14 @@ class _RecurrentMatmul:
     def backward_matmul(self, grad: torch.Tensor) -> torch.Tensor:
         """grad (rows, out) -> grad @ weight (rows, in), with weight.T packed on the first call."""
         if self._backward_matmul is None:
-            # the forward pass is over: trade its packed copy for the transposed one (a later
-            # forward call would still be correct, with the plain matmul)
-            self.forward_matmul.packed = None
+            self.end_of_pass()
             self._backward_matmul = PackedMatmul(self.weight.T, self.rows)
         return self._backward_matmul(grad.to(self.weight.dtype))
+
+    def end_of_pass(self) -> None:
+        """Free the packed copy of the weight once the loop has run: the end of the forward pass
+        is the peak of a training step's memory. Later calls still work, with the plain matmul."""
+        self.forward_matmul.packed = None
 
 
 class FusedLSTMCell(nn.Module):

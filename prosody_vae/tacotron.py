@@ -55,6 +55,7 @@ from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 from .attention import (DynamicConvolutionAttention, ForwardAttention,
                         LocationSensitiveAttention)
 from .errors import ConfigError, DataError, ReferenceInputError, TextError
+from .masked_norm import MaskedBatchNorm1d
 from .recurrent import FusedLSTMCell, PackedMatmul, _RecurrentMatmul
 from .reference import CAPACITRON_CHANNELS, Posterior, VariationalReferenceEncoder, condition_on_z
 from .text import SYMBOLS
@@ -238,20 +239,6 @@ def dropout(x: torch.Tensor, p: float, active: bool, generator: Generators = Non
     return torch.where((noise >= p).to(x.device), x * (1.0 / (1.0 - p)), 0.0)
 
 
-class MaskedBatchNorm1d(nn.BatchNorm1d):
-    """BatchNorm over (B, C, L) whose statistics count only valid positions; output is zero at padding."""
-
-    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:  # mask (B, L) bool
-        if bool(mask.all()):  # no padding: plain BatchNorm
-            return super().forward(x)
-        if not self.training:
-            return super().forward(x) * mask[:, None]
-        channels_last = x.transpose(1, 2)  # (B, L, C)
-        out = torch.zeros_like(channels_last)
-        out[mask] = super().forward(channels_last[mask])  # statistics over the (N_valid, C) rows
-        return out.transpose(1, 2)
-
-
 class Prenet(nn.Module):
     """Linear + ReLU + dropout layers; dropout also in eval mode when `dropout_at_inference`."""
 
@@ -305,10 +292,9 @@ class Postnet(nn.Module):
     def forward(self, mel: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         # where, not multiply: frames past a length may be non-finite, and 0 * nan is nan
         x = torch.where(mask[:, None], rearrange(mel, "b t f -> b f t"), 0.0)
+        last = len(self.convs) - 1  # the last layer is linear
         for index, (conv, norm) in enumerate(zip(self.convs, self.norms)):
-            x = norm(conv(x), mask)
-            x = torch.tanh(x) if index < len(self.convs) - 1 else x  # the last layer is linear
-            x = dropout(x, self.dropout, self.training)
+            x = norm.normalise_tanh_dropout(conv(x), mask, self.dropout, tanh=index < last)  # (B, C, T)
         return rearrange(x, "b f t -> b t f")
 
 
@@ -340,6 +326,10 @@ class _DecoderPass:
         self.alignment = zeros(batch, n_tokens)
         self.alignment[:, 0] = 1.0  # start on the first token (forward attention and DCA need this)
         self.cumulative = self.alignment
+
+    def end_of_pass(self) -> None:
+        self.attention_matmul.end_of_pass()
+        self.decoder_matmul.end_of_pass()
 
     def step(self, attention_gates: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """attention_gates (B, 4 * attention_rnn_dim): the prenet's share, bias included.
@@ -400,6 +390,7 @@ class Decoder(nn.Module):
         attention_gates = self.attention_cell.static_gates(self.prenet(inputs))  # (B, T_r, 4H)
         decoding = _DecoderPass(self, memory, mask)
         steps = [decoding.step(gates) for gates in attention_gates.unbind(dim=1)]
+        decoding.end_of_pass()
         hidden, contexts, alignments = (torch.stack(outputs, dim=1) for outputs in zip(*steps))
         frames, stop_logits = self._project(torch.cat([hidden, contexts], dim=2))
         return frames, stop_logits, alignments
