@@ -19,6 +19,7 @@ from the first few steps. Elsewhere (CUDA, other dtypes, torch without oneDNN, o
 from __future__ import annotations
 
 import math
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
@@ -90,30 +91,77 @@ class PackedMatmul:
 
 
 class _TapedWeight(torch.autograd.Function):
-    """Identity on a weight. Its backward runs after every `_TapedMatmul` that used the weight has
-    recorded (input, grad_output), and forms the weight gradient from all of them in a few large GEMMs."""
+    """Identity on a weight. Its backward runs after every step that used the weight has recorded
+    (input, grad_output) on the tape, and `gradient(tape)` forms the weight's gradient from all
+    of them at once."""
 
     @staticmethod
-    def forward(ctx, weight: torch.Tensor, tape: list) -> torch.Tensor:
-        ctx.tape = tape
+    def forward(ctx, weight: torch.Tensor, tape: list, gradient: Callable[[list], torch.Tensor]) -> torch.Tensor:
+        ctx.tape, ctx.gradient = tape, gradient
         ctx.set_materialize_grads(False)  # the incoming gradient is unused: skip a weight-sized zero fill
         return weight.view_as(weight)
 
     @staticmethod
     def backward(ctx, _unused: torch.Tensor):
-        # a GEMM per chunk of steps: still large GEMMs, while the concatenated copies stay a fraction
-        # of the tape, whose entries are freed as they are consumed (at tacotron2 size the whole tape
-        # is ~160 MB; concatenating it at once doubled that at the peak of the backward pass)
-        tape, grad_weight = ctx.tape, None
-        while tape:
-            chunk = [tape.pop() for _ in range(min(_TAPE_CHUNK, len(tape)))]
-            inputs, grads = (torch.cat(parts) for parts in zip(*chunk))  # (N, in), (N, out)
-            del chunk
-            if grad_weight is None:
-                grad_weight = grads.T @ inputs  # (out, N) @ (N, in)
-            else:
-                grad_weight.addmm_(grads.T, inputs)
-        return grad_weight, None
+        return ctx.gradient(ctx.tape), None, None
+
+
+def _matmul_weight_gradient(tape: list) -> torch.Tensor:
+    """sum of grad.T @ input over the tape's (input (B, in), grad (B, out)) pairs: (out, in)."""
+    # a GEMM per chunk of steps: still large GEMMs, while the concatenated copies stay a fraction
+    # of the tape, whose entries are freed as they are consumed (at tacotron2 size the whole tape
+    # is ~160 MB; concatenating it at once doubled that at the peak of the backward pass)
+    grad_weight = None
+    while tape:
+        chunk = [tape.pop() for _ in range(min(_TAPE_CHUNK, len(tape)))]
+        inputs, grads = (torch.cat(parts) for parts in zip(*chunk))  # (N, in), (N, out)
+        del chunk
+        if grad_weight is None:
+            grad_weight = grads.T @ inputs  # (out, N) @ (N, in)
+        else:
+            grad_weight.addmm_(grads.T, inputs)
+    return grad_weight
+
+
+def _context_memory_gradient(tape: list) -> torch.Tensor:
+    """memory's gradient from the tape's (alignment (B, L), grad_context (B, D)) pairs: (B, L, D)."""
+    alignments, grads = (torch.stack(parts, dim=2) for parts in zip(*tape))  # (B, L, S), (B, D, S)
+    tape.clear()
+    return torch.bmm(alignments, grads.transpose(1, 2).to(alignments.dtype))
+
+
+class _TapedContext(torch.autograd.Function):
+    """alignment (B, L) @ memory (B, L, D) -> context (B, D) whose backward returns only the
+    alignment's gradient and records the rest for `_context_memory_gradient`: one bmm over all
+    steps instead of a (B, L, D) outer product and accumulation per step."""
+
+    @staticmethod
+    def forward(ctx, alignment: torch.Tensor, memory: torch.Tensor, tape: list) -> torch.Tensor:
+        ctx.save_for_backward(alignment, memory)
+        ctx.tape = tape
+        return torch.bmm(alignment[:, None].to(memory.dtype), memory)[:, 0]
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        alignment, memory = ctx.saved_tensors
+        ctx.tape.append((alignment, grad))
+        grad_alignment = torch.bmm(memory.to(grad.dtype), grad[:, :, None])[:, :, 0]  # (B, L)
+        return grad_alignment.to(alignment.dtype), None, None
+
+
+class AttentionContext:
+    """alignment (B, L) -> context = sum over tokens of alignment * memory (B, D), for one decoding
+    pass over memory (B, L, D), with memory's gradient formed once after the loop."""
+
+    def __init__(self, memory: torch.Tensor) -> None:
+        self.taped = torch.is_grad_enabled() and memory.requires_grad
+        self.tape: list = []
+        self.memory = _TapedWeight.apply(memory, self.tape, _context_memory_gradient) if self.taped else memory
+
+    def __call__(self, alignment: torch.Tensor) -> torch.Tensor:
+        if not self.taped:
+            return torch.bmm(alignment[:, None], self.memory)[:, 0]
+        return _TapedContext.apply(alignment, self.memory, self.tape)
 
 
 class _TapedMatmul(torch.autograd.Function):
@@ -145,7 +193,7 @@ class _RecurrentMatmul:
         self.rows, self.tape = rows, []
         self.forward_matmul = PackedMatmul(weight, rows)
         self._backward_matmul: PackedMatmul | None = None
-        self.weight = _TapedWeight.apply(weight, self.tape) if self.taped else weight
+        self.weight = _TapedWeight.apply(weight, self.tape, _matmul_weight_gradient) if self.taped else weight
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         if not self.taped:

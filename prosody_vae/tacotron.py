@@ -56,7 +56,7 @@ from .attention import (DynamicConvolutionAttention, ForwardAttention,
                         LocationSensitiveAttention)
 from .errors import ConfigError, DataError, ReferenceInputError, TextError
 from .masked_norm import MaskedBatchNorm1d
-from .recurrent import FusedLSTMCell, PackedMatmul, _RecurrentMatmul
+from .recurrent import AttentionContext, FusedLSTMCell, PackedMatmul, _RecurrentMatmul
 from .reference import CAPACITRON_CHANNELS, Posterior, VariationalReferenceEncoder, condition_on_z
 from .text import SYMBOLS
 
@@ -315,8 +315,9 @@ class _DecoderPass:
 
     def __init__(self, decoder: "Decoder", memory: torch.Tensor, mask: torch.Tensor) -> None:
         batch, n_tokens, memory_dim = memory.shape
-        self.decoder, self.memory = decoder, memory
+        self.decoder = decoder
         self.attend = decoder.attention.start(memory, mask)
+        self.context_of = AttentionContext(memory)
         self.attention_matmul = _RecurrentMatmul(decoder.attention_cell.recurrent_weight, rows=batch)
         self.decoder_matmul = _RecurrentMatmul(decoder.decoder_cell.recurrent_weight, rows=batch)
         zeros = memory.new_zeros
@@ -340,7 +341,7 @@ class _DecoderPass:
         self.attention_h = dropout(attention_h, d.attention_rnn_dropout, d.training)
         self.alignment = self.attend(self.attention_h, self.alignment, self.cumulative)
         self.cumulative = self.cumulative + self.alignment
-        self.context = torch.bmm(self.alignment[:, None], self.memory)[:, 0]  # (B, D)
+        self.context = self.context_of(self.alignment)  # (B, D)
         gates = d.decoder_cell.bias + self.decoder_matmul(
             torch.cat([self.attention_h, self.context, self.decoder_h], dim=1))
         decoder_h, self.decoder_c = FusedLSTMCell.step(gates, self.decoder_c)

@@ -92,3 +92,22 @@ def test_a_copied_or_pickled_packed_matmul_packs_its_own_weight():
     for clone in (copy.deepcopy(matmul), pickle.loads(pickle.dumps(matmul))):
         assert clone.packed is not None and clone.packed is not matmul.packed
         torch.testing.assert_close(clone(x), matmul(x))
+
+
+def test_attention_context_gradient_is_exact():
+    """Memory's deferred gradient (one bmm after the loop) and the alignments' per-step ones, against
+    autograd, through a loop where each alignment depends on the previous context."""
+    from prosody_vae.recurrent import AttentionContext
+
+    def loop(memory, query):
+        context_of = AttentionContext(memory)
+        total, context = 0.0, torch.zeros(3, 4, dtype=torch.float64)
+        for _ in range(5):
+            alignment = torch.softmax(torch.einsum("bld,bd->bl", memory, query + context), dim=1)  # (B, L)
+            context = context_of(alignment)  # (B, D)
+            total = total + context.square().sum()
+        return total
+
+    memory = torch.randn(3, 6, 4, dtype=torch.float64, requires_grad=True)
+    query = torch.randn(3, 4, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(loop, (memory, query))
