@@ -40,13 +40,14 @@ import importlib.util
 import json
 import os
 import platform
-import resource
 import statistics
 import sys
 import time
 import types
 
 import torch
+
+from bench_train import peak_rss_mib, timed  # this folder is on sys.path when run as a script
 
 
 def import_coqui_without_torchaudio() -> None:
@@ -91,21 +92,6 @@ def build_model(latent_dim: int):
     config.characters.characters_class = "TTS.tts.utils.text.characters.IPAPhonemes"
     config.use_phonemes = False
     return Tacotron2(config)
-
-
-def peak_rss_mib() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
-
-
-def timed(fn, warmup: int, runs: int) -> list[float]:
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(runs):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return times
 
 
 def bench_train(model, batch_size: int, chars: int, frames: int, warmup: int, runs: int) -> dict:

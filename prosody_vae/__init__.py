@@ -117,7 +117,9 @@ if TYPE_CHECKING:  # let type checkers and IDEs see the real names
     from .train import TrainResult, train
     from .reference import (MeanEncoder, Posterior, ReferenceEncoder, VariationalReferenceEncoder, ZConditioner,
                             condition_on_z)
+    from .cpu_memory import keep_freed_memory
     from .export import OnnxReferenceEncoder, export_reference_encoder_onnx
+    from .export_synth import ExportedSynthesizer
     from .infer import SynthesisResult, Synthesizer
     from .quantize import reduce_precision
     from .losses import LossConfig, LossTerms, TacotronLoss

@@ -14,6 +14,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from .reference import track_running_stats
+
 
 class _NormTanhDropout(torch.autograd.Function):
     """y = where(keep, act(BatchNorm(x)) * keep_scale, 0), act = tanh or identity, with batch
@@ -90,12 +92,5 @@ class MaskedBatchNorm1d(nn.BatchNorm1d):
         keep = mask[:, None, :] if p == 0.0 else (torch.rand(x.shape, device=x.device) >= p) & mask[:, None, :]
         valid = mask[:, None, :].to(x.dtype)
         y, mean, var = _NormTanhDropout.apply(x, valid, keep, self.weight, self.bias, self.eps, tanh, 1.0 / (1.0 - p))
-        self._track(mean, var, valid.sum())
+        track_running_stats(self, mean, var, valid.sum())
         return y
-
-    @torch.no_grad()
-    def _track(self, mean: torch.Tensor, var: torch.Tensor, count: torch.Tensor) -> None:
-        self.num_batches_tracked += 1
-        momentum = self.momentum if self.momentum is not None else 1.0 / float(self.num_batches_tracked)
-        self.running_mean.lerp_(mean, momentum)
-        self.running_var.lerp_(var * count / (count - 1).clamp(min=1), momentum)  # unbiased, as torch

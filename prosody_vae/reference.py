@@ -177,12 +177,18 @@ class _MaskedBatchNorm2d(nn.BatchNorm2d):
         self._track(mean, var, weights.sum() * x.shape[3])
         return y
 
-    @torch.no_grad()
     def _track(self, mean: torch.Tensor, var: torch.Tensor, count: torch.Tensor) -> None:
-        self.num_batches_tracked += 1
-        momentum = self.momentum if self.momentum is not None else 1.0 / float(self.num_batches_tracked)
-        self.running_mean.lerp_(mean, momentum)
-        self.running_var.lerp_(var * count / (count - 1).clamp(min=1), momentum)  # unbiased, as torch
+        track_running_stats(self, mean, var, count)
+
+
+@torch.no_grad()
+def track_running_stats(norm: nn.modules.batchnorm._BatchNorm, mean: torch.Tensor, var: torch.Tensor,
+                        count: torch.Tensor) -> None:
+    """Update norm's running statistics from batch statistics over `count` positions, as torch does."""
+    norm.num_batches_tracked += 1
+    momentum = norm.momentum if norm.momentum is not None else 1.0 / float(norm.num_batches_tracked)
+    norm.running_mean.lerp_(mean, momentum)
+    norm.running_var.lerp_(var * count / (count - 1).clamp(min=1), momentum)  # unbiased, as torch
 
 
 class ReferenceEncoder(nn.Module):
