@@ -42,5 +42,6 @@ def test_freed_activation_memory_is_reused_instead_of_faulted_in_again():
     applied, kept = page_faults_per_step("keep")
     _, default = page_faults_per_step("default")
     assert applied
-    # a reference-encoder step at batch 8 frees and re-allocates ~30 MB of activations
-    assert default > 1000 and kept < 0.05 * default
+    # a reference-encoder step at batch 8 frees and re-allocates ~30 MB of activations: ~12,000
+    # page faults a step by default, 100-800 (the interpreter's own, thread stacks) when kept
+    assert default > 1000 and kept < 0.2 * default
