@@ -111,3 +111,20 @@ def test_attention_context_gradient_is_exact():
     memory = torch.randn(3, 6, 4, dtype=torch.float64, requires_grad=True)
     query = torch.randn(3, 4, dtype=torch.float64, requires_grad=True)
     assert torch.autograd.gradcheck(loop, (memory, query))
+
+
+@pytest.mark.parametrize("kind", ["location", "dca"])
+def test_every_parameter_gets_a_finite_float32_gradient_under_bf16_autocast(kind):
+    """The custom functions of the decoder loop (taped matmuls and context, tanh energies, the
+    postnet's fused norm) return gradients in their inputs' dtypes under autocast."""
+    model = micro_model(attention_kind=kind, reduction_factor=2).train()
+    batch = make_batch([7, 5], [12, 9], 2, model.config.n_symbols, seed=3)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = run(model, batch)
+        loss = out.mel_postnet.float().abs().mean() + out.stop_logits.float().square().mean() + out.posterior.kl.mean()
+    loss.backward()
+    for name, parameter in model.named_parameters():
+        if name.startswith("speaker") or name.endswith("no_text"):
+            continue  # unused by this batch: no speakers, and every item has a transcript
+        assert parameter.grad is not None and parameter.grad.dtype == torch.float32, name
+        assert torch.isfinite(parameter.grad).all(), name
