@@ -13,7 +13,7 @@ instead of a transposed copy.
 Memory. Training keeps every decoder step's activations for the backward pass; the (B, L, A)
 energy activations would be the largest of them (~100 MB over 200 steps at tacotron2 size), so
 `_TanhEnergies` keeps only the step's (B, L, K) location features and recomputes the tanh in
-its backward pass (hand-written: activation checkpointing did the same at 1.5x the time).
+its backward pass (hand-written: activation checkpointing did the same at 1.2x the time).
 
 - `LocationSensitiveAttention`: Chorowski et al. 2015, as in Tacotron 2.
 - `ForwardAttention`: Zhang et al. 2018, monotonic: stay or advance one token per step.
