@@ -55,11 +55,11 @@ from einops import rearrange
 from torch import nn
 from torch.export import Dim
 
-from .errors import CheckpointError, ConfigError, DataError, ReferenceInputError, TextError
+from .errors import CheckpointError, ConfigError
 from .recurrent import FusedLSTMCell
 from .reference import condition_on_z
-from .tacotron import (Generators, InferenceOutput, ProsodyTacotron, StopTracker, TacotronConfig, _check_lengths,
-                       length_mask)
+from .tacotron import (Generators, InferenceOutput, ProsodyTacotron, StopTracker, TacotronConfig,
+                       check_speaker_ids, check_synthesis_args, check_text, length_mask)
 
 STATE_NAMES = ("attention_h", "attention_c", "decoder_h", "decoder_c", "context", "alignment", "cumulative")
 PROGRAM_FILES = {"text": "text.pt2", "step": "step.pt2", "postnet": "postnet.pt2"}
@@ -281,14 +281,11 @@ class ExportedSynthesizer:
         """As `ProsodyTacotron.infer`: z (B, latent_dim), None for the prior mean; the same generator(s)
         draw the same prenet noise. Tensors on CPU."""
         config = self.config
-        batch, n_tokens = self._check(text, text_lengths, speaker_ids)
+        check_text(text, text_lengths, config.n_symbols)
+        batch, n_tokens = text.shape
+        max_steps = check_synthesis_args(config, batch, z, max_decoder_steps)
+        check_speaker_ids(speaker_ids, batch, config.n_speakers)
         z = torch.zeros(batch, config.latent_dim) if z is None else z
-        if not isinstance(z, torch.Tensor) or z.shape != (batch, config.latent_dim):
-            raise ReferenceInputError(f"z must be a tensor of shape ({batch}, {config.latent_dim}), got "
-                                      f"{tuple(z.shape) if isinstance(z, torch.Tensor) else type(z).__name__}")
-        max_steps = config.max_decoder_steps if max_decoder_steps is None else max_decoder_steps
-        if not isinstance(max_steps, int) or max_steps < 1:
-            raise ConfigError(f"max_decoder_steps must be a positive int, got {max_steps!r}")
         speaker = () if speaker_ids is None else (speaker_ids,)
         utterance = self.text_program(text, text_lengths, z.float(), speaker)
         state = _initial_state(config, batch, n_tokens)
@@ -313,21 +310,3 @@ class ExportedSynthesizer:
                           "a stop token (see InferenceOutput.hit_max_steps)", RuntimeWarning,
                           stacklevel=3)  # past torch.no_grad's wrapper
         return InferenceOutput(mel_postnet, mel_lengths, alignments, stops.stop_steps, hit_max)
-
-    def _check(self, text: torch.Tensor, lengths: torch.Tensor,
-               speaker_ids: Optional[torch.Tensor]) -> tuple[int, int]:
-        """The checks of `ProsodyTacotron.infer`; the programs themselves check only shapes."""
-        config = self.config
-        if not isinstance(text, torch.Tensor) or text.dim() != 2 or text.is_floating_point() or text.shape[0] == 0:
-            raise TextError(f"text must be integer ids of shape (B, L), got "
-                            f"{tuple(text.shape) if isinstance(text, torch.Tensor) else type(text).__name__}")
-        batch, n_tokens = text.shape
-        lengths = _check_lengths(lengths, batch, n_tokens, "text_lengths", TextError)
-        if ((text < 0) | (text >= config.n_symbols))[length_mask(lengths, n_tokens)].any():
-            raise TextError(f"text holds symbol ids outside [0, n_symbols={config.n_symbols})")
-        if (speaker_ids is None) != (config.n_speakers == 0):
-            raise DataError(f"this model has n_speakers={config.n_speakers}: give speaker_ids exactly when it is >= 1")
-        if speaker_ids is not None and (speaker_ids.shape != (batch,) or speaker_ids.is_floating_point()
-                                        or ((speaker_ids < 0) | (speaker_ids >= config.n_speakers)).any()):
-            raise DataError(f"speaker_ids must be integers in [0, {config.n_speakers}) of shape ({batch},)")
-        return batch, n_tokens

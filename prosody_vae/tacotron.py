@@ -512,14 +512,9 @@ class ProsodyTacotron(nn.Module):
         `hit_max_steps` and reported with a warning."""
         text_lengths = self._check_text(text, text_lengths)
         batch = text.shape[0]
+        max_steps = check_synthesis_args(self.config, batch, z, max_decoder_steps)
         if z is None:
             z = self.embedding.weight.new_zeros(batch, self.config.latent_dim)
-        if not isinstance(z, torch.Tensor) or z.shape != (batch, self.config.latent_dim):
-            raise ReferenceInputError(f"z must be a tensor of shape ({batch}, {self.config.latent_dim}), got "
-                                      f"{tuple(z.shape) if isinstance(z, torch.Tensor) else type(z).__name__}")
-        max_steps = self.config.max_decoder_steps if max_decoder_steps is None else max_decoder_steps
-        if not isinstance(max_steps, int) or max_steps < 1:
-            raise ConfigError(f"max_decoder_steps must be a positive int, got {max_steps!r}")
         speaker = self._speaker(speaker_ids, batch)
         text_mask = length_mask(text_lengths, text.shape[1])
         with torch.no_grad():
@@ -569,28 +564,50 @@ class ProsodyTacotron(nn.Module):
         return frames.where(valid, pad), mel_postnet.where(valid, pad)
 
     def _speaker(self, speaker_ids: Optional[torch.Tensor], batch: int) -> Optional[torch.Tensor]:
-        n_speakers = self.config.n_speakers
-        if self.speaker_embedding is None:
-            if speaker_ids is not None:
-                raise DataError("speaker_ids were given, but this model has n_speakers=0")
-            return None
-        if (not isinstance(speaker_ids, torch.Tensor) or speaker_ids.shape != (batch,)
-                or speaker_ids.is_floating_point()):
-            raise DataError(f"this model has n_speakers={n_speakers}: speaker_ids must be an integer tensor "
-                            f"of shape ({batch},)")
-        if ((speaker_ids < 0) | (speaker_ids >= n_speakers)).any():
-            raise DataError(f"speaker_ids must lie in [0, {n_speakers}), got {speaker_ids.tolist()}")
-        return self.speaker_embedding(speaker_ids)
+        check_speaker_ids(speaker_ids, batch, self.config.n_speakers)
+        return None if self.speaker_embedding is None else self.speaker_embedding(speaker_ids)
 
     def _check_text(self, text: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
-        if not isinstance(text, torch.Tensor) or text.dim() != 2 or text.is_floating_point() or text.shape[0] == 0:
-            raise TextError(f"text must be integer ids of shape (B, L), got "
-                            f"{tuple(text.shape) if isinstance(text, torch.Tensor) else type(text).__name__}")
-        lengths = _check_lengths(lengths, text.shape[0], text.shape[1], "text_lengths", TextError)
-        valid = length_mask(lengths, text.shape[1])
-        if ((text < 0) | (text >= self.config.n_symbols))[valid].any():
-            raise TextError(f"text holds symbol ids outside [0, n_symbols={self.config.n_symbols})")
-        return lengths
+        return check_text(text, lengths, self.config.n_symbols)
+
+
+def check_text(text: torch.Tensor, lengths: torch.Tensor, n_symbols: int) -> torch.Tensor:
+    """Raise TextError for unusable ids (B, L) or lengths (B,); return the lengths as long."""
+    if not isinstance(text, torch.Tensor) or text.dim() != 2 or text.is_floating_point() or text.shape[0] == 0:
+        raise TextError(f"text must be integer ids of shape (B, L), got "
+                        f"{tuple(text.shape) if isinstance(text, torch.Tensor) else type(text).__name__}")
+    lengths = _check_lengths(lengths, text.shape[0], text.shape[1], "text_lengths", TextError)
+    valid = length_mask(lengths, text.shape[1])
+    if ((text < 0) | (text >= n_symbols))[valid].any():
+        raise TextError(f"text holds symbol ids outside [0, n_symbols={n_symbols})")
+    return lengths
+
+
+def check_speaker_ids(speaker_ids: Optional[torch.Tensor], batch: int, n_speakers: int) -> None:
+    """Raise DataError unless speaker_ids is None for a single-speaker model, else (B,) ids in range."""
+    if n_speakers == 0:
+        if speaker_ids is not None:
+            raise DataError("speaker_ids were given, but this model has n_speakers=0")
+        return
+    if (not isinstance(speaker_ids, torch.Tensor) or speaker_ids.shape != (batch,)
+            or speaker_ids.is_floating_point()):
+        raise DataError(f"this model has n_speakers={n_speakers}: speaker_ids must be an integer tensor "
+                        f"of shape ({batch},)")
+    if ((speaker_ids < 0) | (speaker_ids >= n_speakers)).any():
+        raise DataError(f"speaker_ids must lie in [0, {n_speakers}), got {speaker_ids.tolist()}")
+
+
+def check_synthesis_args(config: TacotronConfig, batch: int, z: Optional[torch.Tensor],
+                         max_decoder_steps: Optional[int]) -> int:
+    """Raise for a z that is not (B, latent_dim) or None, or a bad max_decoder_steps; return the
+    step limit (the config's when None). Shared by `ProsodyTacotron.infer` and the exported synthesiser."""
+    if z is not None and (not isinstance(z, torch.Tensor) or z.shape != (batch, config.latent_dim)):
+        raise ReferenceInputError(f"z must be a tensor of shape ({batch}, {config.latent_dim}), got "
+                                  f"{tuple(z.shape) if isinstance(z, torch.Tensor) else type(z).__name__}")
+    max_steps = config.max_decoder_steps if max_decoder_steps is None else max_decoder_steps
+    if not isinstance(max_steps, int) or max_steps < 1:
+        raise ConfigError(f"max_decoder_steps must be a positive int, got {max_steps!r}")
+    return max_steps
 
 
 def _zero_beyond(alignments: torch.Tensor, n_steps: torch.Tensor) -> torch.Tensor:
