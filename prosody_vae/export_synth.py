@@ -30,11 +30,9 @@ Equal to eager `ProsodyTacotron.infer` up to float rounding: the host draws the 
 the same calls in the same order as `tacotron.dropout` (one generator, or one per item), so the
 same generator gives the same mel. Rounding differs because the eager loop multiplies by oneDNN-
 packed weights (recurrent.PackedMatmul, private ops torch.export does not trace) and the programs
-by plain linear ops. Two eager constructs are rewritten with the same eval-mode values:
-`MaskedBatchNorm1d`'s all-valid shortcut is a data-dependent branch (here always
-`BatchNorm(x) * mask`), and the packed BiLSTM runs unpacked: the forward direction over the padded
-sequence (it is causal and padding comes last), the backward one over each item's valid span
-reversed in place.
+by plain linear ops. One eager construct is rewritten with the same values: the packed BiLSTM
+runs unpacked, the forward direction over the padded sequence (it is causal and padding comes
+last), the backward one over each item's valid span reversed in place.
 
 Limits: eval mode, float32 on CPU (no autocast); the programs hold a copy of the weights taken at
 export; the step is re-entered from Python once per r frames, so the host loop's overhead stays.
@@ -65,11 +63,6 @@ STATE_NAMES = ("attention_h", "attention_c", "decoder_h", "decoder_c", "context"
 PROGRAM_FILES = {"text": "text.pt2", "step": "step.pt2", "postnet": "postnet.pt2"}
 SPEC_FILE = "synth.json"
 FORMAT_VERSION = 1
-
-
-def _masked_batch_norm(norm: nn.BatchNorm1d, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """Eval-mode `MaskedBatchNorm1d` without its data-dependent shortcut: (B, C, L), mask (B, L)."""
-    return nn.BatchNorm1d.forward(norm, x) * mask[:, None]
 
 
 def _unpacked_bilstm(lstm: nn.LSTM, x: torch.Tensor, lengths: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -120,7 +113,7 @@ class _TextProgram(nn.Module):
         mask = length_mask(lengths, text.shape[1])  # (B, L)
         x = torch.where(mask[:, None], rearrange(self.embedding(text), "b l e -> b e l"), 0.0)
         for conv, norm in zip(self.encoder.convs, self.encoder.norms):
-            x = F.relu(_masked_batch_norm(norm, conv(x), mask))  # (B, C, L)
+            x = F.relu(norm(conv(x), mask))  # (B, C, L)
         memory = condition_on_z(_unpacked_bilstm(self.encoder.lstm, rearrange(x, "b c l -> b l c"), lengths, mask), z)
         if speaker_ids:
             memory = condition_on_z(memory, self.speaker_embedding(speaker_ids[0]))  # (B, L, E + Z + S)
@@ -162,16 +155,10 @@ class _PostnetProgram(nn.Module):
 
     def __init__(self, model: ProsodyTacotron) -> None:
         super().__init__()
-        self.postnet, self.pad_value = model.postnet, model.config.pad_value
+        self.model = model
 
     def forward(self, frames: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
-        mask = length_mask(lengths, frames.shape[1])  # (B, T)
-        x = torch.where(mask[:, None], rearrange(frames, "b t f -> b f t"), 0.0)
-        last = len(self.postnet.convs) - 1
-        for index, (conv, norm) in enumerate(zip(self.postnet.convs, self.postnet.norms)):
-            x = _masked_batch_norm(norm, conv(x), mask)
-            x = torch.tanh(x) if index < last else x
-        return (frames + rearrange(x, "b f t -> b t f")).where(mask[:, :, None], self.pad_value)
+        return self.model._finish(frames, length_mask(lengths, frames.shape[1]))[1]
 
 
 def _prenet_noise_active(config: TacotronConfig) -> bool:
@@ -281,7 +268,7 @@ class ExportedSynthesizer:
         """As `ProsodyTacotron.infer`: z (B, latent_dim), None for the prior mean; the same generator(s)
         draw the same prenet noise. Tensors on CPU."""
         config = self.config
-        check_text(text, text_lengths, config.n_symbols)
+        text_lengths = check_text(text, text_lengths, config.n_symbols)
         batch, n_tokens = text.shape
         max_steps = check_synthesis_args(config, batch, z, max_decoder_steps)
         check_speaker_ids(speaker_ids, batch, config.n_speakers)

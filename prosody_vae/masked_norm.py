@@ -68,10 +68,10 @@ class MaskedBatchNorm1d(nn.BatchNorm1d):
     """BatchNorm over (B, C, L) whose statistics count only valid positions; output is zero at padding."""
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:  # mask (B, L) bool
+        if not self.training:  # per-position affine: masking after it suffices (and no data-dependent branch to export)
+            return super().forward(x) * mask[:, None]
         if bool(mask.all()):  # no padding: plain BatchNorm
             return super().forward(x)
-        if not self.training:
-            return super().forward(x) * mask[:, None]
         channels_last = x.transpose(1, 2)  # (B, L, C)
         out = torch.zeros_like(channels_last)
         out[mask] = super().forward(channels_last[mask])  # statistics over the (N_valid, C) rows
