@@ -17,6 +17,11 @@ from torch import nn
 from .reference import track_running_stats
 
 
+def length_mask(lengths: torch.Tensor, size: int) -> torch.Tensor:
+    """(B,) lengths -> (B, size) bool, True on each item's first `lengths` positions."""
+    return torch.arange(size, device=lengths.device) < lengths[:, None]
+
+
 class _NormTanhDropout(torch.autograd.Function):
     """y = where(keep, act(BatchNorm(x)) * keep_scale, 0), act = tanh or identity, with batch
     statistics over the positions where `valid` is 1. Returns (y, mean, var); the last two are per
