@@ -7,16 +7,17 @@
 
 Free-running Tacotron decoding is a loop whose length depends on the data (each item's stop
 token), so it is not one graph. The graph boundary is drawn around the parts without data-dependent
-control flow, and the host keeps the loop, the stop decisions (`tacotron.StopTracker`) and the
-random draws:
+control flow, and the host keeps the loop (`decoder.run_free`, as eager inference), the stop
+decisions and the random draws:
 
 - text program: text (B, L), text_lengths (B,), z (B, Z) [, speaker_ids (B,)] -> the utterance
   tensors the decoder reads every step: memory (B, L, D), mask (B, L) bool and, for "location"
   and "forward" attention, the attention keys (B, L, A), computed once per utterance as in eager
-  mode (in the exported copy the step's attention gets an identity key projection).
-- step program: previous frame (B, n_mels), state (the 7 tensors of `STATE_NAMES`), utterance,
-  prenet noise (one (B, prenet_dims[i]) uniform draw per prenet layer; none when prenet dropout
-  is off at inference) -> out (B, r * n_mels + 1) = r frames and the stop logit, new state.
+  mode (the step program hands them to `attention.start` as precomputed keys).
+- step program: previous frame (B, n_mels), state (the tensors of `decoder.DecoderState`),
+  utterance, prenet noise (one (B, prenet_dims[i]) uniform draw per prenet layer; none when
+  prenet dropout is off at inference) -> out (B, OutputLayout.size), new state. It is the
+  decoder's own `DecoderPass.infer_step` on plain weights.
 - postnet program: frames (B, T, n_mels), mel_lengths (B,) -> mel_postnet (B, T, n_mels),
   pad_value beyond each length.
 
@@ -27,12 +28,12 @@ The text and postnet programs are traced non-strict, the step strict (TorchDynam
 would be unrolled over the example's token count.
 
 Equal to eager `ProsodyTacotron.infer` up to float rounding: the host draws the prenet noise with
-the same calls in the same order as `tacotron.dropout` (one generator, or one per item), so the
-same generator gives the same mel. Rounding differs because the eager loop multiplies by oneDNN-
-packed weights (recurrent.PackedMatmul, private ops torch.export does not trace) and the programs
-by plain linear ops. One eager construct is rewritten with the same values: the packed BiLSTM
-runs unpacked, the forward direction over the padded sequence (it is causal and padding comes
-last), the backward one over each item's valid span reversed in place.
+`layers.dropout_noise`, as eager mode does (one generator, or one per item), so the same generator
+gives the same mel. The programs are traced on the plain path (speedups.py): the fast path's
+oneDNN-packed weights are private ops that torch.export does not trace, so rounding differs from
+an eager run on the fast path. One eager construct is rewritten with the same values: the packed
+BiLSTM runs unpacked, the forward direction over the padded sequence (it is causal and padding
+comes last), the backward one over each item's valid span reversed in place.
 
 Limits: eval mode, float32 on CPU (no autocast); the programs hold a copy of the weights taken at
 export; the step is re-entered from Python once per r frames, so the host loop's overhead stays.
@@ -43,7 +44,6 @@ from __future__ import annotations
 import copy
 import json
 import os
-import warnings
 from pathlib import Path
 from typing import Optional
 
@@ -53,13 +53,16 @@ from einops import rearrange
 from torch import nn
 from torch.export import Dim
 
+from .decoder import DecoderPass, DecoderState, OutputLayout, SplitLSTMCell, StepWeights, run_free
 from .errors import CheckpointError, ConfigError
-from .recurrent import FusedLSTMCell
+from .inputs import check_speaker_ids, check_synthesis_args, check_text
+from .layers import Generators, dropout_noise
+from .masked_norm import length_mask
 from .reference import condition_on_z
-from .tacotron import (Generators, InferenceOutput, ProsodyTacotron, StopTracker, TacotronConfig,
-                       check_speaker_ids, check_synthesis_args, check_text, length_mask)
+from .speedups import fast_path
+from .tacotron import InferenceOutput, ProsodyTacotron, TacotronConfig, inference_output
 
-STATE_NAMES = ("attention_h", "attention_c", "decoder_h", "decoder_c", "context", "alignment", "cumulative")
+STATE_NAMES = DecoderState._fields
 PROGRAM_FILES = {"text": "text.pt2", "step": "step.pt2", "postnet": "postnet.pt2"}
 SPEC_FILE = "synth.json"
 FORMAT_VERSION = 1
@@ -89,7 +92,7 @@ def _unpacked_bilstm(lstm: nn.LSTM, x: torch.Tensor, lengths: torch.Tensor, mask
     def cell(carry: tuple[torch.Tensor, torch.Tensor], gates: torch.Tensor):  # gates (B, 2, 4H)
         h, c = carry  # (B, 2, H)
         gates = gates + torch.einsum("bdh,dgh->bdg", h, recurrent_weight)
-        h, c = FusedLSTMCell.step(rearrange(gates, "b d g -> (b d) g"), rearrange(c, "b d h -> (b d) h"))
+        h, c = SplitLSTMCell.cell(rearrange(gates, "b d g -> (b d) g"), rearrange(c, "b d h -> (b d) h"))
         h, c = (rearrange(t, "(b d) h -> b d h", d=2) for t in (h, c))
         return (h, c), h.clone()  # scan's outputs may not alias its carry
 
@@ -121,79 +124,46 @@ class _TextProgram(nn.Module):
 
 
 class _StepProgram(nn.Module):
-    """One decoder step, as `Decoder.infer`'s loop body (`_DecoderPass.step` and the projection)."""
+    """One free-running decoder step: the decoder's own `DecoderPass.infer_step` on plain weights."""
 
     def __init__(self, model: ProsodyTacotron) -> None:
         super().__init__()
-        self.decoder, self.prenet_dropout = model.decoder, model.config.prenet_dropout
+        self.decoder = model.decoder
 
     def forward(self, frame: torch.Tensor, state: tuple[torch.Tensor, ...], utterance: tuple[torch.Tensor, ...],
                 prenet_noise: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, tuple[torch.Tensor, ...]]:
-        d, p = self.decoder, self.prenet_dropout
-        attention_h, attention_c, decoder_h, decoder_c, context, alignment, cumulative = state
-        memory, mask, *keys = utterance  # keys: location-sensitive attention's, precomputed
-        x = frame  # (B, n_mels)
-        for index, layer in enumerate(d.prenet.layers):
-            x = F.relu(layer(x))
-            if prenet_noise:  # tacotron.dropout with the host's draw
-                x = torch.where(prenet_noise[index] >= p, x * (1.0 / (1.0 - p)), 0.0)
-        gates = d.attention_cell.static_gates(x) + F.linear(torch.cat([context, attention_h], dim=1),
-                                                            d.attention_cell.recurrent_weight)  # (B, 4H_a)
-        attention_h, attention_c = FusedLSTMCell.step(gates, attention_c)
-        alignment = d.attention.start(keys[0] if keys else memory, mask)(attention_h, alignment, cumulative)
-        cumulative = cumulative + alignment  # (B, L)
-        context = torch.bmm(alignment[:, None], memory)[:, 0]  # (B, D)
-        gates = d.decoder_cell.bias + F.linear(torch.cat([attention_h, context, decoder_h], dim=1),
-                                               d.decoder_cell.recurrent_weight)  # (B, 4H_d)
-        decoder_h, decoder_c = FusedLSTMCell.step(gates, decoder_c)
-        out = d.projection(torch.cat([decoder_h, context], dim=1))  # (B, r * n_mels + 1)
-        return out, (attention_h, attention_c, decoder_h, decoder_c, context, alignment, cumulative)
+        memory, mask, *keys = utterance  # keys: location-sensitive attention's, precomputed once
+        decoding = DecoderPass(self.decoder, memory, mask, StepWeights.plain(self.decoder),
+                               keys=keys[0] if keys else None, state=DecoderState(*state))
+        out = decoding.infer_step(frame, noise=prenet_noise or None)  # (B, OutputLayout.size)
+        return out, tuple(decoding.state)
 
 
 class _PostnetProgram(nn.Module):
-    """frames (B, T, n_mels), lengths (B,) -> mel_postnet, pad_value beyond each length (`_finish`)."""
+    """frames (B, T, n_mels), lengths (B,) -> mel_postnet, pad_value beyond each length (`add_postnet`)."""
 
     def __init__(self, model: ProsodyTacotron) -> None:
         super().__init__()
         self.model = model
 
     def forward(self, frames: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
-        return self.model._finish(frames, length_mask(lengths, frames.shape[1]))[1]
-
-
-def _prenet_noise_active(config: TacotronConfig) -> bool:
-    return config.prenet_dropout_at_inference and config.prenet_dropout > 0.0
-
-
-def _initial_state(config: TacotronConfig, batch: int, n_tokens: int) -> tuple[torch.Tensor, ...]:
-    """The state `_DecoderPass` starts from: zeros, the alignment on the first token."""
-    memory_dim = config.encoder_lstm_dim + config.latent_dim + config.speaker_dim
-    alignment = torch.zeros(batch, n_tokens)
-    alignment[:, 0] = 1.0
-    a, d = config.attention_rnn_dim, config.decoder_rnn_dim
-    return (torch.zeros(batch, a), torch.zeros(batch, a), torch.zeros(batch, d), torch.zeros(batch, d),
-            torch.zeros(batch, memory_dim), alignment, alignment.clone())  # strict export merges aliased inputs
+        return self.model.add_postnet(frames, length_mask(lengths, frames.shape[1]))[1]
 
 
 def prenet_noise(config: TacotronConfig, batch: int, generator: Generators = None) -> tuple[torch.Tensor, ...]:
-    """One step's prenet dropout draws, made by the same calls in the same order as eager
-    `Prenet.forward` -> `tacotron.dropout`, so a generator advances as in `model.infer`."""
-    if not _prenet_noise_active(config):
+    """One step's prenet dropout draws on the CPU, made as eager `Prenet.forward` makes them, so a
+    generator advances as in `model.infer`; none when prenet dropout is off at inference."""
+    if not (config.prenet_dropout_at_inference and config.prenet_dropout > 0.0):
         return ()
-    if isinstance(generator, (list, tuple)):
-        return tuple(torch.stack([torch.rand((dim,), generator=g, device=g.device) for g in generator]).cpu()
-                     for dim in config.prenet_dims)
-    device = generator.device if generator is not None else "cpu"
-    return tuple(torch.rand((batch, dim), generator=generator, device=device).cpu() for dim in config.prenet_dims)
+    return tuple(dropout_noise((batch, dim), generator).cpu() for dim in config.prenet_dims)
 
 
-@torch.no_grad()  # else attention traces its training-time activation checkpointing
+@torch.no_grad()
+@fast_path(False)  # the fast path's packed weights are private ops torch.export cannot trace
 def _export_programs(model: ProsodyTacotron) -> dict[str, torch.export.ExportedProgram]:
     config = model.config
     model = copy.deepcopy(model).to("cpu", torch.float32).eval().requires_grad_(False)
-    keys = getattr(model.decoder.attention, "keys", None)
-    if keys is not None:  # the text program applies the key projection, once per utterance
-        model.decoder.attention.keys = nn.Identity()
+    keys = getattr(model.decoder.attention, "keys", None)  # applied by the text program, once per utterance
     batch, tokens, frames = Dim("batch"), Dim("tokens"), Dim("frames")
     n_batch, n_tokens = 2, 7  # distinct sizes, so no two dynamic dimensions are taken as equal
     text = torch.randint(1, config.n_symbols, (n_batch, n_tokens))
@@ -206,7 +176,7 @@ def _export_programs(model: ProsodyTacotron) -> dict[str, torch.export.ExportedP
         _TextProgram(model, keys), text_args, strict=False,
         dynamic_shapes=(per_token, per_item, per_item, tuple(per_item for _ in speaker)))}
     utterance = programs["text"].module()(*text_args)
-    state = _initial_state(config, n_batch, n_tokens)
+    state = tuple(DecoderState.initial(config, n_batch, n_tokens, utterance[0].shape[2]))
     noise = prenet_noise(config, n_batch)
     step_args = (torch.randn(n_batch, config.n_mels), state, utterance, noise)
     # strict (TorchDynamo) tracing: the non-strict tracer turns attention's `len(windows)` into a
@@ -275,25 +245,16 @@ class ExportedSynthesizer:
         z = torch.zeros(batch, config.latent_dim) if z is None else z
         speaker = () if speaker_ids is None else (speaker_ids,)
         utterance = self.text_program(text, text_lengths, z.float(), speaker)
-        state = _initial_state(config, batch, n_tokens)
-        frame = torch.zeros(batch, config.n_mels)  # go frame
-        stops = StopTracker(batch, max_steps, config.stop_threshold, torch.device("cpu"))
-        outputs, alignments = [], []
-        for step in range(max_steps):
+        state = tuple(DecoderState.initial(config, batch, n_tokens, utterance[0].shape[2]))
+
+        def step(frame: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+            nonlocal state
             out, state = self.step(frame, state, utterance, prenet_noise(config, batch, generator))
-            outputs.append(out[:, :-1])
-            alignments.append(state[STATE_NAMES.index("alignment")])
-            frame = out[:, -1 - config.n_mels : -1]  # the last of the r frames feeds the next step
-            if stops.update(out, step):
-                break
-        frames = rearrange(torch.stack(outputs), "s b (r f) -> b (s r) f", f=config.n_mels)
-        mel_lengths = stops.stop_steps * config.reduction_factor
-        mel_postnet = self.postnet(frames, mel_lengths)
-        steps_run = len(outputs)
-        alignments = torch.stack(alignments, dim=1).where(length_mask(stops.stop_steps, steps_run)[:, :, None], 0.0)
-        hit_max = ~stops.done
-        if hit_max.any():
-            warnings.warn(f"{int(hit_max.sum())} of {batch} items reached max_decoder_steps={max_steps} without "
-                          "a stop token (see InferenceOutput.hit_max_steps)", RuntimeWarning,
-                          stacklevel=3)  # past torch.no_grad's wrapper
-        return InferenceOutput(mel_postnet, mel_lengths, alignments, stops.stop_steps, hit_max)
+            return out, state[STATE_NAMES.index("alignment")]
+
+        layout = OutputLayout(config.n_mels, config.reduction_factor)
+        out, alignments, stop_steps, hit_max = run_free(step, torch.zeros(batch, config.n_mels), layout, max_steps,
+                                                        config.stop_threshold)
+        frames = layout.frames(out)
+        mel_postnet = self.postnet(frames, stop_steps * config.reduction_factor)
+        return inference_output(config, mel_postnet, alignments, stop_steps, hit_max, max_steps, stacklevel=4)

@@ -7,7 +7,8 @@ import torch
 
 from prosody_vae.errors import CheckpointError, ReferenceInputError, TextError
 from prosody_vae.export_synth import STATE_NAMES, ExportedSynthesizer, prenet_noise
-from prosody_vae.tacotron import _DecoderPass, length_mask
+from prosody_vae.decoder import DecoderPass, DecoderState
+from prosody_vae.masked_norm import length_mask
 from test_tacotron import micro_model
 
 ATOL = 1e-5
@@ -32,7 +33,7 @@ def pair(request):
     with torch.no_grad():
         stop_row = model.decoder.projection.weight[-1]
         stop_row.zero_()
-        stop_row[model.decoder.decoder_rnn_dim + model.config.encoder_lstm_dim] = 10.0
+        stop_row[model.config.decoder_rnn_dim + model.config.encoder_lstm_dim] = 10.0
         model.decoder.projection.bias[-1] = 0.0
     return model, ExportedSynthesizer.from_model(model)
 
@@ -69,23 +70,22 @@ def test_exported_step_equals_eager_step_on_random_state(pair):
     text, lengths, z = text_batch(model, [10, 6], seed=1)
     utterance = synth.text_program(text, lengths, z, ())
     g = torch.Generator().manual_seed(2)
-    decoding = _DecoderPass(model.decoder, utterance[0], utterance[1])
-    state = [torch.randn(getattr(decoding, name).shape, generator=g) for name in STATE_NAMES]
+    n_tokens, memory_dim = utterance[0].shape[1:]
+    initial = DecoderState.initial(model.config, 2, n_tokens, memory_dim)
+    state = [torch.randn(value.shape, generator=g) for value in initial]
     state[5] = state[5].softmax(dim=1) * utterance[1]  # alignment: a distribution over valid tokens
     state[6] = state[6].abs()  # cumulative alignment
-    for name, value in zip(STATE_NAMES, state):
-        setattr(decoding, name, value)
     frame = torch.randn(2, model.config.n_mels, generator=g)
     with torch.no_grad():
-        prenet = model.decoder.prenet(frame, torch.Generator().manual_seed(3))
-        decoder_h, context, _ = decoding.step(model.decoder.attention_cell.static_gates(prenet))
-        expected_out = model.decoder.projection(torch.cat([decoder_h, context], dim=1))
+        decoding = DecoderPass(model.decoder, utterance[0], utterance[1], model.decoder.step_weights(2),
+                               state=DecoderState(*state))
+        expected_out = decoding.infer_step(frame, torch.Generator().manual_seed(3))
     noise = prenet_noise(synth.config, 2, torch.Generator().manual_seed(3))
     assert len(noise) == len(model.config.prenet_dims)
     out, new_state = synth.step(frame, tuple(state), utterance, noise)
     torch.testing.assert_close(out, expected_out, atol=ATOL, rtol=0)
-    for name, value in zip(STATE_NAMES, new_state):
-        torch.testing.assert_close(value, getattr(decoding, name), atol=ATOL, rtol=0, msg=name)
+    for name, value, expected in zip(STATE_NAMES, new_state, decoding.state):
+        torch.testing.assert_close(value, expected, atol=ATOL, rtol=0, msg=name)
 
 
 def test_exported_infer_equals_eager_infer_with_the_same_generators(pair):

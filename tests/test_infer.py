@@ -164,13 +164,13 @@ def test_bad_prosody_arguments(synth):
 
 
 # ------------------------------------------------------------------------------ reduced precision
-PER_STEP_LAYERS = ["prenet.0", "prenet.1", "attention_gates", "decoder_recurrent", "projection"]
+PER_STEP_LAYERS = ["prenet.0", "prenet.1", "prenet_gates", "attention_recurrent", "decoder_recurrent", "projection"]
 
 
 @pytest.mark.parametrize("attention_kind", ["location", "forward", "dca"])
 def test_fp32_reduced_precision_loop_reproduces_the_model_decoder(attention_kind):
-    """ReducedPrecisionDecoder runs its own copy of Decoder.infer's loop: at fp32 it must agree,
-    prenet dropout (per-item generators) included, so the two loops cannot drift apart."""
+    """ReducedPrecisionDecoder runs the decoder's own loop on its copied weights: at fp32 it must
+    agree with the model's decoder, prenet dropout (per-item generators) included."""
     synth = make_synth(attention_kind=attention_kind)
     synth.model.decoder = ReducedPrecisionDecoder(synth.model.decoder, "fp32")
     reference = make_synth(attention_kind=attention_kind)
@@ -186,8 +186,8 @@ def test_each_reduced_matmul_is_close_to_its_float32_layer(precision, max_relati
     """bf16 rounds weights to 8 significant bits (~0.4%), int8 to 255 levels per output channel
     with 7-bit activations (~1.5%); a wrong scale, a lost bias or a transposed weight is far off."""
     decoder = make_synth().model.decoder
-    exact = dict(ReducedPrecisionDecoder(decoder, "fp32").layers.named_modules())
-    reduced = dict(ReducedPrecisionDecoder(decoder, precision).layers.named_modules())
+    exact = dict(ReducedPrecisionDecoder(decoder, "fp32").reduced.named_modules())
+    reduced = dict(ReducedPrecisionDecoder(decoder, precision).reduced.named_modules())
     for name in PER_STEP_LAYERS:
         x = torch.randn(8, exact[name].in_features, generator=torch.Generator().manual_seed(0))
         expected = exact[name](x)
@@ -210,7 +210,7 @@ def test_reduced_precision_synthesis_is_close_to_fp32(precision, max_l1, max_mcd
 def test_int8_quantises_every_per_step_matmul_and_leaves_the_model_alone():
     model = make_synth().model
     synth = Synthesizer(model, make_synth().config, precision="int8")
-    layers = synth.model.decoder.layers
+    layers = synth.model.decoder.reduced
     quantised = {name for name, module in layers.named_modules()
                  if isinstance(module, torch.ao.nn.quantized.dynamic.Linear)}
     assert quantised == set(PER_STEP_LAYERS)

@@ -15,10 +15,12 @@ from prosody_vae.capacity import DualAscent, FixedBeta
 from prosody_vae.errors import ConfigError, DataError, TextError
 from prosody_vae.losses import (LossConfig, TacotronLoss, alignment_diagonal_score, guided_attention_loss,
                                 guided_attention_weight, masked_l1, stop_loss, stop_targets)
-from prosody_vae import recurrent
+from prosody_vae import cpu_kernels
 from prosody_vae.attention import DynamicConvolutionAttention, LocationSensitiveAttention, beta_binomial_pmf
-from prosody_vae.recurrent import _RecurrentMatmul
-from prosody_vae.tacotron import MaskedBatchNorm1d, ProsodyTacotron, TacotronConfig, dropout, summarise_text
+from prosody_vae.cpu_kernels import _RecurrentMatmul
+from prosody_vae.masked_norm import MaskedBatchNorm1d
+from prosody_vae.layers import dropout, summarise_text
+from prosody_vae.tacotron import ProsodyTacotron, TacotronConfig
 
 N_MELS = 12
 # smaller than the tiny preset, so each test takes well under a second
@@ -147,7 +149,7 @@ def test_dca_prior_is_the_beta_binomial():
 
 @pytest.mark.parametrize("tape_chunk", [3, 32])  # 3: the weight gradient sums over several chunks
 def test_recurrent_matmul_gradient_is_exact(tape_chunk, monkeypatch):
-    monkeypatch.setattr(recurrent, "_TAPE_CHUNK", tape_chunk)
+    monkeypatch.setattr(cpu_kernels, "_TAPE_CHUNK", tape_chunk)
 
     def recurrence(weight, x0):
         matmul = _RecurrentMatmul(weight, rows=3)

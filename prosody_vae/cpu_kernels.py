@@ -1,11 +1,13 @@
-"""Recurrent building blocks for the Tacotron decoder loop, shaped for speed on CPUs.
+"""The decoder loop's fast path on CPUs (speedups.py): per-step matmuls and their gradients.
 
-`FusedLSTMCell` splits an LSTM's gate projection by what depends on the recurrence: inputs known
-before the loop are projected for all steps in one matmul (`static_gates`), and each step adds
-one matmul over [recurrent inputs ; h]. `_RecurrentMatmul` is that per-step matmul with its weight
-gradient deferred: rather than hundreds of rank-B updates of a large matrix (bound by memory
-traffic), each step records (input, output gradient) on a tape and a GEMM per chunk of 32 steps forms
-the gradient. It is checked against autograd with `gradcheck` in tests/test_tacotron.py.
+These compute exactly what the plain decoder computes with `F.linear` and `torch.bmm`; they only
+change how. Used when `speedups.fast_path_enabled()`, through `decoder.StepWeights.fast`.
+
+`_RecurrentMatmul` is a per-step matmul with its weight gradient deferred: rather than hundreds
+of rank-B updates of a large matrix (bound by memory traffic), each step records (input, output
+gradient) on a tape and a GEMM per chunk of 32 steps forms the gradient. `AttentionContext` does
+the same for the attention context's gradient with respect to the memory. Both are checked
+against autograd in tests/test_cpu_kernels.py.
 
 `PackedMatmul` is the per-step matmul itself. A decoder step multiplies a few rows by a large
 weight, and at that shape the default CPU GEMM (MKL) reaches about a third of the machine's
@@ -18,12 +20,10 @@ from the first few steps. Elsewhere (CUDA, other dtypes, torch without oneDNN, o
 
 from __future__ import annotations
 
-import math
 from typing import Callable
 
 import torch
 import torch.nn.functional as F
-from torch import nn
 
 
 _TAPE_CHUNK = 32  # decoder steps per weight-gradient GEMM
@@ -211,30 +211,3 @@ class _RecurrentMatmul:
         """Free the packed copy of the weight once the loop has run: the end of the forward pass
         is the peak of a training step's memory. Later calls still work, with the plain matmul."""
         self.forward_matmul.packed = None
-
-
-class FusedLSTMCell(nn.Module):
-    """LSTM cell (gates i, f, g, o) split by what depends on the recurrence.
-
-    `static_gates(x)` projects inputs known before the loop (for all steps in one matmul, bias
-    included); each step then adds one matmul over [recurrent inputs ; h] (`step`).
-    """
-
-    def __init__(self, static_dim: int, recurrent_dim: int, hidden_dim: int) -> None:
-        super().__init__()
-        bound = 1.0 / math.sqrt(hidden_dim)  # torch.nn.LSTM's initialisation
-        self.static_weight = (nn.Parameter(torch.empty(4 * hidden_dim, static_dim).uniform_(-bound, bound))
-                              if static_dim else None)
-        self.recurrent_weight = nn.Parameter(
-            torch.empty(4 * hidden_dim, recurrent_dim + hidden_dim).uniform_(-bound, bound))
-        self.bias = nn.Parameter(torch.empty(4 * hidden_dim).uniform_(-bound, bound))
-
-    def static_gates(self, x: torch.Tensor) -> torch.Tensor:  # (..., static_dim) -> (..., 4H)
-        return F.linear(x, self.static_weight, self.bias)
-
-    @staticmethod
-    def step(gates: torch.Tensor, c: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """gates (B, 4H) with everything added, c (B, H) -> new (h, c)."""
-        i, f, g, o = gates.chunk(4, dim=1)
-        c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
-        return torch.sigmoid(o) * torch.tanh(c), c
