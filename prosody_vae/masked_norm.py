@@ -141,10 +141,12 @@ def _masked_batchnorm_backward(grad: torch.Tensor, x: torch.Tensor, valid: torch
     """BatchNorm's backward with batch statistics over the valid positions: (grad_x, grad_gamma, grad_beta).
 
     x, grad (B, C, ...), grad already zero at padding; valid broadcasts against x, 1 on valid
-    positions; gamma, mean, rstd (C,); count: valid positions per channel. With x_hat = (x - mean)
-    * rstd, a valid position's gradient is gamma * rstd * (grad - avg(grad) - x_hat * avg(grad *
-    x_hat)), averages over the valid positions: per channel, a * grad + b * x + c. Padding, which
-    the statistics never saw, gets zero.
+    positions; gamma, mean, rstd (C,); count: valid positions per channel. With
+    x_hat = (x - mean) * rstd and averages over the valid positions, a valid position's gradient is
+
+        gamma * rstd * (grad - avg(grad) - x_hat * avg(grad * x_hat)) = a * grad + b * x + c,
+
+    a, b, c per channel. Padding, which the statistics never saw, gets zero.
     """
     grad_flat, x_flat = grad.flatten(2), x.flatten(2)  # (B, C, N): one axis for all positions of an item
     grad_beta = grad_flat.sum(dim=(0, 2))  # (C,)
