@@ -24,8 +24,9 @@ All controllers share one protocol, `KLController`. In a training step:
 
 `loss` treats the controller's weight as a constant, so gradient reaches only the model; `update`
 is the one place where a controller changes (schedules advance, multipliers step). `state_dict`
-holds everything, so a resumed run continues bit-exactly. This file needs only torch and the
-package's error types: copy it, with reference.py, into another TTS code base.
+holds everything, so a resumed run continues bit-exactly. This file needs only torch and
+errors.py: copy both, with the reference encoder's reference.py, masked_norm.py and speedups.py,
+into another TTS code base.
 """
 
 from __future__ import annotations
@@ -39,7 +40,7 @@ from typing import Any, Callable
 
 import torch
 
-from prosody_vae.errors import CheckpointError, ConfigError
+from .errors import CheckpointError, ConfigError
 
 OptimizerFactory = Callable[[list[torch.nn.Parameter]], torch.optim.Optimizer]
 

@@ -1,7 +1,8 @@
 """Variational reference encoder: a reference mel -> a diagonal Gaussian posterior over prosody z.
 
-This is the plugin half of prosody_vae (with capacity.py): it needs only torch, einops and the
-package's error types, so a user can copy it into their own TTS model. Capacitron's recipe:
+With capacity.py, this is the plugin part of prosody_vae: a user copies it into their own TTS
+model with the files it imports (masked_norm.py, speedups.py, errors.py), which need only torch
+and einops. Capacitron's recipe:
 
     mel (B, T, n_mels) -> 6 x [Conv2d 3x3 stride 2, BatchNorm, ReLU] -> GRU -> summary (B, gru_dim)
     [summary ; text summary ; speaker] -> MLP -> mean, std (B, latent_dim) -> z = mean + std * eps
@@ -11,7 +12,8 @@ Variants: "V" (mel only), "V+T" (text_summary_dim > 0), "V+T+S" (also speaker_di
 Padding never leaks: frames beyond an item's length are zeroed before every conv (each layer's
 valid length follows from the conv arithmetic), BatchNorm's training statistics skip them, and the
 summary is the GRU state at the item's true last frame. So garbage (even NaN) beyond `lengths`
-leaves the posterior unchanged.
+leaves the posterior unchanged. Each layer's BatchNorm is masked_norm.py's; the speed-ups
+(speedups.py) fuse it with the ReLU in training and fold the first layer's into its conv.
 
 Short references: every length >= 1 frame works (`min_frames = 1`). A 3x3 stride-2 conv with
 padding 1 maps L valid frames to ceil(L / 2) >= 1, so the stack never runs out of frames and no
@@ -39,232 +41,9 @@ from einops import rearrange, repeat
 from torch import nn
 
 from .errors import ConfigError, ReferenceInputError
+from .masked_norm import MaskedBatchNorm2d, at_least_float32, conv_batchnorm_relu, length_mask
 
 CAPACITRON_CHANNELS = (32, 32, 64, 64, 128, 128)
-
-
-@dataclass
-class Posterior:
-    """A diagonal Gaussian q(z | reference) and one draw from it. B = batch, Z = latent_dim.
-
-    z: (B, Z) the draw (equals `mean` in mode "mean"). mean, std: (B, Z), std > 0.
-    kl: (B,) KL(q || N(0, I)) in nats, summed over latent dims. kl_per_dim: (B, Z), for free bits.
-    """
-
-    z: torch.Tensor
-    mean: torch.Tensor
-    std: torch.Tensor
-    kl: torch.Tensor
-    kl_per_dim: torch.Tensor
-
-
-def _conv_out_len(length: torch.Tensor | int) -> torch.Tensor | int:
-    """Valid output length of a 3x3 stride-2 padding-1 conv: floor((L + 2 - 3) / 2) + 1."""
-    return (length - 1) // 2 + 1
-
-
-def _frame_mask(lengths: torch.Tensor, n_frames: int) -> torch.Tensor:
-    """(B,) lengths -> (B, n_frames) bool, True on valid frames."""
-    return torch.arange(n_frames, device=lengths.device) < lengths[:, None]
-
-
-def _check_mel(mel: torch.Tensor, lengths: torch.Tensor, n_mels: int) -> torch.Tensor:
-    """Raise ReferenceInputError for an unusable (mel, lengths); return lengths as long on mel's device."""
-    if not isinstance(mel, torch.Tensor):
-        raise ReferenceInputError(f"mel must be a tensor, got {type(mel).__name__}")
-    if mel.dim() != 3 or mel.shape[2] != n_mels:
-        raise ReferenceInputError(f"mel must be (B, T, n_mels={n_mels}), got {tuple(mel.shape)}")
-    if not mel.is_floating_point():
-        raise ReferenceInputError(f"mel must be a floating tensor, got dtype {mel.dtype}")
-    batch, n_frames, _ = mel.shape
-    if batch == 0 or n_frames == 0:
-        raise ReferenceInputError(f"mel must hold at least one item and one frame, got {tuple(mel.shape)}")
-    if not isinstance(lengths, torch.Tensor):
-        raise ReferenceInputError(f"mel_lengths must be a tensor, got {type(lengths).__name__}")
-    if lengths.shape != (batch,) or lengths.is_floating_point() or lengths.is_complex():
-        raise ReferenceInputError(f"mel_lengths must be an integer tensor of shape ({batch},), "
-                                  f"got {tuple(lengths.shape)} {lengths.dtype}")
-    lengths = lengths.to(device=mel.device, dtype=torch.long)
-    out_of_range = (lengths < 1) | (lengths > n_frames)
-    if out_of_range.any():
-        item = int(out_of_range.nonzero()[0])
-        raise ReferenceInputError(
-            f"mel_lengths[{item}] = {int(lengths[item])} is outside [1, T={n_frames}]")
-    # Only valid frames must be finite: padding may hold anything, it is masked away.
-    bad_frames = ~torch.isfinite(mel).all(dim=2) & _frame_mask(lengths, n_frames)  # (B, T)
-    if bad_frames.any():
-        item, frame = (int(i) for i in bad_frames.nonzero()[0])
-        raise ReferenceInputError(f"mel[{item}] has a non-finite value at frame {frame}")
-    return lengths
-
-
-def _at_least_float32(x: torch.Tensor) -> torch.Tensor:
-    return x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
-
-
-class _MaskedBatchNormReLU(torch.autograd.Function):
-    """relu(batchnorm(x)) zeroed at padding, with batch statistics over the valid frames only.
-
-    The same function as `_MaskedBatchNorm2d.forward` + ReLU + masking, written out with its own
-    backward: autograd through the masked statistics takes about 20 full passes over the
-    activation per layer, this takes 11 (forward 4, backward 7). Returns (y, mean, var), the last
-    two per channel for the running statistics.
-    """
-
-    @staticmethod
-    def forward(ctx, x: torch.Tensor, weights: torch.Tensor, gamma: torch.Tensor, beta: torch.Tensor,
-                eps: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        # x (B, C, T, F) finite everywhere; weights (B, 1, T, 1) float, 1 on valid frames
-        x_in, x = x, _at_least_float32(x)
-        frame_weights = weights[:, :, :, 0]  # (B, 1, T)
-        count = frame_weights.sum() * x.shape[3]
-        # per-frame sums first (no activation-sized temporaries), then the valid frames' share
-        mean = (x.sum(dim=3) * frame_weights).sum(dim=(0, 2)) / count  # (C,)
-        squares = torch.linalg.vector_norm(x, dim=3).square()  # (B, C, T)
-        var = ((squares * frame_weights).sum(dim=(0, 2)) / count - mean.square()).clamp(min=0)
-        rstd = torch.rsqrt(var + eps)
-        scale = gamma * rstd
-        y = torch.addcmul((beta - mean * scale)[:, None, None], x, scale[:, None, None])
-        y = y.relu_().mul_(weights).to(x_in.dtype)
-        ctx.save_for_backward(x, y, weights, gamma, mean, rstd, count)
-        ctx.mark_non_differentiable(mean, var)
-        return y, mean, var
-
-    @staticmethod
-    def backward(ctx, grad: torch.Tensor, _mean: None, _var: None):
-        x, y, weights, gamma, mean, rstd, count = ctx.saved_tensors
-        grad = torch.where(y > 0, grad, 0.0).to(x.dtype)  # ReLU and padding (y is 0 there) in one pass
-        grad_beta = grad.sum(dim=(0, 2, 3))  # (C,)
-        grad_gamma = ((grad * x).sum(dim=(0, 2, 3)) - mean * grad_beta) * rstd
-        # dx = a * g + b * x + c on valid frames (BatchNorm's backward with valid-only statistics)
-        a = gamma * rstd
-        b = -a * rstd * grad_gamma / count
-        c = -a * grad_beta / count - b * mean
-        grad_x = torch.addcmul(c[:, None, None], x, b[:, None, None]).addcmul_(grad, a[:, None, None])
-        return grad_x.mul_(weights).to(y.dtype), None, grad_gamma, grad_beta, None
-
-
-class _MaskedBatchNorm2d(nn.BatchNorm2d):
-    """BatchNorm2d over (B, C, T, F) whose training statistics count only valid frames.
-
-    In eval mode it is plain BatchNorm (per-position affine), so masking after it suffices.
-    `forward` is the plain autograd version; `normalise_relu` (what the encoder runs) fuses the
-    following ReLU and masking into one function with a hand-written backward, tested equal.
-    """
-
-    def forward(self, x: torch.Tensor, frame_mask: torch.Tensor) -> torch.Tensor:  # mask (B, 1, T, 1)
-        if not self.training:
-            return super().forward(x)
-        # statistics in float32 even under bf16 autocast: the running buffers are float32
-        x_in, x = x, _at_least_float32(x)
-        weights = frame_mask.to(x.dtype)
-        count = weights.sum() * x.shape[3]
-        masked = x * weights
-        mean = masked.sum(dim=(0, 2, 3)) / count  # (C,)
-        # E[x^2] - E[x]^2 saves a full pass over x against centring first (the clamp absorbs rounding)
-        var = ((masked * x).sum(dim=(0, 2, 3)) / count - mean.square()).clamp(min=0)  # (C,)
-        self._track(mean.detach(), var.detach(), count)
-        scale = self.weight * torch.rsqrt(var + self.eps)  # (C,)
-        shift = self.bias - mean * scale
-        return torch.addcmul(shift[:, None, None], x, scale[:, None, None]).to(x_in.dtype)
-
-    def normalise_relu(self, x: torch.Tensor, frame_mask: torch.Tensor) -> torch.Tensor:
-        """relu(self(x, frame_mask)), zero on padded frames; x must be finite everywhere."""
-        if not self.training:
-            return torch.where(frame_mask, F.relu(super().forward(x)), 0.0)
-        weights = frame_mask.to(torch.float32)
-        y, mean, var = _MaskedBatchNormReLU.apply(x, weights, self.weight, self.bias, self.eps)
-        self._track(mean, var, weights.sum() * x.shape[3])
-        return y
-
-    def _track(self, mean: torch.Tensor, var: torch.Tensor, count: torch.Tensor) -> None:
-        track_running_stats(self, mean, var, count)
-
-
-@torch.no_grad()
-def track_running_stats(norm: nn.modules.batchnorm._BatchNorm, mean: torch.Tensor, var: torch.Tensor,
-                        count: torch.Tensor) -> None:
-    """Update norm's running statistics from batch statistics over `count` positions, as torch does."""
-    norm.num_batches_tracked += 1
-    momentum = norm.momentum if norm.momentum is not None else 1.0 / float(norm.num_batches_tracked)
-    norm.running_mean.lerp_(mean, momentum)
-    norm.running_var.lerp_(var * count / (count - 1).clamp(min=1), momentum)  # unbiased, as torch
-
-
-class ReferenceEncoder(nn.Module):
-    """Capacitron's reference encoder: mel (B, T, n_mels) + lengths (B,) -> summary (B, gru_dim)."""
-
-    min_frames = 1  # see the module docstring: the conv arithmetic keeps >= 1 frame for any L >= 1
-
-    def __init__(self, n_mels: int = 80, conv_channels: tuple[int, ...] = CAPACITRON_CHANNELS,
-                 gru_dim: int = 128) -> None:
-        super().__init__()
-        if n_mels < 1 or gru_dim < 1 or not conv_channels or min(conv_channels) < 1:
-            raise ConfigError(f"ReferenceEncoder needs n_mels, gru_dim and every conv_channels entry "
-                              f">= 1, got n_mels={n_mels}, gru_dim={gru_dim}, conv_channels={conv_channels}")
-        self.n_mels = n_mels
-        in_channels = (1, *conv_channels[:-1])
-        # bias=False: BatchNorm's shift makes a conv bias redundant
-        self.convs = nn.ModuleList(nn.Conv2d(c_in, c_out, 3, stride=2, padding=1, bias=False)
-                                   for c_in, c_out in zip(in_channels, conv_channels))
-        self.norms = nn.ModuleList(_MaskedBatchNorm2d(c) for c in conv_channels)
-        n_freq = n_mels
-        for _ in conv_channels:
-            n_freq = _conv_out_len(n_freq)
-        self.gru = nn.GRU(conv_channels[-1] * n_freq, gru_dim, batch_first=True)
-        self.out_dim = gru_dim
-
-    def forward(self, mel: torch.Tensor, mel_lengths: torch.Tensor) -> torch.Tensor:
-        return self.summarise(mel, _check_mel(mel, mel_lengths, self.n_mels))
-
-    def summarise(self, mel: torch.Tensor, mel_lengths: torch.Tensor) -> torch.Tensor:
-        """`forward` without input checks (traceable); lengths must be long on mel's device."""
-        frame_mask = rearrange(_frame_mask(mel_lengths, mel.shape[1]), "b t -> b 1 t 1")
-        x = torch.where(frame_mask, rearrange(mel, "b t f -> b 1 t f"), 0.0)  # (B, 1, T, n_mels)
-        lengths = _conv_out_len(mel_lengths)  # valid frames, updated after each conv
-        x = self._first_layer(x, lengths)  # (B, C, ceil(T/2), ceil(F/2))
-        for conv, norm in zip(self.convs[1:], self.norms[1:]):
-            x = conv(x)
-            lengths = _conv_out_len(lengths)
-            frame_mask = rearrange(_frame_mask(lengths, x.shape[2]), "b t -> b 1 t 1")
-            # zeroing after ReLU makes the next conv see exactly the zero padding a lone item sees
-            x = norm.normalise_relu(x, frame_mask)
-        states, _ = self.gru(rearrange(x, "b c t f -> b t (c f)"))  # (B, T', gru_dim)
-        # the GRU is causal, so the state at the true last frame has not seen any padding
-        return states[torch.arange(states.shape[0], device=states.device), lengths - 1]
-
-    def _first_layer(self, mel: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
-        """relu(BatchNorm(conv(mel))) zeroed beyond `lengths` (the output's valid frames), with the
-        BatchNorm folded into the conv: one pass over the largest activation of the stack instead of
-        about a dozen (forward and backward). mel (B, 1, T, F) is zero at padding.
-
-        The first conv has one input channel, so its output is w_c . p for the 3 x 3 input patch p
-        under each output position, and its batch statistics over the valid positions follow from
-        the patches' 9-d mean m and covariance S: mean_c = w_c . m, var_c = w_c S w_c. The patches
-        are few (9 values per output position), their moments cheap; autograd differentiates the
-        folded weight and shift with respect to w, gamma and beta as it would the BatchNorm."""
-        conv, norm = self.convs[0], self.norms[0]
-        patches = F.unfold(mel, conv.kernel_size, padding=conv.padding, stride=conv.stride)  # (B, 9, T' * F')
-        n_frames = _conv_out_len(mel.shape[2])
-        frame_mask = _frame_mask(lengths, n_frames)  # (B, T')
-        weight = conv.weight.flatten(1)  # (C, 9)
-        with torch.autocast(mel.device.type, enabled=False):  # statistics in the weights' precision
-            if norm.training:
-                weights = repeat(frame_mask, "b t -> b 1 (t f)", f=patches.shape[2] // n_frames).to(patches.dtype)
-                count = weights.sum()
-                patch_mean = (patches * weights).sum(dim=(0, 2)) / count  # (9,)
-                centred = (patches - patch_mean[:, None]) * weights  # (B, 9, N): centred, so var has no cancellation
-                patch_cov = torch.bmm(centred, centred.transpose(1, 2)).sum(dim=0) / count  # (9, 9)
-                mean = weight @ patch_mean  # (C,)
-                var = ((weight @ patch_cov) * weight).sum(dim=1)  # (C,)
-                norm._track(mean.detach(), var.detach(), count)
-            else:
-                mean, var = norm.running_mean, norm.running_var
-            scale = norm.weight * torch.rsqrt(var + norm.eps)  # (C,)
-            shift = norm.bias - mean * scale
-        folded = rearrange(weight * scale[:, None], "c (h w) -> c 1 h w", h=conv.kernel_size[0])
-        x = F.conv2d(mel, folded, shift, stride=conv.stride, padding=conv.padding)  # (B, C, T', F')
-        return F.relu(x) * rearrange(frame_mask, "b t -> b 1 t 1").to(x.dtype)
 
 
 class VariationalReferenceEncoder(nn.Module):
@@ -333,7 +112,7 @@ class VariationalReferenceEncoder(nn.Module):
         if speaker is not None:
             features.append(speaker)
         # the posterior and its KL stay float32 under autocast: KL in nats needs the precision
-        mean, std_raw = _at_least_float32(self.head(torch.cat(features, dim=1))).chunk(2, dim=1)
+        mean, std_raw = at_least_float32(self.head(torch.cat(features, dim=1))).chunk(2, dim=1)
         return mean, F.softplus(std_raw) + self.std_floor
 
     def sample_prior(self, n: int, temperature: float = 1.0,
@@ -363,9 +142,60 @@ class VariationalReferenceEncoder(nn.Module):
             raise ReferenceInputError(f"{name} is on {value.device} but mel is on {mel.device}")
 
 
-def _check_temperature(temperature: float) -> None:
-    if not isinstance(temperature, (int, float)) or not math.isfinite(temperature) or temperature < 0:
-        raise ReferenceInputError(f"temperature must be a finite number >= 0, got {temperature!r}")
+@dataclass
+class Posterior:
+    """A diagonal Gaussian q(z | reference) and one draw from it. B = batch, Z = latent_dim.
+
+    z: (B, Z) the draw (equals `mean` in mode "mean"). mean, std: (B, Z), std > 0.
+    kl: (B,) KL(q || N(0, I)) in nats, summed over latent dims. kl_per_dim: (B, Z), for free bits.
+    """
+
+    z: torch.Tensor
+    mean: torch.Tensor
+    std: torch.Tensor
+    kl: torch.Tensor
+    kl_per_dim: torch.Tensor
+
+
+class ReferenceEncoder(nn.Module):
+    """Capacitron's reference encoder: mel (B, T, n_mels) + lengths (B,) -> summary (B, gru_dim)."""
+
+    min_frames = 1  # see the module docstring: the conv arithmetic keeps >= 1 frame for any L >= 1
+
+    def __init__(self, n_mels: int = 80, conv_channels: tuple[int, ...] = CAPACITRON_CHANNELS,
+                 gru_dim: int = 128) -> None:
+        super().__init__()
+        if n_mels < 1 or gru_dim < 1 or not conv_channels or min(conv_channels) < 1:
+            raise ConfigError(f"ReferenceEncoder needs n_mels, gru_dim and every conv_channels entry "
+                              f">= 1, got n_mels={n_mels}, gru_dim={gru_dim}, conv_channels={conv_channels}")
+        self.n_mels = n_mels
+        in_channels = (1, *conv_channels[:-1])
+        # bias=False: BatchNorm's shift makes a conv bias redundant
+        self.convs = nn.ModuleList(nn.Conv2d(c_in, c_out, 3, stride=2, padding=1, bias=False)
+                                   for c_in, c_out in zip(in_channels, conv_channels))
+        self.norms = nn.ModuleList(MaskedBatchNorm2d(c) for c in conv_channels)
+        n_freq = n_mels
+        for _ in conv_channels:
+            n_freq = _conv_out_len(n_freq)
+        self.gru = nn.GRU(conv_channels[-1] * n_freq, gru_dim, batch_first=True)
+        self.out_dim = gru_dim
+
+    def forward(self, mel: torch.Tensor, mel_lengths: torch.Tensor) -> torch.Tensor:
+        return self.summarise(mel, _check_mel(mel, mel_lengths, self.n_mels))
+
+    def summarise(self, mel: torch.Tensor, mel_lengths: torch.Tensor) -> torch.Tensor:
+        """`forward` without input checks (traceable); lengths must be long on mel's device."""
+        frame_mask = rearrange(length_mask(mel_lengths, mel.shape[1]), "b t -> b 1 t 1")
+        x = torch.where(frame_mask, rearrange(mel, "b t f -> b 1 t f"), 0.0)  # (B, 1, T, n_mels)
+        lengths = mel_lengths
+        for conv, norm in zip(self.convs, self.norms):
+            lengths = _conv_out_len(lengths)  # valid frames of this layer's output
+            frame_mask = rearrange(length_mask(lengths, _conv_out_len(x.shape[2])), "b t -> b 1 t 1")
+            # zero at padding after each layer, so the next conv sees exactly the zero padding a lone item sees
+            x = conv_batchnorm_relu(conv, norm, x, frame_mask)  # (B, C, T / 2, F / 2), rounded up
+        states, _ = self.gru(rearrange(x, "b c t f -> b t (c f)"))  # (B, T', gru_dim)
+        # the GRU is causal, so the state at the true last frame has not seen any padding
+        return states[torch.arange(states.shape[0], device=states.device), lengths - 1]
 
 
 class MeanEncoder(nn.Module):
@@ -421,3 +251,43 @@ class ZConditioner(nn.Module):
 
     def forward(self, memory: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
         return condition_on_z(memory, self.project(z) if self.project is not None else z, self.mode)
+
+
+def _conv_out_len(length: torch.Tensor | int) -> torch.Tensor | int:
+    """Valid output length of a 3x3 stride-2 padding-1 conv: floor((L + 2 - 3) / 2) + 1."""
+    return (length - 1) // 2 + 1
+
+
+def _check_mel(mel: torch.Tensor, lengths: torch.Tensor, n_mels: int) -> torch.Tensor:
+    """Raise ReferenceInputError for an unusable (mel, lengths); return lengths as long on mel's device."""
+    if not isinstance(mel, torch.Tensor):
+        raise ReferenceInputError(f"mel must be a tensor, got {type(mel).__name__}")
+    if mel.dim() != 3 or mel.shape[2] != n_mels:
+        raise ReferenceInputError(f"mel must be (B, T, n_mels={n_mels}), got {tuple(mel.shape)}")
+    if not mel.is_floating_point():
+        raise ReferenceInputError(f"mel must be a floating tensor, got dtype {mel.dtype}")
+    batch, n_frames, _ = mel.shape
+    if batch == 0 or n_frames == 0:
+        raise ReferenceInputError(f"mel must hold at least one item and one frame, got {tuple(mel.shape)}")
+    if not isinstance(lengths, torch.Tensor):
+        raise ReferenceInputError(f"mel_lengths must be a tensor, got {type(lengths).__name__}")
+    if lengths.shape != (batch,) or lengths.is_floating_point() or lengths.is_complex():
+        raise ReferenceInputError(f"mel_lengths must be an integer tensor of shape ({batch},), "
+                                  f"got {tuple(lengths.shape)} {lengths.dtype}")
+    lengths = lengths.to(device=mel.device, dtype=torch.long)
+    out_of_range = (lengths < 1) | (lengths > n_frames)
+    if out_of_range.any():
+        item = int(out_of_range.nonzero()[0])
+        raise ReferenceInputError(
+            f"mel_lengths[{item}] = {int(lengths[item])} is outside [1, T={n_frames}]")
+    # Only valid frames must be finite: padding may hold anything, it is masked away.
+    bad_frames = ~torch.isfinite(mel).all(dim=2) & length_mask(lengths, n_frames)  # (B, T)
+    if bad_frames.any():
+        item, frame = (int(i) for i in bad_frames.nonzero()[0])
+        raise ReferenceInputError(f"mel[{item}] has a non-finite value at frame {frame}")
+    return lengths
+
+
+def _check_temperature(temperature: float) -> None:
+    if not isinstance(temperature, (int, float)) or not math.isfinite(temperature) or temperature < 0:
+        raise ReferenceInputError(f"temperature must be a finite number >= 0, got {temperature!r}")

@@ -10,7 +10,8 @@ import torch
 
 from prosody_vae.errors import ConfigError, ReferenceInputError
 from prosody_vae.reference import (MeanEncoder, Posterior, ReferenceEncoder, VariationalReferenceEncoder,
-                                   ZConditioner, _MaskedBatchNorm2d, condition_on_z)
+                                   ZConditioner, condition_on_z)
+from prosody_vae.speedups import fast_path
 
 N_MELS = 20
 SMALL = dict(n_mels=N_MELS, latent_dim=8, conv_channels=(4, 8, 8), gru_dim=16, mlp_dim=16)
@@ -37,6 +38,13 @@ def mels(lengths: list[int], n_mels: int = N_MELS, n_frames: int | None = None, 
     for i, length in enumerate(lengths):
         mel[i, :length] = torch.randn(length, n_mels, generator=g)
     return mel, torch.tensor(lengths)
+
+
+@pytest.fixture(params=[False, True], ids=["plain", "fast"])
+def either_path(request):
+    """The test runs twice: on plain PyTorch and on the speed-ups (prosody_vae/speedups.py)."""
+    with fast_path(request.param):
+        yield request.param
 
 
 @pytest.mark.parametrize("variant", VARIANTS)
@@ -73,7 +81,7 @@ def test_outputs_live_on_the_input_device_and_dtype(device, dtype):
 
 
 @pytest.mark.parametrize("garbage", ["large", "nan"])
-def test_padding_garbage_leaves_the_posterior_unchanged(garbage):
+def test_padding_garbage_leaves_the_posterior_unchanged(garbage, either_path):
     """Eval mode, Capacitron sizes: each item in a garbage-padded batch == the item alone."""
     torch.manual_seed(0)
     enc = VariationalReferenceEncoder(n_mels=80, latent_dim=16).eval()
@@ -89,7 +97,7 @@ def test_padding_garbage_leaves_the_posterior_unchanged(garbage):
         torch.testing.assert_close(batched.std[i:i + 1], alone.std, atol=1e-5, rtol=0)
 
 
-def test_training_batchnorm_statistics_ignore_padding():
+def test_training_batchnorm_statistics_ignore_padding(either_path):
     """Train mode: more garbage padding changes neither the posterior nor BatchNorm's running stats."""
     lengths = [23, 9, 2]
     short_pad, lengths_t = mels(lengths, n_frames=23)
@@ -104,73 +112,37 @@ def test_training_batchnorm_statistics_ignore_padding():
     assert not torch.allclose(running[0], torch.cat([torch.zeros(4), torch.ones(4)]))  # stats did update
 
 
-def test_masked_batchnorm_without_padding_equals_torch_batchnorm():
-    x = 3.0 + 2.0 * torch.randn(4, 5, 7, 3)
-    masked, reference = _MaskedBatchNorm2d(5), torch.nn.BatchNorm2d(5)
-    for _ in range(2):
-        torch.testing.assert_close(masked(x, torch.ones(4, 1, 7, 1, dtype=torch.bool)), reference(x))
-    torch.testing.assert_close(masked.running_mean, reference.running_mean)
-    torch.testing.assert_close(masked.running_var, reference.running_var)
-
-
-@pytest.mark.parametrize("memory_format", [torch.contiguous_format, torch.channels_last])
 @pytest.mark.parametrize("training", [True, False])
-def test_fused_batchnorm_relu_equals_the_plain_path(memory_format, training):
-    """`normalise_relu` (hand-written backward) == relu(BatchNorm) zeroed at padding via autograd:
-    outputs, gradients of input, weight and bias, and the running statistics."""
-    g = torch.Generator().manual_seed(0)
-    x = (3.0 + 2.0 * torch.randn(4, 5, 9, 3, generator=g, dtype=torch.float64)).contiguous(memory_format=memory_format)
-    frame_mask = (torch.arange(9) < torch.tensor([9, 4, 1, 7])[:, None])[:, None, :, None]  # (B, 1, T, 1)
-    grad_out = torch.randn(4, 5, 9, 3, generator=g, dtype=torch.float64)
-    plain, fused = _MaskedBatchNorm2d(5).double(), _MaskedBatchNorm2d(5).double()
-    with torch.no_grad():
-        plain.weight.uniform_(0.5, 2.0, generator=g)
-        plain.bias.uniform_(-1.0, 1.0, generator=g)
-    fused.load_state_dict(plain.state_dict())
-    results = []
-    for norm, forward in ((plain, lambda x: torch.where(frame_mask, torch.relu(plain(x, frame_mask)), 0.0)),
-                          (fused, lambda x: fused.normalise_relu(x, frame_mask))):
-        norm.train(training)
-        x_in = x.detach().clone().requires_grad_()
-        y = forward(x_in)
-        (y * grad_out).sum().backward()
-        results.append([y, x_in.grad, norm.weight.grad, norm.bias.grad, norm.running_mean, norm.running_var])
-    assert (results[1][0][~frame_mask.expand_as(x)] == 0).all()
-    assert results[0][1].abs().sum() > 0  # the comparison below is not between zeros
-    for plain_value, fused_value in zip(*results):
-        torch.testing.assert_close(fused_value, plain_value, rtol=1e-9, atol=1e-10)
-
-
-@pytest.mark.parametrize("training", [True, False])
-def test_first_layer_with_folded_batchnorm_equals_conv_then_batchnorm(training):
-    """The first layer's BatchNorm folded into its conv (statistics from patch moments) == conv,
-    masked BatchNorm, ReLU, zeroing, via autograd: outputs, gradients of the conv weight, gamma
-    and beta, and the running statistics, with padding in the batch."""
-    g = torch.Generator().manual_seed(0)
-    lengths = torch.tensor([11, 6, 1, 9])
-    mel = (3.0 + 2.0 * torch.randn(4, 1, 11, 7, generator=g, dtype=torch.float64))
-    mel = torch.where((torch.arange(11) < lengths[:, None])[:, None, :, None], mel, 0.0)
-    out_lengths = (lengths - 1) // 2 + 1
-    results = []
-    for folded in (False, True):
-        torch.manual_seed(1)
-        encoder = ReferenceEncoder(n_mels=7, conv_channels=(5, 6), gru_dim=4).double().train(training)
-        conv, norm = encoder.convs[0], encoder.norms[0]
-        with torch.no_grad():
-            norm.weight.uniform_(0.5, 2.0, generator=torch.Generator().manual_seed(2))
-            norm.bias.uniform_(-1.0, 1.0, generator=torch.Generator().manual_seed(3))
-            norm.running_mean.fill_(0.3)
-        if folded:
-            y = encoder._first_layer(mel, out_lengths)
-        else:
-            frame_mask = (torch.arange(6) < out_lengths[:, None])[:, None, :, None]
-            y = torch.where(frame_mask, torch.relu(norm(conv(mel), frame_mask)), 0.0)
-        grad_out = torch.randn(y.shape, generator=torch.Generator().manual_seed(4), dtype=torch.float64)
-        (y * grad_out).sum().backward()
-        results.append([y, conv.weight.grad, norm.weight.grad, norm.bias.grad, norm.running_mean, norm.running_var])
-    assert results[0][1].abs().sum() > 0 and (results[1][0][1, :, 3:] == 0).all()
-    for plain_value, folded_value in zip(*results):
-        torch.testing.assert_close(folded_value, plain_value, rtol=1e-9, atol=1e-10)
+def test_both_paths_compute_the_same_encoder(training):
+    """V+T+S with text dropout, float64, a padded batch: the plain and the fast path give the same
+    posterior, gradient of every parameter and buffers (BatchNorm's running statistics), and an
+    encoder built on either path has the same state_dict keys, so a checkpoint loads on both."""
+    mel, lengths = mels([23, 9, 2, 1, 17])
+    cond = {name: value.double() for name, value in conditions(5, 6, 5).items()}
+    results, state_keys = [], []
+    for fast in (False, True):
+        with fast_path(fast):
+            enc = small_encoder(text_summary_dim=6, speaker_dim=5, text_dropout=0.5).double().train(training)
+            g = torch.Generator().manual_seed(3)
+            with torch.no_grad():
+                for norm in enc.reference.norms:  # gamma and beta away from their initial 1 and 0
+                    norm.weight.uniform_(0.5, 2.0, generator=g)
+                    norm.bias.uniform_(-1.0, 1.0, generator=g)
+            first_conv_calls = []
+            enc.reference.convs[0].register_forward_hook(lambda *_: first_conv_calls.append(1))
+            torch.manual_seed(4)  # the text dropout draw
+            post = enc(mel.double(), lengths, **cond, generator=torch.Generator().manual_seed(5))
+            (post.z.square().sum() + post.kl.sum()).backward()
+        assert bool(first_conv_calls) != fast  # the fast path folds the first conv: the path really taken
+        state_keys.append(list(enc.state_dict()))
+        results.append({"z": post.z, "mean": post.mean, "std": post.std, "kl": post.kl, **dict(enc.named_buffers()),
+                        **{f"{name}.grad": p.grad for name, p in enc.named_parameters() if p.grad is not None}})
+    plain, fast = results
+    assert state_keys[0] == state_keys[1] and plain.keys() == fast.keys()
+    assert plain["reference.convs.0.weight.grad"].abs().sum() > 0
+    for name in plain:
+        torch.testing.assert_close(fast[name], plain[name], rtol=1e-9, atol=1e-10,
+                                   msg=lambda message: f"{name}: {message}")
 
 
 def test_kl_matches_monte_carlo_estimate():
@@ -238,7 +210,7 @@ def test_sample_prior_statistics_and_seeding(temperature):
     assert (enc.sample_prior(4, temperature=0.0) == 0).all()
 
 
-def test_short_references_down_to_one_frame_are_encoded():
+def test_short_references_down_to_one_frame_are_encoded(either_path):
     """Documented choice: no error and no padding needed; every length >= min_frames == 1 works."""
     assert ReferenceEncoder.min_frames == 1
     enc = VariationalReferenceEncoder(n_mels=N_MELS, latent_dim=8).eval()  # all 6 stride-2 convs
@@ -401,7 +373,7 @@ def test_z_conditioner(mode, out_dim):
         ZConditioner(4, 3, mode="film")
 
 
-def test_bf16_autocast_keeps_statistics_and_posterior_in_float32():
+def test_bf16_autocast_keeps_statistics_and_posterior_in_float32(either_path):
     encoder = VariationalReferenceEncoder(n_mels=80, latent_dim=8, text_summary_dim=4)
     encoder.train()
     mel = torch.randn(3, 40, 80)
