@@ -24,7 +24,7 @@ from prosody_vae.checkpoint import RunCheckpoints, load_checkpoint, save_checkpo
 from prosody_vae.data import MelCache
 from prosody_vae.errors import CheckpointError
 from prosody_vae.runlog import read_metrics
-from prosody_vae.train import build_data, train
+from prosody_vae.trainer import build_data, train
 from test_train import config_dict, make_config, records
 
 REPO = Path(__file__).resolve().parents[1]

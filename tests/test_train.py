@@ -1,4 +1,4 @@
-"""Behavioural tests of the trainer (prosody_vae/train.py), its config loader (config.py) and
+"""Behavioural tests of the trainer (prosody_vae/trainer.py), its config loader (config.py) and
 checkpoints (checkpoint.py), on a micro model and a tiny synthetic corpus."""
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from prosody_vae.errors import CheckpointError, ConfigError, DataError
 from prosody_vae.losses import TacotronLoss
 from prosody_vae.tacotron import ProsodyTacotron, TacotronConfig
 from prosody_vae.errors import TrainingError
-from prosody_vae.train import has_unused_parameters, lr_schedule, train
+from prosody_vae.trainer import has_unused_parameters, lr_schedule, train
 
 REPO = Path(__file__).resolve().parents[1]
 N_MELS = 20
@@ -126,6 +126,14 @@ def test_lr_schedule_warms_up_decays_and_floors():
     assert factor(10_000) == pytest.approx(0.1)  # min_lr / lr
     noam = lr_schedule(make_config("unused", optim={"warmup_steps": 100, "decay": "noam", "min_lr": 0.0}).optim)
     assert noam(99) == pytest.approx(1.0) and noam(399) == pytest.approx(0.5)
+
+
+def test_the_train_function_is_not_shadowed_by_its_module():
+    import prosody_vae
+    import prosody_vae.trainer
+
+    from prosody_vae import train as exported
+    assert exported is prosody_vae.trainer.train and prosody_vae.train is exported
 
 
 # ----------------------------------------------------------------------------------------- loop
@@ -295,7 +303,7 @@ DRIVER = """
 import json, os, sys
 import torch
 from prosody_vae.config import TrainConfig, config_from_dict
-from prosody_vae.train import train
+from prosody_vae.trainer import train
 
 config_path, data, out, dump = sys.argv[1:5]
 config = config_from_dict(TrainConfig, json.load(open(config_path)), config_path)
