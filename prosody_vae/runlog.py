@@ -4,6 +4,8 @@ metrics.jsonl holds one JSON object per line, {"step", "split": "train" | "val" 
 "warning", ...}, easy to read back in tests and reports; a "warning" line has "kind" and
 "message". A resumed run drops the lines (and TensorBoard events) written after its checkpoint,
 so the log never shows steps that the model no longer has.
+
+`KLInactivityWatch` decides when an unconstrained KL is worth a warning.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from pathlib import Path
 from typing import Optional
 
 import torch
+
 
 class RunLog:
     """metrics.jsonl and TensorBoard (rank 0 only). `resumed_at`: drop what came after that step."""
@@ -107,6 +110,39 @@ class MetricWindow:
         seconds = time.perf_counter() - self.started
         means = {name: total / self.good for name, total in self.sums.items()}
         return {**means, "steps_per_s": self.steps / seconds}
+
+
+class KLInactivityWatch:
+    """Notices, once per run, that the KL is unconstrained: beta exactly 0 for `limit` good steps
+    in a row (0: never). Then the KL term has exerted no force for that long and nothing bounds
+    the latent, which drifts towards a plain autoencoder code (the KL keeps growing as far as
+    reconstruction profits: "exploding"). With DualAscent beta rests at 0 only while KL < C, so
+    C has not been reached in that many steps: C is far too high for the model and data."""
+
+    def __init__(self, limit: int):
+        self.limit = limit
+        self.steps = 0  # good steps in a row with beta == 0
+        self.start_kl = 0.0  # the KL at the first of them
+        self.warned = False
+
+    def observe(self, beta: float, kl: float, capacity: Optional[float] = None) -> Optional[str]:
+        """After each good step (`capacity`: the controller's C, if it has one); returns the
+        warning the first time the stretch reaches `limit` steps, else None."""
+        if beta > 0 or not self.limit:
+            self.steps = 0
+            return None
+        if self.steps == 0:
+            self.start_kl = kl
+        self.steps += 1
+        if self.steps < self.limit or self.warned:
+            return None
+        self.warned = True
+        cause = (f"it is still below the capacity C = {capacity:g} nats that the controller waits for, so C is "
+                 "far too high for this model and data: set controller.capacity below the KL the run settles at"
+                 if capacity is not None and kl < capacity else "give the KL term a positive weight in [controller]")
+        return (f"the KL is unconstrained: beta has been 0 for the last {self.limit} steps, so the KL term had no "
+                f"effect and the KL went from {self.start_kl:.4g} to {kl:.4g} nats per utterance; "
+                f"{cause} (a free latent copies the reference and prior samples stop sounding like speech)")
 
 
 def read_metrics(path: str | os.PathLike) -> list[dict]:

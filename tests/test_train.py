@@ -3,9 +3,11 @@ checkpoints (checkpoint.py), on a micro model and a tiny synthetic corpus."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -16,15 +18,15 @@ import pytest
 import torch
 
 from conftest import write_tiny_corpus
-from prosody_vae.checkpoint import FORMAT_VERSION, load_checkpoint, load_model
+from prosody_vae.checkpoint import FORMAT_VERSION, checkpoint_config, load_checkpoint, load_model
 from prosody_vae.config import TrainConfig, config_from_dict, config_to_dict, load_config
-from prosody_vae.errors import CheckpointError, ConfigError, DataError
+from prosody_vae.errors import CheckpointError, ConfigError, DataError, TrainingError
 from prosody_vae.losses import TacotronLoss
 from prosody_vae.tacotron import ProsodyTacotron, TacotronConfig
-from prosody_vae.errors import TrainingError
 from prosody_vae.trainer import has_unused_parameters, lr_schedule, train
 
 REPO = Path(__file__).resolve().parents[1]
+LEGACY_CHECKPOINT = REPO / "tests" / "fixtures" / "legacy_checkpoint.pt"
 N_MELS = 20
 MICRO = dict(n_mels=N_MELS, embedding_dim=24, encoder_conv_channels=24, encoder_lstm_dim=24, prenet_dims=[24, 24],
              attention_rnn_dim=32, decoder_rnn_dim=32, attention_dim=16, location_filters=4, location_kernel_size=7,
@@ -209,6 +211,25 @@ def test_resume_continues_exactly(corpus, mel_cache, tmp_path):
     assert [r["step"] for r in records(tmp_path / "halves", "train")] == list(range(1, 9))
 
 
+def test_a_checkpoint_of_the_older_trainer_resumes(corpus, mel_cache, tmp_path):
+    """The fixture: 3 steps on this corpus by the trainer at 718b8cc (tests/fixtures/README.md)."""
+    legacy = load_checkpoint(LEGACY_CHECKPOINT)
+    run = tmp_path / "run"
+    (run / "checkpoints").mkdir(parents=True)
+    shutil.copy(LEGACY_CHECKPOINT, run / "checkpoints" / "step-00000003.pt")
+    config = checkpoint_config(legacy, LEGACY_CHECKPOINT)
+    config = dataclasses.replace(config, max_steps=5, data=dataclasses.replace(config.data, cache_dir=mel_cache))
+    result = train(config, corpus, run, resume=True)
+
+    assert result.resumed_from.name == "step-00000003.pt" and result.step == 5
+    assert result.controller.state_dict()["step"] == 5
+    state = load_checkpoint(result.checkpoint)
+    # 6 training utterances in batches of 3: from (epoch 1, 1 batch in), 2 steps end 1 batch into epoch 2
+    assert (legacy["epoch"], legacy["position"], state["epoch"], state["position"]) == (1, 1, 2, 1)
+    assert state["trainer"]["best_val_l1"] == min(legacy["trainer"]["best_val_l1"], result.metrics["postnet_l1"])
+    assert state["trainer"]["skipped_steps"] == 0
+
+
 def test_checkpoint_of_another_config_is_refused_before_loading(corpus, mel_cache, tmp_path):
     run = tmp_path / "run"
     train(make_config(mel_cache, max_steps=2), corpus, run)
@@ -372,3 +393,4 @@ def test_sigterm_saves_a_checkpoint_that_resumes(corpus, mel_cache, tmp_path):
     assert resumed.resumed_from.name == f"step-{stopped_at:08d}.pt" and resumed.step == stopped_at + 2
     saved = torch.load(tmp_path / "rank0.pt")
     assert saved["step"] == stopped_at
+
