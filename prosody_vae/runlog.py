@@ -1,10 +1,11 @@
-"""What a training run writes for people to read: metrics.jsonl, TensorBoard scalars and media.
+"""What a training run writes for people to read: metrics.jsonl, TensorBoard, progress on stderr.
 
 metrics.jsonl holds one JSON object per line, {"step", "split": "train" | "val" | "data" |
 "warning", ...}, easy to read back in tests and reports; a "warning" line has "kind" and
 "message". A resumed run drops the lines (and TensorBoard events) written after its checkpoint,
 so the log never shows steps that the model no longer has.
 
+Progress goes to stderr: a tqdm bar at a terminal, plain lines elsewhere (`ProgressDisplay`).
 `KLInactivityWatch` decides when an unconstrained KL is worth a warning.
 """
 
@@ -13,6 +14,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import sys
 import time
 import warnings
 from collections import defaultdict
@@ -20,6 +22,7 @@ from pathlib import Path
 from typing import Optional
 
 import torch
+from tqdm import tqdm
 
 
 class RunLog:
@@ -110,6 +113,51 @@ class MetricWindow:
         seconds = time.perf_counter() - self.started
         means = {name: total / self.good for name, total in self.sums.items()}
         return {**means, "steps_per_s": self.steps / seconds}
+
+
+class ProgressDisplay:
+    """Training progress on stderr. At a terminal, a tqdm bar. Elsewhere (nohup, CI, a scheduler's
+    log file) a bar draws nothing until it closes, so instead one plain line every `every_seconds`:
+
+        step 120/2000: postnet_l1 0.512, kl 3.21, beta 0.0123; 1.85 steps/s, ETA 16m56s
+
+    with the means over the good steps since the previous line. `enabled`: rank 0 only."""
+
+    def __init__(self, start: int, total: int, every_seconds: float, enabled: bool):
+        at_terminal = enabled and sys.stderr.isatty()
+        self.bar = tqdm(total=total, initial=start, unit="step", dynamic_ncols=True, disable=not at_terminal)
+        self.total = total
+        self.every_seconds = every_seconds if enabled and not at_terminal else 0.0
+        self.window, self.printed_at = MetricWindow(), time.monotonic()
+
+    def update(self, step: int, values: Optional[dict[str, float]], beta: float) -> None:
+        """After each step: `values` are the step's logged values (None: it was skipped)."""
+        self.bar.update()
+        if not self.every_seconds:
+            return
+        self.window.add(values)
+        if time.monotonic() - self.printed_at < self.every_seconds:
+            return
+        means = self.window.means()
+        rate = means["steps_per_s"]
+        losses = [f"{name} {means[name]:.3g}" for name in ("postnet_l1", "kl") if name in means]
+        print(f"step {step}/{self.total}: {', '.join(losses or ['no good step'])}, beta {beta:.3g}; "
+              f"{rate:.3g} steps/s, ETA {_duration((self.total - step) / rate)}", file=sys.stderr, flush=True)
+        self.window, self.printed_at = MetricWindow(), time.monotonic()
+
+    def show(self, values: dict[str, float]) -> None:
+        """The latest logged means, beside the bar."""
+        self.bar.set_postfix({k: f"{values[k]:.3g}" for k in ("postnet_l1", "kl", "beta", "align") if k in values})
+
+    def close(self) -> None:
+        self.bar.close()
+
+
+def _duration(seconds: float) -> str:
+    """1h02m, 16m56s or 42s."""
+    minutes, secs = divmod(round(seconds), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}h{minutes:02d}m" if hours else f"{minutes}m{secs:02d}s" if minutes else f"{secs}s"
 
 
 class KLInactivityWatch:

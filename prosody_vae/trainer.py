@@ -56,7 +56,7 @@ from .distributed import Cluster, StopSignals
 from .errors import CheckpointError, ConfigError, TrainingError
 from .losses import TacotronLoss, alignment_diagonal_score
 from .masked_norm import length_mask
-from .runlog import KLInactivityWatch, MetricWindow, RunLog
+from .runlog import KLInactivityWatch, MetricWindow, ProgressDisplay, RunLog
 from .tacotron import ProsodyTacotron, TacotronConfig, decoder_steps
 from .training_data import build_data
 from .training_state import Counters, check_resumable, restore_rank_rng, seed_all
@@ -198,8 +198,7 @@ class _Trainer:
         self.say(f"training on {self.cluster.world} x {self.device} (bf16 {'on' if self.bf16 else 'off'}): "
                  + ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in self.data.summary.items())
                  + (f"; resumed from {restored} at step {start}" if restored else ""))
-        bar = tqdm(total=c.max_steps, initial=start, unit="step", dynamic_ncols=True,
-                   disable=not (self.cluster.is_main and sys.stderr.isatty()))
+        progress = ProgressDisplay(start, c.max_steps, c.progress_every_seconds, enabled=self.cluster.is_main)
         window, stop = MetricWindow(), False
         try:
             while n.step < c.max_steps and not stop:
@@ -209,9 +208,9 @@ class _Trainer:
                     n.step += 1
                     n.position += 1
                     window.add(values)
-                    bar.update()
+                    progress.update(n.step, values, self.controller.beta)
                     if n.step % c.log_every == 0:
-                        self._log_train(window, bar)
+                        self._log_train(window, progress)
                         window = MetricWindow()
                     self._validate_and_save(force=False)
                     if stop or n.step >= c.max_steps:
@@ -221,7 +220,7 @@ class _Trainer:
             if n.step > start:
                 self._validate_and_save(force=True)
         finally:
-            bar.close()
+            progress.close()
             if self.log is not None:
                 self.log.close()
         if stop:
@@ -304,13 +303,13 @@ class _Trainer:
     def _speaker_ids(self, batch: Batch) -> Optional[torch.Tensor]:
         return batch.speaker_ids if self.config.model.n_speakers else None
 
-    def _log_train(self, window: MetricWindow, bar: tqdm) -> None:
+    def _log_train(self, window: MetricWindow, progress: ProgressDisplay) -> None:
         if not self.cluster.is_main:
             return
         values = {**window.means(), "lr": self.scheduler.get_last_lr()[0],
                   "skipped_steps": self.counters.skipped_steps, **self._controller_values()}
         self.log.scalars("train", self.counters.step, values)
-        bar.set_postfix({k: f"{values[k]:.3g}" for k in ("postnet_l1", "kl", "beta", "align") if k in values})
+        progress.show(values)
 
     def _controller_values(self) -> dict[str, float]:
         values = {"beta": self.controller.beta}

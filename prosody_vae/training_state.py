@@ -29,7 +29,7 @@ from .errors import CheckpointError
 # Anything else differing from the checkpoint's config is refused.
 RESUMABLE_CHANGES = frozenset({"max_steps", "log_every", "val_every", "checkpoint_every", "keep_last", "device",
                                "bf16", "threads", "max_consecutive_bad_steps", "kl_inactive_warning_steps",
-                               "data.num_workers", "data.cache_dir"})
+                               "progress_every_seconds", "data.num_workers", "data.cache_dir"})
 
 
 @dataclass

@@ -7,6 +7,7 @@ import dataclasses
 import json
 import math
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -263,6 +264,16 @@ def test_corrupt_last_checkpoint_falls_back_to_the_previous_one(corpus, mel_cach
         path.write_bytes(b"")
     with pytest.warns(RuntimeWarning), pytest.raises(CheckpointError, match="no checkpoint could be read"):
         train(make_config(mel_cache, max_steps=8), corpus, run, resume=True)
+
+
+def test_without_a_terminal_progress_is_a_plain_line_every_few_seconds(corpus, mel_cache, tmp_path, capsys):
+    train(make_config(mel_cache, max_steps=4, progress_every_seconds=1e-6), corpus, tmp_path / "run")
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.startswith("step ")]
+    number = r"-?[0-9.]+(?:e[+-][0-9]+)?"
+    pattern = rf"step ([0-9]+)/4: postnet_l1 {number}, kl {number}, beta {number}; {number} steps/s, ETA (\w+)"
+    matches = [re.fullmatch(pattern, line) for line in lines]
+    assert all(matches), lines
+    assert [int(m[1]) for m in matches] == [1, 2, 3, 4] and matches[-1][2] == "0s"
 
 
 def poison_loss(monkeypatch, bad_steps):
