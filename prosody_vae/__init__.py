@@ -22,6 +22,7 @@ _EXPORTS = {
     "ReferenceInputError": "errors",
     "CheckpointError": "errors",
     "CorpusError": "errors",
+    "RunLockedError": "errors",
     # audio
     "AudioConfig": "audio",
     "MelSpectrogram": "audio",
@@ -113,7 +114,7 @@ if TYPE_CHECKING:  # let type checkers and IDEs see the real names
     from .checkpoint import load_model
     from .config import TrainConfig, load_config
     from .errors import (AudioError, CheckpointError, ConfigError, CorpusError, DataError,
-                         ProsodyVAEError, ReferenceInputError, TextError, TrainingError)
+                         ProsodyVAEError, ReferenceInputError, RunLockedError, TextError, TrainingError)
     from .trainer import TrainResult, train
     from .reference import (MeanEncoder, Posterior, ReferenceEncoder, VariationalReferenceEncoder, ZConditioner,
                             condition_on_z)

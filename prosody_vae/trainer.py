@@ -28,7 +28,8 @@ Exact resume: N steps in one go and N/2 + resume + N/2 give the same parameters 
 says what a checkpoint holds for that).
 
 A run folder RUN holds checkpoints/ (see checkpoint.py), tensorboard/ and metrics.jsonl (see
-runlog.py). The data come from training_data.py.
+runlog.py), and RUN/.lock while a trainer runs in it: one run, one writer (run_lock.py). The data
+come from training_data.py.
 """
 
 from __future__ import annotations
@@ -56,6 +57,7 @@ from .distributed import Cluster, StopSignals
 from .errors import CheckpointError, ConfigError, TrainingError
 from .losses import TacotronLoss, alignment_diagonal_score
 from .masked_norm import length_mask
+from .run_lock import lock_on_rank_0
 from .runlog import KLInactivityWatch, MetricWindow, ProgressDisplay, RunLog
 from .tacotron import ProsodyTacotron, TacotronConfig, decoder_steps
 from .training_data import build_data
@@ -79,19 +81,20 @@ class TrainResult:
 def train(config: TrainConfig, data_dir: str | os.PathLike, out_dir: str | os.PathLike, resume: bool = False,
           max_steps: Optional[int] = None) -> TrainResult:
     """Train into `out_dir`. `resume` continues from its newest readable checkpoint (a fresh start
-    if it has none); without it, a folder that already holds a run is refused. `max_steps`
-    overrides config.max_steps (the run's total, not a number of extra steps)."""
+    if it has none); without it, a folder that already holds a run is refused. A folder another
+    trainer is running in is refused either way (RunLockedError). `max_steps` overrides
+    config.max_steps (the run's total, not a number of extra steps)."""
     if max_steps is not None:
         config = dataclasses.replace(config, max_steps=max_steps)
     data_dir, out_dir = Path(data_dir), Path(out_dir)
-    if not resume:
-        _refuse_existing_run(out_dir)  # on every rank before the process group forms: before any write
     threads = torch.get_num_threads()
     if config.threads:
         torch.set_num_threads(config.threads)
     cluster = Cluster.start(config)
     try:
-        with StopSignals() as signals:
+        with lock_on_rank_0(out_dir, cluster), StopSignals() as signals:
+            if not resume:
+                _refuse_existing_run(out_dir)
             return _Trainer(config, data_dir, out_dir, cluster, signals).run(resume)
     finally:
         cluster.close()

@@ -10,6 +10,7 @@ import os
 import re
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -21,8 +22,9 @@ import torch
 from conftest import write_tiny_corpus
 from prosody_vae.checkpoint import FORMAT_VERSION, checkpoint_config, load_checkpoint, load_model
 from prosody_vae.config import TrainConfig, config_from_dict, config_to_dict, load_config
-from prosody_vae.errors import CheckpointError, ConfigError, DataError, TrainingError
+from prosody_vae.errors import CheckpointError, ConfigError, DataError, RunLockedError, TrainingError
 from prosody_vae.losses import TacotronLoss
+from prosody_vae.run_lock import RunLock
 from prosody_vae.tacotron import ProsodyTacotron, TacotronConfig
 from prosody_vae.trainer import has_unused_parameters, lr_schedule, train
 
@@ -194,6 +196,24 @@ def test_a_run_is_never_overwritten(corpus, mel_cache, tmp_path):
     train(make_config(mel_cache, max_steps=1), corpus, run)
     with pytest.raises(ConfigError, match="already holds a training run"):
         train(make_config(mel_cache, max_steps=2), corpus, run)
+
+
+def held_by(pid: int) -> str:
+    """The refusal's account of a trainer holding the run folder."""
+    return rf"is in use by another trainer \(pid {pid} on host {re.escape(socket.gethostname())}\)"
+
+
+def test_a_run_folder_another_trainer_holds_is_refused_before_anything_is_written(corpus, mel_cache, tmp_path):
+    run = tmp_path / "run"
+    with RunLock.acquire(run):
+        record = (run / ".lock").read_text()
+        for resume in (False, True):
+            with pytest.raises(RunLockedError, match=held_by(os.getpid())):
+                train(make_config(mel_cache, max_steps=1), corpus, run, resume=resume)
+        assert [p.name for p in run.iterdir()] == [".lock"] and (run / ".lock").read_text() == record
+    assert not run.exists(), "a lock that nothing else used leaves no folder behind"
+    assert train(make_config(mel_cache, max_steps=1), corpus, run).step == 1
+    assert not (run / ".lock").exists(), "a finished run releases its folder"
 
 
 def test_resume_continues_exactly(corpus, mel_cache, tmp_path):
@@ -405,3 +425,41 @@ def test_sigterm_saves_a_checkpoint_that_resumes(corpus, mel_cache, tmp_path):
     saved = torch.load(tmp_path / "rank0.pt")
     assert saved["step"] == stopped_at
 
+
+@pytest.mark.slow
+def test_one_trainer_per_run_folder_and_kill_9_leaves_no_stale_lock(corpus, mel_cache, tmp_path):
+    config = config_dict(mel_cache, max_steps=100_000, checkpoint_every=2)
+    driver, config_path = write_driver(tmp_path, config)
+    run = tmp_path / "run"
+    process = subprocess.Popen([sys.executable, str(driver), str(config_path), str(corpus), str(run), str(tmp_path)],
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 60
+        log = run / "metrics.jsonl"
+        while not (log.exists() and '"step": 3, "split": "train"' in log.read_text()):  # a checkpoint is written
+            assert time.monotonic() < deadline and process.poll() is None, "the first trainer did not get going"
+            time.sleep(0.1)
+        with pytest.raises(RunLockedError, match=held_by(process.pid)):
+            train(make_config(mel_cache, max_steps=100_000, checkpoint_every=2), corpus, run, resume=True)
+    finally:
+        process.kill()  # SIGKILL: no handler runs, the lock file stays where it is
+        process.wait()
+    assert (run / ".lock").exists()
+    newest = max(int(path.stem.removeprefix("step-")) for path in (run / "checkpoints").glob("step-*.pt"))
+    resumed = train(make_config(mel_cache, max_steps=newest + 1, checkpoint_every=2), corpus, run, resume=True)
+    assert resumed.resumed_from.name == f"step-{newest:08d}.pt" and resumed.step == newest + 1
+
+
+@pytest.mark.slow
+def test_under_torchrun_a_held_run_folder_stops_every_rank_before_any_write(corpus, mel_cache, tmp_path):
+    driver, config_path = write_driver(tmp_path, config_dict(mel_cache, max_steps=2))
+    run = tmp_path / "run"
+    with RunLock.acquire(run):
+        done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--standalone",
+                               str(driver), str(config_path), str(corpus), str(run), str(tmp_path)],
+                              capture_output=True, text=True, timeout=120, env={**os.environ, "OMP_NUM_THREADS": "1"})
+        assert done.returncode != 0
+        for rank in (0, 1):  # rank 1 stops on rank 0's refusal, instead of waiting for it
+            refusal = rf"\[rank{rank}\]: prosody_vae.errors.RunLockedError: {re.escape(str(run))} {held_by(os.getpid())}"
+            assert re.search(refusal, done.stderr), done.stderr[-3000:]
+        assert [p.name for p in run.iterdir()] == [".lock"]
