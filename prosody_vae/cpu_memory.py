@@ -10,7 +10,8 @@ and stops the trimming, so freed blocks are reused. Peak RSS is unchanged (it is
 peak either way); the process simply does not shrink between steps.
 
 This is what PyTorch's CPU performance guide gets by preloading jemalloc or tcmalloc, done
-in-process so it needs no LD_PRELOAD. The trainer calls it when it trains on the CPU.
+in-process so it needs no LD_PRELOAD. The trainer calls it when it trains on the CPU with the
+speed-ups on (speedups.py).
 """
 
 from __future__ import annotations

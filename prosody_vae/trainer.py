@@ -59,6 +59,7 @@ from .losses import TacotronLoss, alignment_diagonal_score
 from .masked_norm import length_mask
 from .run_lock import lock_on_rank_0
 from .runlog import KLInactivityWatch, MetricWindow, ProgressDisplay, RunLog
+from .speedups import fast_path_enabled
 from .tacotron import ProsodyTacotron, TacotronConfig, decoder_steps
 from .training_data import build_data
 from .training_state import Counters, check_resumable, restore_rank_rng, seed_all
@@ -159,7 +160,7 @@ class _Trainer:
         seed_all(config.seed)  # identical initial weights on every rank
         self.model = ProsodyTacotron(config.model).to(self.device)
         self.controller = build_controller(config.controller)
-        if self.device.type == "cpu":
+        if self.device.type == "cpu" and fast_path_enabled():
             keep_freed_memory()  # see cpu_memory.py: a tenth of a CPU step went to page faults
         o = config.optim
         # Adam's fused kernel makes one pass over each tensor instead of a dozen (on CPU: 54 -> 15 ms
