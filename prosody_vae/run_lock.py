@@ -32,6 +32,20 @@ except ImportError:  # Windows
     fcntl = None
 
 LOCK_NAME = ".lock"
+# the lock descriptors this process holds. A forked child (a DataLoader worker) shares the parent's
+# flock until it closes its copy, and would keep the folder locked for the seconds it takes to
+# notice that a killed parent is gone: so each child closes its copies at once.
+_held_fds: set[int] = set()
+
+
+def _close_in_child() -> None:
+    for fd in _held_fds:
+        os.close(fd)
+    _held_fds.clear()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_close_in_child)
 
 
 class RunLock:
@@ -46,9 +60,9 @@ class RunLock:
         """Take the lock, creating the folder if need be; RunLockedError, naming the holder, if
         another process (or another RunLock in this one) holds it. A refused call writes nothing."""
         run_dir = Path(run_dir)
-        created_dir = not run_dir.exists()
         if fcntl is None:
             return cls(run_dir, None, created_dir=False)
+        created_dir = not run_dir.exists()
         run_dir.mkdir(parents=True, exist_ok=True)
         path = run_dir / LOCK_NAME
         while True:
@@ -67,14 +81,16 @@ class RunLock:
             os.close(fd)
         os.ftruncate(fd, 0)
         os.write(fd, json.dumps({"pid": os.getpid(), "host": socket.gethostname()}).encode() + b"\n")
+        _held_fds.add(fd)
         return cls(run_dir, fd, created_dir)
 
     def release(self) -> None:
         """Give the lock up. A folder the lock created and nothing else wrote to (a start that
         failed on its data) is removed with it."""
-        if self._fd is None:
+        if self._fd not in _held_fds:  # released already, or this is a forked child
             return
         self.path.unlink(missing_ok=True)  # while still held, so no other trainer has taken it
+        _held_fds.discard(self._fd)
         os.close(self._fd)
         self._fd = None
         if self._created_dir:

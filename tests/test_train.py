@@ -428,8 +428,10 @@ def test_sigterm_saves_a_checkpoint_that_resumes(corpus, mel_cache, tmp_path):
 
 @pytest.mark.slow
 def test_one_trainer_per_run_folder_and_kill_9_leaves_no_stale_lock(corpus, mel_cache, tmp_path):
-    config = config_dict(mel_cache, max_steps=100_000, checkpoint_every=2)
-    driver, config_path = write_driver(tmp_path, config)
+    # a DataLoader worker outlives its killed parent by a few seconds: it must not hold the lock
+    data = {"n_val": 2, "batch_size": 3, "cache_dir": mel_cache, "num_workers": 1}
+    driver, config_path = write_driver(tmp_path, config_dict(mel_cache, max_steps=100_000, checkpoint_every=2,
+                                                             data=data))
     run = tmp_path / "run"
     process = subprocess.Popen([sys.executable, str(driver), str(config_path), str(corpus), str(run), str(tmp_path)],
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
