@@ -134,10 +134,9 @@ def test_lr_schedule_warms_up_decays_and_floors():
 
 
 def test_the_train_function_is_not_shadowed_by_its_module():
-    import prosody_vae
     import prosody_vae.trainer
-
     from prosody_vae import train as exported
+
     assert exported is prosody_vae.trainer.train and prosody_vae.train is exported
 
 
@@ -461,7 +460,7 @@ def test_under_torchrun_a_held_run_folder_stops_every_rank_before_any_write(corp
                                str(driver), str(config_path), str(corpus), str(run), str(tmp_path)],
                               capture_output=True, text=True, timeout=120, env={**os.environ, "OMP_NUM_THREADS": "1"})
         assert done.returncode != 0
+        refusal = rf"prosody_vae.errors.RunLockedError: {re.escape(str(run))} {held_by(os.getpid())}"
         for rank in (0, 1):  # rank 1 stops on rank 0's refusal, instead of waiting for it
-            refusal = rf"\[rank{rank}\]: prosody_vae.errors.RunLockedError: {re.escape(str(run))} {held_by(os.getpid())}"
-            assert re.search(refusal, done.stderr), done.stderr[-3000:]
+            assert re.search(rf"\[rank{rank}\]: {refusal}", done.stderr), done.stderr[-3000:]
         assert [p.name for p in run.iterdir()] == [".lock"]
