@@ -1,10 +1,10 @@
 """CPU speed and memory of ProsodyTacotron: one training step and free-running decoder steps.
 
-The issue-6 reference configuration: the `tacotron2` preset (r = 2, 128-d latent) with Dynamic
+The reference configuration: the `tacotron2` preset (r = 2, 128-d latent) with Dynamic
 Convolution Attention and the "V+T" posterior, batch 16, 60 characters, 400 frames, 80 mels:
 
     python benchmarks/bench_train.py                  # one JSON object
-    python benchmarks/bench_train.py --attention location --posterior V   # the issue-4 figures
+    python benchmarks/bench_train.py --attention location --posterior V   # location attention, "V" posterior
     python benchmarks/bench_train.py --preset tiny --runs 9
 
 - train: seconds per step (forward, loss with DualAscent, backward, clipping, fused Adam) and mel

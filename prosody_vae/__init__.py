@@ -22,6 +22,7 @@ _EXPORTS = {
     "ReferenceInputError": "errors",
     "CheckpointError": "errors",
     "CorpusError": "errors",
+    "RunLockedError": "errors",
     # audio
     "AudioConfig": "audio",
     "MelSpectrogram": "audio",
@@ -69,8 +70,8 @@ _EXPORTS = {
     # training
     "TrainConfig": "config",
     "load_config": "config",
-    "train": "train",
-    "TrainResult": "train",
+    "train": "trainer",
+    "TrainResult": "trainer",
     "keep_freed_memory": "cpu_memory",
     "load_model": "checkpoint",
     # inference and evaluation
@@ -113,8 +114,8 @@ if TYPE_CHECKING:  # let type checkers and IDEs see the real names
     from .checkpoint import load_model
     from .config import TrainConfig, load_config
     from .errors import (AudioError, CheckpointError, ConfigError, CorpusError, DataError,
-                         ProsodyVAEError, ReferenceInputError, TextError, TrainingError)
-    from .train import TrainResult, train
+                         ProsodyVAEError, ReferenceInputError, RunLockedError, TextError, TrainingError)
+    from .trainer import TrainResult, train
     from .reference import (MeanEncoder, Posterior, ReferenceEncoder, VariationalReferenceEncoder, ZConditioner,
                             condition_on_z)
     from .cpu_memory import keep_freed_memory

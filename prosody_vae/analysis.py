@@ -275,7 +275,7 @@ def analyze_runs(runs: Sequence[str | os.PathLike], out_dir: str | os.PathLike,
     entropy-sum diagnostic on the validation split. Writes analysis.md, analysis.json and
     rate_distortion.png into out_dir and returns the markdown."""
     from .checkpoint import load_model
-    from .train import build_data
+    from .training_data import build_data
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)

@@ -2,7 +2,7 @@
 
 A checkpoint is one `torch.save` file of plain containers and tensors, read back with
 `weights_only=True` (so opening a checkpoint never runs code from it). What the trainer puts in
-it is listed in train.py; this module only requires `format_version` and `config`.
+it is listed in trainer.py; this module only requires `format_version` and `config`.
 
 Writes are atomic: a temporary file in the same folder, flushed and fsynced, then `os.replace`d
 over the target, so a crash or a full disk leaves the old file or the new one, never half of one.

@@ -40,7 +40,7 @@ def cmd_make_corpus(args: argparse.Namespace) -> None:
 
 def cmd_train(args: argparse.Namespace) -> None:
     from .config import load_config
-    from .train import train
+    from .trainer import train
 
     result = train(load_config(args.config), args.data, args.out, resume=args.resume, max_steps=args.max_steps)
     if result.checkpoint is not None:  # rank 0 reports; other ranks of a torchrun job stay quiet

@@ -111,12 +111,15 @@ class TrainConfig:
     # warn once when the controller's beta has been 0 this many good steps in a row: the KL term
     # has had no effect, so the KL is unconstrained (with DualAscent: C is far too high). 0: never.
     kl_inactive_warning_steps: int = 1000
+    # when stderr is not a terminal (nohup, CI, a scheduler's log), where no progress bar is drawn:
+    # a plain progress line this often. 0: never.
+    progress_every_seconds: float = 30.0
 
     def __post_init__(self) -> None:
         for name in ("max_steps", "log_every", "val_every", "checkpoint_every", "keep_last",
                      "max_consecutive_bad_steps"):
             _check(getattr(self, name) >= 1, f"{name} must be >= 1, got {getattr(self, name)}")
-        for name in ("threads", "kl_inactive_warning_steps"):
+        for name in ("threads", "kl_inactive_warning_steps", "progress_every_seconds"):
             _check(getattr(self, name) >= 0, f"{name} must be >= 0, got {getattr(self, name)}")
         _check(self.model.n_mels == self.audio.n_mels,
                f"model.n_mels ({self.model.n_mels}) must equal audio.n_mels ({self.audio.n_mels})")

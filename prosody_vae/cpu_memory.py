@@ -3,14 +3,15 @@
 A training step frees and re-allocates the same few hundred large activation buffers every step.
 glibc serves each block above its mmap threshold (dynamic, at most 32 MiB) with a fresh mmap and
 returns it to the kernel on free, and trims the heap top whenever 128 KiB+ is free there. So every
-step pays again for page faults and zero-filling of memory it had a moment ago: at the issue-6
-benchmark size (tacotron2, batch 16) a fifth of the reference encoder's time and a tenth of the
+step pays again for page faults and zero-filling of memory it had a moment ago: at the
+benchmarks' size (tacotron2, batch 16) a fifth of the reference encoder's time and a tenth of the
 training step's, on a 2-core Zen 4. `keep_freed_memory` raises the mmap threshold to its maximum
 and stops the trimming, so freed blocks are reused. Peak RSS is unchanged (it is the step's
 peak either way); the process simply does not shrink between steps.
 
 This is what PyTorch's CPU performance guide gets by preloading jemalloc or tcmalloc, done
-in-process so it needs no LD_PRELOAD. The trainer calls it when it trains on the CPU.
+in-process so it needs no LD_PRELOAD. The trainer calls it when it trains on the CPU with the
+speed-ups on (speedups.py).
 """
 
 from __future__ import annotations

@@ -45,7 +45,7 @@ def run_demo(out_dir: str | Path, n_utterances: int = 1000, max_steps: int | Non
     from .config import load_config
     from .infer import Synthesizer
     from .corpus import CorpusConfig, make_corpus
-    from .train import train
+    from .trainer import train
 
     started = time.perf_counter()
     out_dir = Path(out_dir)

@@ -43,3 +43,7 @@ class CorpusError(ProsodyVAEError, RuntimeError):
 
 class TrainingError(ProsodyVAEError, RuntimeError):
     """Training cannot go on (for instance, too many non-finite steps in a row)."""
+
+
+class RunLockedError(ProsodyVAEError, RuntimeError):
+    """Another trainer is writing into the same run folder (the message names its pid and host)."""

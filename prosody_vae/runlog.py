@@ -1,9 +1,12 @@
-"""What a training run writes for people to read: metrics.jsonl, TensorBoard scalars and media.
+"""What a training run writes for people to read: metrics.jsonl, TensorBoard, progress on stderr.
 
 metrics.jsonl holds one JSON object per line, {"step", "split": "train" | "val" | "data" |
 "warning", ...}, easy to read back in tests and reports; a "warning" line has "kind" and
 "message". A resumed run drops the lines (and TensorBoard events) written after its checkpoint,
 so the log never shows steps that the model no longer has.
+
+Progress goes to stderr: a tqdm bar at a terminal, plain lines elsewhere (`ProgressDisplay`).
+`KLInactivityWatch` decides when an unconstrained KL is worth a warning.
 """
 
 from __future__ import annotations
@@ -11,6 +14,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import sys
 import time
 import warnings
 from collections import defaultdict
@@ -18,6 +22,8 @@ from pathlib import Path
 from typing import Optional
 
 import torch
+from tqdm import tqdm
+
 
 class RunLog:
     """metrics.jsonl and TensorBoard (rank 0 only). `resumed_at`: drop what came after that step."""
@@ -107,6 +113,84 @@ class MetricWindow:
         seconds = time.perf_counter() - self.started
         means = {name: total / self.good for name, total in self.sums.items()}
         return {**means, "steps_per_s": self.steps / seconds}
+
+
+class ProgressDisplay:
+    """Training progress on stderr. At a terminal, a tqdm bar. Elsewhere (nohup, CI, a scheduler's
+    log file) a bar draws nothing until it closes, so instead one plain line every `every_seconds`:
+
+        step 120/2000: postnet_l1 0.512, kl 3.21, beta 0.0123; 1.85 steps/s, ETA 16m56s
+
+    with the means over the good steps since the previous line. `enabled`: rank 0 only."""
+
+    def __init__(self, start: int, total: int, every_seconds: float, enabled: bool):
+        at_terminal = enabled and sys.stderr.isatty()
+        self.bar = tqdm(total=total, initial=start, unit="step", dynamic_ncols=True, disable=not at_terminal)
+        self.total = total
+        self.every_seconds = every_seconds if enabled and not at_terminal else 0.0
+        self.window, self.printed_at = MetricWindow(), time.monotonic()
+
+    def update(self, step: int, values: Optional[dict[str, float]], beta: float) -> None:
+        """After each step: `values` are the step's logged values (None: it was skipped)."""
+        self.bar.update()
+        if not self.every_seconds:
+            return
+        self.window.add(values)
+        if time.monotonic() - self.printed_at < self.every_seconds:
+            return
+        means = self.window.means()
+        rate = means["steps_per_s"]
+        losses = [f"{name} {means[name]:.3g}" for name in ("postnet_l1", "kl") if name in means]
+        print(f"step {step}/{self.total}: {', '.join(losses or ['no good step'])}, beta {beta:.3g}; "
+              f"{rate:.3g} steps/s, ETA {_duration((self.total - step) / rate)}", file=sys.stderr, flush=True)
+        self.window, self.printed_at = MetricWindow(), time.monotonic()
+
+    def show(self, values: dict[str, float]) -> None:
+        """The latest logged means, beside the bar."""
+        self.bar.set_postfix({k: f"{values[k]:.3g}" for k in ("postnet_l1", "kl", "beta", "align") if k in values})
+
+    def close(self) -> None:
+        self.bar.close()
+
+
+def _duration(seconds: float) -> str:
+    """1h02m, 16m56s or 42s."""
+    minutes, secs = divmod(round(seconds), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}h{minutes:02d}m" if hours else f"{minutes}m{secs:02d}s" if minutes else f"{secs}s"
+
+
+class KLInactivityWatch:
+    """Notices, once per run, that the KL is unconstrained: beta exactly 0 for `limit` good steps
+    in a row (0: never). Then the KL term has exerted no force for that long and nothing bounds
+    the latent, which drifts towards a plain autoencoder code (the KL keeps growing as far as
+    reconstruction profits: "exploding"). With DualAscent beta rests at 0 only while KL < C, so
+    C has not been reached in that many steps: C is far too high for the model and data."""
+
+    def __init__(self, limit: int):
+        self.limit = limit
+        self.steps = 0  # good steps in a row with beta == 0
+        self.start_kl = 0.0  # the KL at the first of them
+        self.warned = False
+
+    def observe(self, beta: float, kl: float, capacity: Optional[float] = None) -> Optional[str]:
+        """After each good step (`capacity`: the controller's C, if it has one); returns the
+        warning the first time the stretch reaches `limit` steps, else None."""
+        if beta > 0 or not self.limit:
+            self.steps = 0
+            return None
+        if self.steps == 0:
+            self.start_kl = kl
+        self.steps += 1
+        if self.steps < self.limit or self.warned:
+            return None
+        self.warned = True
+        cause = (f"it is still below the capacity C = {capacity:g} nats that the controller waits for, so C is "
+                 "far too high for this model and data: set controller.capacity below the KL the run settles at"
+                 if capacity is not None and kl < capacity else "give the KL term a positive weight in [controller]")
+        return (f"the KL is unconstrained: beta has been 0 for the last {self.limit} steps, so the KL term had no "
+                f"effect and the KL went from {self.start_kl:.4g} to {kl:.4g} nats per utterance; "
+                f"{cause} (a free latent copies the reference and prior samples stop sounding like speech)")
 
 
 def read_metrics(path: str | os.PathLike) -> list[dict]:

@@ -1,6 +1,6 @@
 """keep_freed_memory (prosody_vae/cpu_memory.py): a training step stops page-faulting its activations.
 
-Each case runs in a fresh interpreter, since malloc settings are process-wide and cannot be undone.
+Each measurement runs in a fresh interpreter, since malloc settings are process-wide and cannot be undone.
 """
 
 from __future__ import annotations
@@ -10,6 +10,11 @@ import subprocess
 import sys
 
 import pytest
+
+import prosody_vae.trainer
+from conftest import write_tiny_corpus
+from prosody_vae.speedups import fast_path
+from test_train import make_config
 
 STEP_FAULTS = """
 import resource, sys, torch
@@ -45,3 +50,14 @@ def test_freed_activation_memory_is_reused_instead_of_faulted_in_again():
     # a reference-encoder step at batch 8 frees and re-allocates ~30 MB of activations: ~12,000
     # page faults a step by default, 100-800 (the interpreter's own, thread stacks) when kept
     assert default > 1000 and kept < 0.2 * default
+
+
+@pytest.mark.parametrize("fast", [True, False])
+def test_the_trainer_tunes_malloc_on_the_cpu_only_on_the_fast_path(fast, tmp_path, monkeypatch):
+    calls = []
+    monkeypatch.setattr(prosody_vae.trainer, "keep_freed_memory", lambda: calls.append("tuned") or True)
+    corpus = write_tiny_corpus(tmp_path / "corpus", n=8)
+    config = make_config(str(tmp_path / "mels"), max_steps=1, device="cpu")
+    with fast_path(fast):
+        prosody_vae.trainer.train(config, corpus, tmp_path / "run")
+    assert calls == (["tuned"] if fast else [])

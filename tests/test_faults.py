@@ -23,8 +23,9 @@ from conftest import write_tiny_corpus
 from prosody_vae.checkpoint import RunCheckpoints, load_checkpoint, save_checkpoint
 from prosody_vae.data import MelCache
 from prosody_vae.errors import CheckpointError
-from prosody_vae.runlog import read_metrics
-from prosody_vae.train import build_data, train
+from prosody_vae.runlog import KLInactivityWatch, read_metrics
+from prosody_vae.trainer import train
+from prosody_vae.training_data import build_data
 from test_train import config_dict, make_config, records
 
 REPO = Path(__file__).resolve().parents[1]
@@ -215,6 +216,23 @@ def test_a_nan_in_a_batch_is_skipped_and_counted_and_beta_stays_put(corpus, tmp_
 
 
 # -------------------------------------------------------------------------- unconstrained KL
+def test_the_kl_inactivity_watch_warns_once_after_limit_steps_of_zero_beta():
+    watch = KLInactivityWatch(limit=3)
+    assert [watch.observe(0.0, kl, capacity=50.0) for kl in (1.0, 2.0)] == [None, None]
+    assert watch.observe(0.4, 2.5, capacity=50.0) is None  # a positive beta starts the count again
+    assert [watch.observe(0.0, kl, capacity=50.0) for kl in (3.0, 4.0)] == [None, None]
+    message = watch.observe(0.0, 6.0, capacity=50.0)
+    assert "beta has been 0 for the last 3 steps" in message and "the KL went from 3 to 6 nats" in message
+    assert "below the capacity C = 50 nats" in message and watch.start_kl == 3.0
+    assert [watch.observe(0.0, 7.0, capacity=50.0) for _ in range(4)] == [None] * 4, "once per run"
+
+    above_capacity = KLInactivityWatch(limit=1).observe(0.0, 60.0, capacity=50.0)
+    assert "give the KL term a positive weight" in above_capacity and "C =" not in above_capacity
+    assert "give the KL term a positive weight" in KLInactivityWatch(limit=1).observe(0.0, 1.0)
+    never = KLInactivityWatch(limit=0)
+    assert all(never.observe(0.0, 1.0) is None for _ in range(10))
+
+
 def kl_warning_run(corpus: Path, run: Path, capacity: float, capsys) -> tuple[list[dict], str]:
     config = make_config(str(run.parent / "mels"), max_steps=60, kl_inactive_warning_steps=40,
                          controller={"kind": "dual_ascent", "capacity": capacity, "beta_init": 0.0, "lr": 1e-2})

@@ -1,12 +1,16 @@
-"""Behavioural tests of the trainer (prosody_vae/train.py), its config loader (config.py) and
+"""Behavioural tests of the trainer (prosody_vae/trainer.py), its config loader (config.py) and
 checkpoints (checkpoint.py), on a micro model and a tiny synthetic corpus."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
+import re
+import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -16,15 +20,16 @@ import pytest
 import torch
 
 from conftest import write_tiny_corpus
-from prosody_vae.checkpoint import FORMAT_VERSION, load_checkpoint, load_model
+from prosody_vae.checkpoint import FORMAT_VERSION, checkpoint_config, load_checkpoint, load_model
 from prosody_vae.config import TrainConfig, config_from_dict, config_to_dict, load_config
-from prosody_vae.errors import CheckpointError, ConfigError, DataError
+from prosody_vae.errors import CheckpointError, ConfigError, DataError, RunLockedError, TrainingError
 from prosody_vae.losses import TacotronLoss
+from prosody_vae.run_lock import RunLock
 from prosody_vae.tacotron import ProsodyTacotron, TacotronConfig
-from prosody_vae.errors import TrainingError
-from prosody_vae.train import has_unused_parameters, lr_schedule, train
+from prosody_vae.trainer import has_unused_parameters, lr_schedule, train
 
 REPO = Path(__file__).resolve().parents[1]
+LEGACY_CHECKPOINT = REPO / "tests" / "fixtures" / "legacy_checkpoint.pt"
 N_MELS = 20
 MICRO = dict(n_mels=N_MELS, embedding_dim=24, encoder_conv_channels=24, encoder_lstm_dim=24, prenet_dims=[24, 24],
              attention_rnn_dim=32, decoder_rnn_dim=32, attention_dim=16, location_filters=4, location_kernel_size=7,
@@ -128,6 +133,13 @@ def test_lr_schedule_warms_up_decays_and_floors():
     assert noam(99) == pytest.approx(1.0) and noam(399) == pytest.approx(0.5)
 
 
+def test_the_train_function_is_not_shadowed_by_its_module():
+    import prosody_vae.trainer
+    from prosody_vae import train as exported
+
+    assert exported is prosody_vae.trainer.train and prosody_vae.train is exported
+
+
 # ----------------------------------------------------------------------------------------- loop
 @pytest.mark.slow
 def test_trainer_overfits_one_batch_and_writes_logs_and_checkpoints(corpus, mel_cache, tmp_path):
@@ -185,6 +197,24 @@ def test_a_run_is_never_overwritten(corpus, mel_cache, tmp_path):
         train(make_config(mel_cache, max_steps=2), corpus, run)
 
 
+def held_by(pid: int) -> str:
+    """The refusal's account of a trainer holding the run folder."""
+    return rf"is in use by another trainer \(pid {pid} on host {re.escape(socket.gethostname())}\)"
+
+
+def test_a_run_folder_another_trainer_holds_is_refused_before_anything_is_written(corpus, mel_cache, tmp_path):
+    run = tmp_path / "run"
+    with RunLock.acquire(run):
+        record = (run / ".lock").read_text()
+        for resume in (False, True):
+            with pytest.raises(RunLockedError, match=held_by(os.getpid())):
+                train(make_config(mel_cache, max_steps=1), corpus, run, resume=resume)
+        assert [p.name for p in run.iterdir()] == [".lock"] and (run / ".lock").read_text() == record
+    assert not run.exists(), "a lock that nothing else used leaves no folder behind"
+    assert train(make_config(mel_cache, max_steps=1), corpus, run).step == 1
+    assert not (run / ".lock").exists(), "a finished run releases its folder"
+
+
 def test_resume_continues_exactly(corpus, mel_cache, tmp_path):
     # V+T with text dropout and prenet dropout draw from the RNG every step; 4 steps end mid-epoch
     # (3 batches per epoch), so the sampler position matters too
@@ -199,6 +229,25 @@ def test_resume_continues_exactly(corpus, mel_cache, tmp_path):
     a, b = straight.controller.state_dict(), resumed.controller.state_dict()
     assert a["step"] == b["step"] == 8 and a["beta"] == b["beta"] and a["beta"] != 1.0
     assert [r["step"] for r in records(tmp_path / "halves", "train")] == list(range(1, 9))
+
+
+def test_a_checkpoint_of_the_older_trainer_resumes(corpus, mel_cache, tmp_path):
+    """The fixture: 3 steps on this corpus by the trainer at 718b8cc (tests/fixtures/README.md)."""
+    legacy = load_checkpoint(LEGACY_CHECKPOINT)
+    run = tmp_path / "run"
+    (run / "checkpoints").mkdir(parents=True)
+    shutil.copy(LEGACY_CHECKPOINT, run / "checkpoints" / "step-00000003.pt")
+    config = checkpoint_config(legacy, LEGACY_CHECKPOINT)
+    config = dataclasses.replace(config, max_steps=5, data=dataclasses.replace(config.data, cache_dir=mel_cache))
+    result = train(config, corpus, run, resume=True)
+
+    assert result.resumed_from.name == "step-00000003.pt" and result.step == 5
+    assert result.controller.state_dict()["step"] == 5
+    state = load_checkpoint(result.checkpoint)
+    # 6 training utterances in batches of 3: from (epoch 1, 1 batch in), 2 steps end 1 batch into epoch 2
+    assert (legacy["epoch"], legacy["position"], state["epoch"], state["position"]) == (1, 1, 2, 1)
+    assert state["trainer"]["best_val_l1"] == min(legacy["trainer"]["best_val_l1"], result.metrics["postnet_l1"])
+    assert state["trainer"]["skipped_steps"] == 0
 
 
 def test_checkpoint_of_another_config_is_refused_before_loading(corpus, mel_cache, tmp_path):
@@ -234,6 +283,16 @@ def test_corrupt_last_checkpoint_falls_back_to_the_previous_one(corpus, mel_cach
         path.write_bytes(b"")
     with pytest.warns(RuntimeWarning), pytest.raises(CheckpointError, match="no checkpoint could be read"):
         train(make_config(mel_cache, max_steps=8), corpus, run, resume=True)
+
+
+def test_without_a_terminal_progress_is_a_plain_line_every_few_seconds(corpus, mel_cache, tmp_path, capsys):
+    train(make_config(mel_cache, max_steps=4, progress_every_seconds=1e-6), corpus, tmp_path / "run")
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.startswith("step ")]
+    number = r"-?[0-9.]+(?:e[+-][0-9]+)?"
+    pattern = rf"step ([0-9]+)/4: postnet_l1 {number}, kl {number}, beta {number}; {number} steps/s, ETA (\w+)"
+    matches = [re.fullmatch(pattern, line) for line in lines]
+    assert all(matches), lines
+    assert [int(m[1]) for m in matches] == [1, 2, 3, 4] and matches[-1][2] == "0s"
 
 
 def poison_loss(monkeypatch, bad_steps):
@@ -295,7 +354,7 @@ DRIVER = """
 import json, os, sys
 import torch
 from prosody_vae.config import TrainConfig, config_from_dict
-from prosody_vae.train import train
+from prosody_vae.trainer import train
 
 config_path, data, out, dump = sys.argv[1:5]
 config = config_from_dict(TrainConfig, json.load(open(config_path)), config_path)
@@ -364,3 +423,44 @@ def test_sigterm_saves_a_checkpoint_that_resumes(corpus, mel_cache, tmp_path):
     assert resumed.resumed_from.name == f"step-{stopped_at:08d}.pt" and resumed.step == stopped_at + 2
     saved = torch.load(tmp_path / "rank0.pt")
     assert saved["step"] == stopped_at
+
+
+@pytest.mark.slow
+def test_one_trainer_per_run_folder_and_kill_9_leaves_no_stale_lock(corpus, mel_cache, tmp_path):
+    # a DataLoader worker outlives its killed parent by a few seconds: it must not hold the lock
+    data = {"n_val": 2, "batch_size": 3, "cache_dir": mel_cache, "num_workers": 1}
+    driver, config_path = write_driver(tmp_path, config_dict(mel_cache, max_steps=100_000, checkpoint_every=2,
+                                                             data=data))
+    run = tmp_path / "run"
+    process = subprocess.Popen([sys.executable, str(driver), str(config_path), str(corpus), str(run), str(tmp_path)],
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 60
+        log = run / "metrics.jsonl"
+        while not (log.exists() and '"step": 3, "split": "train"' in log.read_text()):  # a checkpoint is written
+            assert time.monotonic() < deadline and process.poll() is None, "the first trainer did not get going"
+            time.sleep(0.1)
+        with pytest.raises(RunLockedError, match=held_by(process.pid)):
+            train(make_config(mel_cache, max_steps=100_000, checkpoint_every=2), corpus, run, resume=True)
+    finally:
+        process.kill()  # SIGKILL: no handler runs, the lock file stays where it is
+        process.wait()
+    assert (run / ".lock").exists()
+    newest = max(int(path.stem.removeprefix("step-")) for path in (run / "checkpoints").glob("step-*.pt"))
+    resumed = train(make_config(mel_cache, max_steps=newest + 1, checkpoint_every=2), corpus, run, resume=True)
+    assert resumed.resumed_from.name == f"step-{newest:08d}.pt" and resumed.step == newest + 1
+
+
+@pytest.mark.slow
+def test_under_torchrun_a_held_run_folder_stops_every_rank_before_any_write(corpus, mel_cache, tmp_path):
+    driver, config_path = write_driver(tmp_path, config_dict(mel_cache, max_steps=2))
+    run = tmp_path / "run"
+    with RunLock.acquire(run):
+        done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--standalone",
+                               str(driver), str(config_path), str(corpus), str(run), str(tmp_path)],
+                              capture_output=True, text=True, timeout=120, env={**os.environ, "OMP_NUM_THREADS": "1"})
+        assert done.returncode != 0
+        refusal = rf"prosody_vae.errors.RunLockedError: {re.escape(str(run))} {held_by(os.getpid())}"
+        for rank in (0, 1):  # rank 1 stops on rank 0's refusal, instead of waiting for it
+            assert re.search(rf"\[rank{rank}\]: {refusal}", done.stderr), done.stderr[-3000:]
+        assert [p.name for p in run.iterdir()] == [".lock"]

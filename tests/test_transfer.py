@@ -26,7 +26,7 @@ from prosody_vae import Synthesizer
 from prosody_vae.capacity import ControllerConfig
 from prosody_vae.config import load_config
 from prosody_vae.corpus import CorpusConfig, make_corpus
-from prosody_vae.train import train
+from prosody_vae.trainer import train
 
 # the collapsed model may not have learned to stop on every text yet; that is what it does with
 # either reference alike, and the control test checks exactly that

@@ -14,30 +14,22 @@ reported. `max_consecutive_bad_steps` in a row stop training with a TrainingErro
 went wrong. A checkpoint that cannot be written (a full disk) ends the run with a CheckpointError;
 the write is atomic (checkpoint.py), so the previous checkpoint is still there to resume from.
 
-An unconstrained KL is reported once per run: if the controller's weight beta has been exactly 0
-for `kl_inactive_warning_steps` good steps in a row, the KL term has exerted no force for that
-long and nothing bounds the latent, which then drifts towards a plain autoencoder code (the KL
-keeps growing as far as reconstruction profits: "exploding"). With DualAscent beta rests at 0 only
-while KL < C, so this means C has not been reached in that many steps: C is far too high for the
-model and data. The warning goes to stderr, to metrics.jsonl as {"split": "warning", "kind":
-"kl_inactive", "message", "kl", "kl_window_start"} and to TensorBoard as text.
+An unconstrained KL (beta at 0 for `kl_inactive_warning_steps` good steps in a row: runlog.py's
+KLInactivityWatch says why that matters) is reported once per run, to stderr, to metrics.jsonl as
+{"split": "warning", "kind": "kl_inactive", "message", "kl", "kl_window_start"} and to
+TensorBoard as text.
 
 Distributed: `torchrun --nproc_per_node N -m ...` sets WORLD_SIZE; the trainer then joins a
 process group (nccl on CUDA, gloo on CPU) and wraps the model in DistributedDataParallel. Each
 rank reads its own shard of every epoch (BucketBatchSampler(num_replicas, rank)) and draws its own
 dropout noise; rank 0 alone validates, logs and writes checkpoints.
 
-Exact resume. A checkpoint (checkpoint.py) holds the model, optimizer, LR schedule, controller
-state, step, epoch, the position in the epoch (batches actually stepped, since the DataLoader
-prefetches ahead of training), every rank's RNG states, the trainer's counters, the speaker list
-and the config as a dict. Validation runs inside `torch.random.fork_rng`, and the DataLoader has
-its own generator, so neither draws from the training RNG: N steps in one go and N/2 + resume +
-N/2 give the same parameters.
+Exact resume: N steps in one go and N/2 + resume + N/2 give the same parameters (training_state.py
+says what a checkpoint holds for that).
 
-A run folder RUN holds checkpoints/ (see checkpoint.py), tensorboard/ and metrics.jsonl: one JSON
-object per line, {"step", "split": "train" | "val" | "data", ...}. A resumed run drops the lines
-(and TensorBoard events) written after its checkpoint. Log-mels are cached in DATA/.mel_cache
-(shared by every run on DATA) unless `data.cache_dir` says otherwise.
+A run folder RUN holds checkpoints/ (see checkpoint.py), tensorboard/ and metrics.jsonl (see
+runlog.py), and RUN/.lock while a trainer runs in it: one run, one writer (run_lock.py). The data
+come from training_data.py.
 """
 
 from __future__ import annotations
@@ -45,39 +37,33 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
-import random
-import signal
 import sys
-import warnings
 from collections import defaultdict
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 from typing import Any, Callable, Optional
 
-import numpy as np
 import torch
 from tqdm import tqdm
 
 from .audio import griffin_lim
 from .capacity import KLController, build_controller
-from .checkpoint import RunCheckpoints, capture_rng, checkpoint_config, restore_rng
+from .checkpoint import RunCheckpoints, capture_rng
 from .config import OptimConfig, TrainConfig, config_to_dict
 from .cpu_memory import keep_freed_memory
-from .data import (Batch, BucketBatchSampler, MelCache, TTSDataset, Utterance, collate_batch, read_metadata,
-                   split_train_val)
+from .data import Batch
 from .distributed import Cluster, StopSignals
-from .errors import CheckpointError, ConfigError, DataError, TrainingError
+from .errors import CheckpointError, ConfigError, TrainingError
 from .losses import TacotronLoss, alignment_diagonal_score
-from .runlog import MetricWindow, RunLog
+from .masked_norm import length_mask
+from .run_lock import lock_on_rank_0
+from .runlog import KLInactivityWatch, MetricWindow, ProgressDisplay, RunLog
+from .speedups import fast_path_enabled
 from .tacotron import ProsodyTacotron, TacotronConfig, decoder_steps
-from .text import TextProcessor
+from .training_data import build_data
+from .training_state import Counters, check_resumable, restore_rank_rng, seed_all
 
-# Settings a resumed run may change: they decide how long, where and how verbosely it runs.
-# Anything else differing from the checkpoint's config is refused.
-RESUMABLE_CHANGES = frozenset({"max_steps", "log_every", "val_every", "checkpoint_every", "keep_last", "device",
-                               "bf16", "threads", "max_consecutive_bad_steps", "kl_inactive_warning_steps",
-                               "data.num_workers", "data.cache_dir"})
 GRIFFIN_LIM_ITERATIONS = 32  # enough to hear prosody in TensorBoard, cheap next to a validation pass
 
 
@@ -96,19 +82,20 @@ class TrainResult:
 def train(config: TrainConfig, data_dir: str | os.PathLike, out_dir: str | os.PathLike, resume: bool = False,
           max_steps: Optional[int] = None) -> TrainResult:
     """Train into `out_dir`. `resume` continues from its newest readable checkpoint (a fresh start
-    if it has none); without it, a folder that already holds a run is refused. `max_steps`
-    overrides config.max_steps (the run's total, not a number of extra steps)."""
+    if it has none); without it, a folder that already holds a run is refused. A folder another
+    trainer is running in is refused either way (RunLockedError). `max_steps` overrides
+    config.max_steps (the run's total, not a number of extra steps)."""
     if max_steps is not None:
         config = dataclasses.replace(config, max_steps=max_steps)
     data_dir, out_dir = Path(data_dir), Path(out_dir)
-    if not resume:
-        _refuse_existing_run(out_dir)  # on every rank before the process group forms: before any write
     threads = torch.get_num_threads()
     if config.threads:
         torch.set_num_threads(config.threads)
     cluster = Cluster.start(config)
     try:
-        with StopSignals() as signals:
+        with lock_on_rank_0(out_dir, cluster), StopSignals() as signals:
+            if not resume:
+                _refuse_existing_run(out_dir)
             return _Trainer(config, data_dir, out_dir, cluster, signals).run(resume)
     finally:
         cluster.close()
@@ -138,6 +125,13 @@ def has_unused_parameters(config: TacotronConfig) -> bool:
     return config.posterior != "V"
 
 
+def non_finite_items(batch: Batch) -> list[str]:
+    """Ids of the items whose valid log-mel frames hold a NaN or an infinity (padding is ignored)."""
+    valid = length_mask(batch.mel_lengths, batch.mel.shape[1])  # (B, T)
+    broken = (~torch.isfinite(batch.mel).all(dim=2) & valid).any(dim=1)  # (B,)
+    return [batch.ids[i] for i in broken.nonzero().flatten().tolist()]
+
+
 # --------------------------------------------------------------------------------------- set-up
 def _refuse_existing_run(out_dir: Path) -> None:
     checkpoints = out_dir / "checkpoints"
@@ -146,84 +140,13 @@ def _refuse_existing_run(out_dir: Path) -> None:
                           "another --out (a run is never overwritten)")
 
 
-def _ignore_sigint(worker_id: int) -> None:
-    """DataLoader workers leave Ctrl-C to the trainer, which stops between steps."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-
-
-def _seed_all(seed: int) -> None:
-    torch.manual_seed(seed)
-    np.random.seed(seed % 2**32)
-    random.seed(seed)
-
-
-# ----------------------------------------------------------------------------------------- data
-@dataclass
-class TrainingData:
-    loader: torch.utils.data.DataLoader
-    sampler: BucketBatchSampler
-    val_batches: list[Batch]  # rank 0 only; empty elsewhere
-    speakers: list[str]
-    summary: dict[str, int]
-
-
-def build_data(config: TrainConfig, data_dir: Path, cluster: Optional[Cluster] = None) -> TrainingData:
-    """The run's split, datasets, training loader and validation batches (the latter on rank 0 only)."""
-    cluster = cluster or Cluster.single()
-    c = config.data
-    utterances = read_metadata(data_dir)
-    train_utts, val_utts = split_train_val(utterances, c.n_val, c.seed)
-    speakers = sorted({u.speaker or "" for u in utterances})
-    if config.model.n_speakers and len(speakers) > config.model.n_speakers:
-        raise ConfigError(f"{data_dir} has {len(speakers)} speakers, model.n_speakers is {config.model.n_speakers}")
-    text = TextProcessor(config.text)
-    if text.n_symbols > config.model.n_symbols:
-        raise ConfigError(f"model.n_symbols ({config.model.n_symbols}) is below the text front end's "
-                          f"{text.n_symbols} symbols")
-    cache = MelCache(Path(c.cache_dir) if c.cache_dir else data_dir / ".mel_cache", config.audio)
-    train_set, skipped_train = _dataset(train_utts, text, cache, speakers, c.max_frames)
-    val_set, skipped_val = _dataset(val_utts, text, cache, speakers, c.max_frames)
-    if not len(train_set) or not len(val_set):
-        raise DataError(f"{data_dir}: no {'training' if not len(train_set) else 'validation'} utterance has "
-                        f"at most data.max_frames = {c.max_frames} frames")
-    _fill_cache(cache, train_set.utterances + val_set.utterances, cluster)
-
-    collate = partial(collate_batch, pad_id=text.pad_id, pad_value=config.audio.pad_value,
-                      frames_multiple=config.model.reduction_factor)
-    sampler = BucketBatchSampler(train_set.mel_lengths, c.batch_size, num_replicas=cluster.world,
-                                 rank=cluster.rank, seed=c.seed, bucket_batches=c.bucket_batches)
-    # its own generator: starting an iterator draws a worker seed, which must not come from the
-    # global RNG, or a run resumed mid-epoch would diverge from one that never stopped
-    loader = torch.utils.data.DataLoader(train_set, batch_sampler=sampler, collate_fn=collate,
-                                         num_workers=c.num_workers, generator=torch.Generator().manual_seed(c.seed),
-                                         worker_init_fn=_ignore_sigint if c.num_workers else None)
-    val_batches = []
-    if cluster.is_main:
-        order = sorted(range(len(val_set)), key=lambda i: val_set.mel_lengths[i])
-        val_batches = [collate([val_set[i] for i in order[s: s + c.batch_size]])
-                       for s in range(0, len(order), c.batch_size)]
-    summary = {"train_utterances": len(train_set), "val_utterances": len(val_set),
-               "skipped_longer_than_max_frames": skipped_train + skipped_val}
-    return TrainingData(loader, sampler, val_batches, speakers, summary)
-
-
-def _dataset(utterances: list[Utterance], text: TextProcessor, cache: MelCache, speakers: list[str],
-             max_frames: Optional[int]) -> tuple[TTSDataset, int]:
-    """The utterances of at most max_frames frames as a dataset, and how many were longer."""
-    dataset = TTSDataset(utterances, text, cache, speakers)
-    if max_frames is None:
-        return dataset, 0
-    kept = [u for u, n in zip(utterances, dataset.mel_lengths) if n <= max_frames]
-    return TTSDataset(kept, text, cache, speakers), len(utterances) - len(kept)
-
-
-def _fill_cache(cache: MelCache, utterances: list[Utterance], cluster: Cluster) -> None:
-    """Compute missing log-mels before training, each rank a share, so the first epoch is not
-    slowed by (or repeated across ranks for) feature extraction."""
-    missing = [u for u in utterances if not cache.path(u).exists()][cluster.rank:: cluster.world]
-    for utt in tqdm(missing, desc="caching log-mels", disable=not (cluster.is_main and sys.stderr.isatty())):
-        cache.get(utt)
-    cluster.barrier()
+def _use_bf16(setting: bool | str, device: torch.device) -> bool:
+    cuda_bf16 = device.type == "cuda" and torch.cuda.is_bf16_supported()
+    if setting == "auto":
+        return cuda_bf16
+    if setting and device.type == "cuda" and not cuda_bf16:
+        raise ConfigError(f"bf16 = true, but {torch.cuda.get_device_name(device)} has no bf16 support")
+    return bool(setting)
 
 
 # -------------------------------------------------------------------------------------- trainer
@@ -234,10 +157,10 @@ class _Trainer:
         self.device = cluster.device
         self.bf16 = _use_bf16(config.bf16, self.device)
         self.data = build_data(config, data_dir, cluster)
-        _seed_all(config.seed)  # identical initial weights on every rank
+        seed_all(config.seed)  # identical initial weights on every rank
         self.model = ProsodyTacotron(config.model).to(self.device)
         self.controller = build_controller(config.controller)
-        if self.device.type == "cpu":
+        if self.device.type == "cpu" and fast_path_enabled():
             keep_freed_memory()  # see cpu_memory.py: a tenth of a CPU step went to page faults
         o = config.optim
         # Adam's fused kernel makes one pass over each tensor instead of a dozen (on CPU: 54 -> 15 ms
@@ -247,18 +170,17 @@ class _Trainer:
                                          weight_decay=o.weight_decay)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lr_schedule(o))
         self.max_grad_norm = o.grad_clip if o.grad_clip > 0 else math.inf
-        self.forward = self.model
+        # what a step calls: under torchrun the DDP wrapper, whose backward pass all-reduces gradients
+        self.step_model = self.model
         if cluster.world > 1:
-            self.forward = torch.nn.parallel.DistributedDataParallel(
+            self.step_model = torch.nn.parallel.DistributedDataParallel(
                 self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None,
                 find_unused_parameters=has_unused_parameters(config.model))
-        _seed_all(config.seed + cluster.rank)  # each rank draws its own dropout noise
+        seed_all(config.seed + cluster.rank)  # each rank draws its own dropout noise
         self.loss_fn = TacotronLoss(config.loss)
         self.checkpoints = RunCheckpoints(out_dir / "checkpoints", config.keep_last)
-        self.step = self.epoch = self.position = 0
-        self.skipped_steps = self.consecutive_bad = 0
-        self.kl_inactive_steps, self.kl_inactive_start, self.warned_kl_inactive = 0, 0.0, False
-        self.best_val_l1, self.val_metrics = math.inf, {}
+        self.counters = Counters()
+        self.kl_watch = KLInactivityWatch(config.kl_inactive_warning_steps)
         self.validated_at = self.saved_at = -1
         self.last_checkpoint: Optional[Path] = None
         self.log: Optional[RunLog] = None
@@ -269,9 +191,9 @@ class _Trainer:
 
     # ------------------------------------------------------------------------------------ loop
     def run(self, resume: bool) -> TrainResult:
-        c = self.config
+        c, n = self.config, self.counters
         restored = self._restore() if resume else None
-        start = self.step
+        start = n.step
         if self.cluster.is_main:
             self.checkpoints.remove_stale_temporaries()
             # a --resume that found no checkpoint drops whatever log lines a crashed first attempt left
@@ -280,42 +202,42 @@ class _Trainer:
         self.say(f"training on {self.cluster.world} x {self.device} (bf16 {'on' if self.bf16 else 'off'}): "
                  + ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in self.data.summary.items())
                  + (f"; resumed from {restored} at step {start}" if restored else ""))
-        bar = tqdm(total=c.max_steps, initial=start, unit="step", dynamic_ncols=True,
-                   disable=not (self.cluster.is_main and sys.stderr.isatty()))
+        progress = ProgressDisplay(start, c.max_steps, c.progress_every_seconds, enabled=self.cluster.is_main)
         window, stop = MetricWindow(), False
         try:
-            while self.step < c.max_steps and not stop:
-                self.data.sampler.load_state_dict({"epoch": self.epoch, "consumed": self.position})
+            while n.step < c.max_steps and not stop:
+                self.data.sampler.load_state_dict({"epoch": n.epoch, "consumed": n.position})
                 for batch in self.data.loader:
                     values, stop = self._train_step(batch)
-                    self.step += 1
-                    self.position += 1
+                    n.step += 1
+                    n.position += 1
                     window.add(values)
-                    bar.update()
-                    if self.step % c.log_every == 0:
-                        self._log_train(window, bar)
+                    progress.update(n.step, values, self.controller.beta)
+                    if n.step % c.log_every == 0:
+                        self._log_train(window, progress)
                         window = MetricWindow()
                     self._validate_and_save(force=False)
-                    if stop or self.step >= c.max_steps:
+                    if stop or n.step >= c.max_steps:
                         break
                 else:
-                    self.epoch, self.position = self.epoch + 1, 0
-            if self.step > start:
+                    n.epoch, n.position = n.epoch + 1, 0
+            if n.step > start:
                 self._validate_and_save(force=True)
         finally:
-            bar.close()
+            progress.close()
             if self.log is not None:
                 self.log.close()
         if stop:
-            self.say(f"stopped by {self.signals.received or 'a signal on another rank'} at step {self.step}; "
+            self.say(f"stopped by {self.signals.received or 'a signal on another rank'} at step {n.step}; "
                      f"resume with --resume from {self.last_checkpoint}")
-        if self.skipped_steps:
-            self.say(f"skipped {self.skipped_steps} non-finite step(s)")
-        return TrainResult(self.step, dict(self.val_metrics), self.last_checkpoint, restored, stop,
-                           self.skipped_steps, self.model, self.controller)
+        if n.skipped_steps:
+            self.say(f"skipped {n.skipped_steps} non-finite step(s)")
+        return TrainResult(n.step, dict(n.val_metrics), self.last_checkpoint, restored, stop, n.skipped_steps,
+                           self.model, self.controller)
 
     def _train_step(self, batch: Batch) -> tuple[Optional[dict[str, float]], bool]:
         """One step; returns (the step's logged values, or None if it was skipped; stop requested)."""
+        step = self.counters.step
         batch = batch.to(self.device)
         broken = non_finite_items(batch)
         # agreed before the forward pass: under DDP every rank must skip it, or the gradient
@@ -326,16 +248,16 @@ class _Trainer:
         if broken_ranks > 0:
             where = f"in {', '.join(broken)}" if broken else "on another rank"
             if broken:
-                tqdm.write(f"step {self.step + 1}: skipped, non-finite log-mel values {where}", file=sys.stderr)
+                tqdm.write(f"step {step + 1}: skipped, non-finite log-mel values {where}", file=sys.stderr)
             self._count_bad_step(f"non-finite log-mel values {where} ({int(broken_ranks)} of "
                                  f"{self.cluster.world} rank(s)); check those cache files and wavs")
             return None, stop
         # freeing the last step's gradients before the forward pass keeps them out of its peak memory
         self.optimizer.zero_grad(set_to_none=True)
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16):
-            output = self.forward(batch.text, batch.text_lengths, batch.mel, batch.mel_lengths,
-                                  speaker_ids=self._speaker_ids(batch))
-        terms = self.loss_fn(output, batch, self.controller, self.step)
+            output = self.step_model(batch.text, batch.text_lengths, batch.mel, batch.mel_lengths,
+                                     speaker_ids=self._speaker_ids(batch))
+        terms = self.loss_fn(output, batch, self.controller, step)
         terms.total.backward()
         grad_norm = float(torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.max_grad_norm))
         local = torch.stack([terms.kl.detach().float(), (terms.mel_l1 + terms.postnet_l1).detach().float(),
@@ -349,13 +271,13 @@ class _Trainer:
                 f"this rank's non-finite terms: {bad_terms or 'none'} "
                 f"({', '.join(f'{k}={v:.4g}' for k, v in values.items())})")
             return None, stop
-        self.consecutive_bad = 0
+        self.counters.consecutive_bad = 0
         self.optimizer.step()
         self.scheduler.step()
         # the same averaged KL on every rank keeps beta identical across ranks
         kl = kl_sum / self.cluster.world
         self.controller.update(kl, recon=recon_sum / self.cluster.world)
-        self._watch_kl_pressure(kl)
+        self._watch_kl(kl)
         if not self.cluster.is_main:
             return {}, stop
         align = alignment_diagonal_score(output.alignments.detach().float(), batch.text_lengths,
@@ -363,51 +285,35 @@ class _Trainer:
         return {**terms.as_floats(), "grad_norm": grad_norm, "align": float(align)}, stop
 
     def _count_bad_step(self, reason: str) -> None:
-        self.skipped_steps += 1
-        self.consecutive_bad += 1
-        if self.consecutive_bad < self.config.max_consecutive_bad_steps:
+        n = self.counters
+        n.skipped_steps += 1
+        n.consecutive_bad += 1
+        if n.consecutive_bad < self.config.max_consecutive_bad_steps:
             return
         raise TrainingError(
-            f"{self.consecutive_bad} non-finite steps in a row (max_consecutive_bad_steps), the last at step "
-            f"{self.step + 1}: {reason}. Lower optim.lr, check the corpus for silent or corrupt audio, or set "
+            f"{n.consecutive_bad} non-finite steps in a row (max_consecutive_bad_steps), the last at step "
+            f"{n.step + 1}: {reason}. Lower optim.lr, check the corpus for silent or corrupt audio, or set "
             f"bf16 = false. The last good state is in {self.checkpoints.dir}.")
 
-    def _watch_kl_pressure(self, kl: float) -> None:
-        """Warn once if beta has been 0 for kl_inactive_warning_steps good steps in a row (the
-        module docstring says why that means an unconstrained, growing KL)."""
-        limit = self.config.kl_inactive_warning_steps
-        if self.controller.beta > 0 or not limit:
-            self.kl_inactive_steps = 0
+    def _watch_kl(self, kl: float) -> None:
+        message = self.kl_watch.observe(self.controller.beta, kl, self._controller_values().get("capacity"))
+        if message is None:
             return
-        if self.kl_inactive_steps == 0:
-            self.kl_inactive_start = kl
-        self.kl_inactive_steps += 1
-        if self.kl_inactive_steps < limit or self.warned_kl_inactive:
-            return
-        self.warned_kl_inactive = True
-        capacity = getattr(self.controller, "capacity", None)
-        cause = (f"it is still below the capacity C = {capacity:g} nats that the controller waits for, so C is "
-                 "far too high for this model and data: set controller.capacity below the KL the run settles at"
-                 if isinstance(capacity, (int, float)) and kl < capacity else
-                 "give the KL term a positive weight in [controller]")
-        message = (f"the KL is unconstrained: beta has been 0 for the last {limit} steps, so the KL term had no "
-                   f"effect and the KL went from {self.kl_inactive_start:.4g} to {kl:.4g} nats per utterance; "
-                   f"{cause} (a free latent copies the reference and prior samples stop sounding like speech)")
-        self.say(f"WARNING step {self.step + 1}: {message}")
+        step = self.counters.step + 1
+        self.say(f"WARNING step {step}: {message}")
         if self.log is not None:
-            self.log.warning(self.step + 1, "kl_inactive", message,
-                             {"kl": kl, "kl_window_start": self.kl_inactive_start})
+            self.log.warning(step, "kl_inactive", message, {"kl": kl, "kl_window_start": self.kl_watch.start_kl})
 
     def _speaker_ids(self, batch: Batch) -> Optional[torch.Tensor]:
         return batch.speaker_ids if self.config.model.n_speakers else None
 
-    def _log_train(self, window: MetricWindow, bar: tqdm) -> None:
+    def _log_train(self, window: MetricWindow, progress: ProgressDisplay) -> None:
         if not self.cluster.is_main:
             return
-        values = {**window.means(), "lr": self.scheduler.get_last_lr()[0], "skipped_steps": self.skipped_steps,
-                  **self._controller_values()}
-        self.log.scalars("train", self.step, values)
-        bar.set_postfix({k: f"{values[k]:.3g}" for k in ("postnet_l1", "kl", "beta", "align") if k in values})
+        values = {**window.means(), "lr": self.scheduler.get_last_lr()[0],
+                  "skipped_steps": self.counters.skipped_steps, **self._controller_values()}
+        self.log.scalars("train", self.counters.step, values)
+        progress.show(values)
 
     def _controller_values(self) -> dict[str, float]:
         values = {"beta": self.controller.beta}
@@ -420,39 +326,39 @@ class _Trainer:
     def _validate_and_save(self, force: bool) -> None:
         """Validate every val_every steps, save every checkpoint_every, both at the end (force).
         Collective: every rank takes part in gathering RNG states."""
-        c = self.config
-        validate = (force or self.step % c.val_every == 0) and self.validated_at != self.step
+        c, step = self.config, self.counters.step
+        validate = (force or step % c.val_every == 0) and self.validated_at != step
         # a step file already written at this step is written again if validation has just updated the state
-        periodic = (force or self.step % c.checkpoint_every == 0) and (self.saved_at != self.step or validate)
+        periodic = (force or step % c.checkpoint_every == 0) and (self.saved_at != step or validate)
         improved = False
         if validate and self.cluster.is_main:
             improved = self._validate()
         if validate:
-            self.validated_at = self.step
+            self.validated_at = step
         if periodic or validate:
             rng = self.cluster.gather(capture_rng())
             if self.cluster.is_main and (periodic or improved):
                 state = self._state(rng)
                 try:
                     if periodic:
-                        self.last_checkpoint = self.checkpoints.save(state, self.step)
+                        self.last_checkpoint = self.checkpoints.save(state, step)
                     if improved:
                         self.checkpoints.save_best(state)
                 except OSError as exc:  # a full disk, a quota, a vanished mount
                     # the writes are atomic: every checkpoint already on disk is still whole
                     previous = f"{self.last_checkpoint} is intact" if self.last_checkpoint else "none was written before"
                     raise CheckpointError(
-                        f"{self.checkpoints.dir}: cannot write the checkpoint of step {self.step} "
+                        f"{self.checkpoints.dir}: cannot write the checkpoint of step {step} "
                         f"({exc.strerror or exc}); the previous one: {previous}. Free space and continue "
                         "with --resume") from exc
         if periodic:
-            self.saved_at = self.step
+            self.saved_at = step
 
     @torch.no_grad()
     def _validate(self) -> bool:
         """Teacher-forced pass over the held-out set with z = posterior mean; logs and returns
         whether postnet L1 improved on the best so far. Never moves the training RNG."""
-        model, r = self.model, self.config.model.reduction_factor
+        model, r, n = self.model, self.config.model.reduction_factor, self.counters
         sums, count, example = defaultdict(float), 0, None
         model.eval()
         devices = [self.device.index] if self.device.type == "cuda" else []
@@ -463,7 +369,7 @@ class _Trainer:
                 with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16):
                     output = model(batch.text, batch.text_lengths, batch.mel, batch.mel_lengths,
                                    speaker_ids=self._speaker_ids(batch), mode="mean")
-                terms = self.loss_fn(output, batch, self.controller, self.step)
+                terms = self.loss_fn(output, batch, self.controller, n.step)
                 align = alignment_diagonal_score(output.alignments.float(), batch.text_lengths,
                                                  decoder_steps(batch.mel_lengths, r))
                 size = len(batch.ids)
@@ -474,11 +380,11 @@ class _Trainer:
                     example = (batch, output)
         model.train()
         metrics = {**{name: total / count for name, total in sums.items()}, **self._controller_values()}
-        self.val_metrics = metrics
-        self.log.scalars("val", self.step, metrics)
+        n.val_metrics = metrics
+        self.log.scalars("val", n.step, metrics)
         self._log_example(*example)
-        improved = metrics["postnet_l1"] < self.best_val_l1
-        self.best_val_l1 = min(self.best_val_l1, metrics["postnet_l1"])
+        improved = metrics["postnet_l1"] < n.best_val_l1
+        n.best_val_l1 = min(n.best_val_l1, metrics["postnet_l1"])
         return improved
 
     def _log_example(self, batch: Batch, output) -> None:
@@ -486,7 +392,7 @@ class _Trainer:
         steps = int(decoder_steps(batch.mel_lengths[:1], self.config.model.reduction_factor))
         predicted = output.mel_postnet[0, :frames].float().cpu()
         wav = griffin_lim(predicted, self.config.audio, n_iter=GRIFFIN_LIM_ITERATIONS)
-        self.log.media(self.step, output.alignments[0, :steps, : int(batch.text_lengths[0])].float().cpu(),
+        self.log.media(self.counters.step, output.alignments[0, :steps, : int(batch.text_lengths[0])].float().cpu(),
                        batch.mel[0, :frames].float().cpu(), predicted, wav, self.config.audio.sample_rate)
 
     # ----------------------------------------------------------------------------- checkpoints
@@ -497,11 +403,9 @@ class _Trainer:
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
             "controller": self.controller.state_dict(),
-            "step": self.step, "epoch": self.epoch, "position": self.position,
+            **self.counters.state_dict(),
             "world_size": self.cluster.world,
             "rng": rng,
-            "trainer": {"skipped_steps": self.skipped_steps, "consecutive_bad": self.consecutive_bad,
-                        "best_val_l1": self.best_val_l1, "val_metrics": self.val_metrics},
             "speakers": self.data.speakers,
         }
 
@@ -514,66 +418,16 @@ class _Trainer:
             self.say(f"no checkpoint in {self.checkpoints.dir}: starting a new run")
             return None
         path, state = found
-        saved = config_to_dict(checkpoint_config(state, path))
-        changed = [key for key in _differences(saved, config_to_dict(self.config)) if key not in RESUMABLE_CHANGES]
-        if changed:
-            raise CheckpointError(f"{path} was written by a run with another config ({', '.join(changed)} differ); "
-                                  "restore those settings, or train into another --out")
-        if state.get("speakers") != self.data.speakers:
-            raise CheckpointError(f"{path} was trained on speakers {state.get('speakers')}, this corpus has "
-                                  f"{self.data.speakers}")
+        check_resumable(state, path, self.config, self.data.speakers)
         try:
             self.model.load_state_dict(state["model"])
             self.optimizer.load_state_dict(state["optimizer"])
             self.scheduler.load_state_dict(state["scheduler"])
             self.controller.load_state_dict(state["controller"])
-            self.step, self.epoch, self.position = state["step"], state["epoch"], state["position"]
-            trainer = state["trainer"]
-            self.skipped_steps, self.consecutive_bad = trainer["skipped_steps"], trainer["consecutive_bad"]
-            self.best_val_l1, self.val_metrics = trainer["best_val_l1"], trainer["val_metrics"]
-            self._restore_rng(state["rng"], state["world_size"])
+            self.counters.load_state_dict(state)
+            restore_rank_rng(state["rng"], state["world_size"], self.cluster, self.counters, self.config.seed)
         except (KeyError, TypeError, ValueError, RuntimeError) as exc:
             raise CheckpointError(f"{path}: cannot restore the training state ({type(exc).__name__}: {exc})") from None
-        self.validated_at = self.saved_at = self.step
+        self.validated_at = self.saved_at = self.counters.step
         self.last_checkpoint = path
         return path
-
-    def _restore_rng(self, states: list[dict[str, Any]], world: int) -> None:
-        if world == self.cluster.world:
-            restore_rng(states[self.cluster.rank])
-            return
-        # another number of ranks: the epoch's batches are dealt out differently, so continue
-        # after about the same number of batches, with fresh per-rank noise
-        warnings.warn(f"resuming a {world}-process run on {self.cluster.world} processes: it continues, "
-                      "but not bit-exactly", RuntimeWarning, stacklevel=2)
-        self.position = math.ceil(self.position * world / self.cluster.world)
-        _seed_all(self.config.seed + self.cluster.rank + self.step)
-
-
-def non_finite_items(batch: Batch) -> list[str]:
-    """Ids of the items whose valid log-mel frames hold a NaN or an infinity (padding is ignored)."""
-    frames = torch.arange(batch.mel.shape[1], device=batch.mel.device)[None]  # (1, T)
-    valid = frames < batch.mel_lengths[:, None]  # (B, T)
-    broken = (~torch.isfinite(batch.mel).all(dim=2) & valid).any(dim=1)  # (B,)
-    return [batch.ids[i] for i in broken.nonzero().flatten().tolist()]
-
-
-def _use_bf16(setting: bool | str, device: torch.device) -> bool:
-    cuda_bf16 = device.type == "cuda" and torch.cuda.is_bf16_supported()
-    if setting == "auto":
-        return cuda_bf16
-    if setting and device.type == "cuda" and not cuda_bf16:
-        raise ConfigError(f"bf16 = true, but {torch.cuda.get_device_name(device)} has no bf16 support")
-    return bool(setting)
-
-
-def _differences(a: dict[str, Any], b: dict[str, Any], prefix: str = "") -> list[str]:
-    """Dotted keys whose values differ between two nested config dicts."""
-    keys = []
-    for key in sorted(set(a) | set(b)):
-        left, right, name = a.get(key), b.get(key), f"{prefix}{key}"
-        if isinstance(left, dict) and isinstance(right, dict):
-            keys += _differences(left, right, f"{name}.")
-        elif left != right:
-            keys.append(name)
-    return keys
