@@ -1,10 +1,11 @@
 """CPU inference speed of ProsodyTacotron at fp32, bf16 and int8 decoder weights, and the quality cost.
 
-The issue-6 figures, at the `tacotron2` preset with the reference implementation's settings (r = 2,
-DCA attention, "V+T" posterior, 128-d latent), 60 characters, free-running over 200 decoder steps
-(the stop threshold is set out of reach so every item runs the full length):
+At the `tacotron2` preset with the reference implementation's settings (r = 2, DCA attention,
+"V+T" posterior, 128-d latent), 60 characters, free-running over 200 decoder steps (the stop
+threshold is set out of reach so every item runs the full length):
 
-    python benchmarks/bench_infer.py                                   # one JSON object
+    python benchmarks/bench_infer.py                                   # one JSON object, fast path
+    python benchmarks/bench_infer.py --path plain                      # on plain PyTorch (speedups.py)
     python benchmarks/bench_infer.py --checkpoint runs/demo/checkpoints/best.pt   # + MCD
 
 - ms per decoder step (r frames per item) at batch 1 and batch 8, per precision. A step's time is
@@ -36,6 +37,7 @@ import warnings
 
 import torch
 
+from prosody_vae import speedups
 from prosody_vae.quantize import PRECISIONS, reduce_precision
 from prosody_vae.tacotron import ProsodyTacotron, TacotronConfig
 
@@ -118,9 +120,12 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 1)
+    parser.add_argument("--path", default="fast", choices=("fast", "plain"),
+                        help="the CPU speed-ups (speedups.py), or plain PyTorch")
     parser.add_argument("--checkpoint", help="a trained checkpoint: also measure MCD-DTW of bf16/int8 vs fp32")
     args = parser.parse_args()
 
+    speedups.set_fast_path(args.path == "fast")
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     config = TacotronConfig.preset(args.preset, attention_kind=args.attention, posterior=args.posterior,
@@ -130,7 +135,7 @@ def main() -> None:
               "latent": args.latent, "r": args.r, "parameters": sum(p.numel() for p in model.parameters()),
               "threads": args.threads, "torch": torch.__version__,
               "machine": platform.processor() or platform.machine(), "load_average_at_start": os.getloadavg(),
-              "chars": args.chars, "steps": args.steps, "runs": args.runs,
+              "chars": args.chars, "steps": args.steps, "runs": args.runs, "path": args.path,
               "speed": bench_speed(model, args.chars, args.steps, args.warmup, args.runs)}
     result["load_average_at_end"] = os.getloadavg()  # other processes on the machine slow every figure
     if args.checkpoint:

@@ -1,11 +1,15 @@
 """CPU speed and memory of ProsodyTacotron: one training step and free-running decoder steps.
 
-The reference configuration: the `tacotron2` preset (r = 2, 128-d latent) with Dynamic
-Convolution Attention and the "V+T" posterior, batch 16, 60 characters, 400 frames, 80 mels:
+The reference configuration (the settings of Coqui TTS's Capacitron recipe): the `tacotron2`
+preset (r = 2, 128-d latent) with Dynamic Convolution Attention and the "V+T" posterior, batch 16,
+60 characters, 400 frames, 80 mels:
 
-    python benchmarks/bench_train.py                  # one JSON object
-    python benchmarks/bench_train.py --attention location --posterior V   # location attention, "V" posterior
+    python benchmarks/bench_train.py                  # one JSON object, fast path
+    python benchmarks/bench_train.py --path plain     # the same on plain PyTorch (speedups.py)
+    python benchmarks/bench_train.py --attention location --posterior V
     python benchmarks/bench_train.py --preset tiny --runs 9
+
+benchmarks/compare_paths.py alternates both paths (and an older revision) in one session.
 
 - train: seconds per step (forward, loss with DualAscent, backward, clipping, fused Adam) and mel
   frames per second (batch * frames / step time), peak RSS of the process after training.
@@ -14,8 +18,8 @@ Convolution Attention and the "V+T" posterior, batch 16, 60 characters, 400 fram
   steps (the stop threshold is set out of reach so every item runs the full length), and the
   real-time factor at batch 1 (seconds of compute per second of audio).
 
-As in the trainer, glibc malloc keeps freed memory (`cpu_memory.keep_freed_memory`; turn that off
-with `--default-malloc`). Torch threads = the machine's cores. Each figure is the median of `--runs` timings after
+On the fast path, as in the trainer, glibc malloc keeps freed memory (`cpu_memory.keep_freed_memory`;
+turn that off with `--default-malloc`). Torch threads = the machine's cores. Each figure is the median of `--runs` timings after
 `--warmup` untimed ones. The 1-minute load average is printed with the figures: on a shared
 machine, compare timings only against others taken at a similar load.
 """
@@ -33,6 +37,7 @@ import warnings
 
 import torch
 
+from prosody_vae import speedups
 from prosody_vae.capacity import DualAscent
 from prosody_vae.cpu_memory import keep_freed_memory
 from prosody_vae.data import Batch
@@ -122,10 +127,13 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--bf16", action="store_true", help="bf16 autocast (on CPUs with bf16 units)")
     parser.add_argument("--skip-train", action="store_true")
+    parser.add_argument("--path", default="fast", choices=["fast", "plain"],
+                        help="the CPU speed-ups (speedups.py), or plain PyTorch")
     parser.add_argument("--default-malloc", action="store_true",
                         help="leave glibc malloc as it is (the trainer calls cpu_memory.keep_freed_memory)")
     args = parser.parse_args()
-    malloc_tuned = False if args.default_malloc else keep_freed_memory()
+    speedups.set_fast_path(args.path == "fast")
+    malloc_tuned = False if args.default_malloc or args.path == "plain" else keep_freed_memory()
 
     threads = os.cpu_count() or 1
     torch.set_num_threads(threads)
@@ -136,7 +144,7 @@ def main() -> None:
               "parameters": sum(p.numel() for p in model.parameters()),
               "threads": threads, "torch": torch.__version__, "machine": platform.processor() or platform.machine(),
               "bf16": args.bf16, "batch": args.batch, "chars": args.chars, "frames": args.frames,
-              "runs": args.runs, "keep_freed_memory": malloc_tuned}
+              "runs": args.runs, "path": args.path, "keep_freed_memory": malloc_tuned}
     if not args.skip_train:
         result["train"] = bench_train(model, args.batch, args.chars, args.frames, args.warmup, args.runs, args.bf16)
     result["infer"] = [bench_infer(model, b, args.chars, args.infer_steps, args.warmup, args.runs, args.bf16)

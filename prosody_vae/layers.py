@@ -47,16 +47,20 @@ def dropout(x: torch.Tensor, p: float, active: bool, generator: Generators = Non
     return torch.where((noise >= p).to(x.device), x * (1.0 / (1.0 - p)), 0.0)
 
 
+def _conv_stack(channels: Sequence[int], kernel_size: int) -> tuple[nn.ModuleList, nn.ModuleList]:
+    """Same-padded convolutions between consecutive `channels`, each with its masked BatchNorm."""
+    convs = nn.ModuleList(nn.Conv1d(c_in, c_out, kernel_size, padding=kernel_size // 2, bias=False)
+                          for c_in, c_out in zip(channels, channels[1:]))
+    return convs, nn.ModuleList(MaskedBatchNorm1d(c) for c in channels[1:])
+
+
 class TextEncoder(nn.Module):
     """Embedded text (B, L, E) -> memory (B, L, encoder_lstm_dim), zero at padding."""
 
     def __init__(self, config: TacotronConfig) -> None:
         super().__init__()
         channels = (config.embedding_dim, *[config.encoder_conv_channels] * config.encoder_conv_layers)
-        self.convs = nn.ModuleList(nn.Conv1d(c_in, c_out, config.encoder_kernel_size,
-                                             padding=config.encoder_kernel_size // 2, bias=False)
-                                   for c_in, c_out in zip(channels, channels[1:]))
-        self.norms = nn.ModuleList(MaskedBatchNorm1d(c) for c in channels[1:])
+        self.convs, self.norms = _conv_stack(channels, config.encoder_kernel_size)
         self.lstm = nn.LSTM(channels[-1], config.encoder_lstm_dim // 2, batch_first=True, bidirectional=True)
         self.dropout = config.encoder_dropout
 
@@ -76,10 +80,7 @@ class Postnet(nn.Module):
     def __init__(self, config: TacotronConfig) -> None:
         super().__init__()
         channels = (config.n_mels, *[config.postnet_channels] * (config.postnet_layers - 1), config.n_mels)
-        self.convs = nn.ModuleList(nn.Conv1d(c_in, c_out, config.postnet_kernel_size,
-                                             padding=config.postnet_kernel_size // 2, bias=False)
-                                   for c_in, c_out in zip(channels, channels[1:]))
-        self.norms = nn.ModuleList(MaskedBatchNorm1d(c) for c in channels[1:])
+        self.convs, self.norms = _conv_stack(channels, config.postnet_kernel_size)
         self.dropout = config.postnet_dropout
 
     def forward(self, mel: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
