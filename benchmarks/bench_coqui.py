@@ -1,8 +1,8 @@
 """CPU speed and memory of the reference implementation: Coqui TTS Tacotron2 + Capacitron.
 
-Why this exists: issue 6 compares our speed with Coqui TTS 0.28.0's Tacotron2 with Capacitron at its
+Why this exists: our speed is compared with Coqui TTS 0.28.0's Tacotron2 with Capacitron at its
 LJSpeech recipe (`recipes/ljspeech/tacotron2-Capacitron`: r = 2, Dynamic Convolution Attention,
-"V+T" posterior with text summary embeddings, 128-d latent, CapacitronOptimizer). The issue's
+"V+T" posterior with text summary embeddings, 128-d latent, CapacitronOptimizer). Published
 reference figures were taken on another 2-core machine, and this machine's speed drifts by +-15%
 over a day, so ratios are only meaningful when both models are measured here, in the same session:
 
@@ -23,8 +23,8 @@ and bench_reference.py:
 - reference: the model's own Capacitron VAE layer (reference encoder + text-summary LSTM over
   the model's 512-d embeddings + posterior MLP, loss KL + mean z^2) forward + backward at batch 16,
   400 frames, with inputs drawn as bench_reference.py draws them; and the ReferenceEncoder module
-  alone (no text summary, MLP or KL): 76-86 ms here, close to the issue's 85 ms, whereas the
-  full V+T step takes 135-160 ms, so the issue's figure may leave the text summary out.
+  alone (no text summary, MLP or KL): 76-86 ms here, close to the 85 ms quoted for
+  Coqui elsewhere, whereas the full V+T step takes 135-160 ms, so that figure may leave the text summary out.
 
 Coqui's `TTS/__init__.py` refuses to import without torchaudio and (for torch >= 2.9) torchcodec,
 and one module on Tacotron2's import path (the speaker encoder, unused here) imports torchaudio at

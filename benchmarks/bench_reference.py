@@ -2,9 +2,9 @@
 
 Defaults reproduce two figures, each measured in a fresh process so its peak RSS is its own:
   * "V" at Capacitron size: batch 32, 400 frames, 80 mels, latent 128.
-  * "V+T" at batch 16, the setting of the Coqui comparison in issue 6 ("reference encoder + text
-    summary alone, forward + backward, batch 16: 85 ms"). The text summary is the model's own
-    (`tacotron.summarise_text`): an LSTM of 128 over 512-d embeddings of `--text-len` symbols,
+  * "V+T" at batch 16, the setting of the Coqui comparison (Coqui's quoted "reference encoder +
+    text summary alone, forward + backward, batch 16: 85 ms"). The text summary is the model's own
+    (`layers.summarise_text`): an LSTM of 128 over 512-d embeddings of `--text-len` symbols,
     timed together with the encoder and the embedding's gradient.
 
     python benchmarks/bench_reference.py                      # both figures, one JSON object

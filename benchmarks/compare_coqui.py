@@ -11,7 +11,7 @@ benchmarks/coqui_requirements.txt), then our `bench_train.py` and `bench_referen
 Ratios are ours / Coqui's, so below 1 is better: training step time, peak RSS after training,
 ms per decoder step at batch 1 (both measured the same way: 200 free-running steps minus 1), and
 the reference encoder + text summary forward + backward at batch 16 (Coqui's full V+T layer, and
-its ReferenceEncoder module alone, the figure the issue's 85 ms matches).
+its ReferenceEncoder module alone, the figure Coqui's quoted 85 ms matches).
 """
 
 from __future__ import annotations

@@ -27,7 +27,7 @@ TOY_STEPS = 800
 
 def train_toy_vae(controller, steps: int = TOY_STEPS, seed: int = 0) -> list[float]:
     """Train a small VAE on x = W u + noise (u ~ N(0, I_12), 64 features; far more than 40 nats
-    of information) with L1 reconstruction and the DESIGN.md loss: recon_mean + ctl.loss(kl) /
+    of information) with L1 reconstruction and the package's loss normalisation: recon_mean + ctl.loss(kl) /
     n_features. Returns the batch-mean KL (nats) of every step."""
     generator = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)
