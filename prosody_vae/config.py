@@ -24,7 +24,7 @@ import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, Mapping, Optional
+from typing import Any, Callable, Literal, Mapping, Optional
 
 from .audio import AudioConfig
 from .capacity import ControllerConfig, build_controller
@@ -239,3 +239,19 @@ def _join(key: str, name: str) -> str:
 
 def _quoted(key: str) -> str:
     return f"'{key}'" if key else "the config"
+
+
+def lr_schedule(optim: OptimConfig) -> Callable[[int], float]:
+    """The LR multiplier after `step` optimizer steps (OptimConfig's docstring has the formula)."""
+
+    def factor(step: int) -> float:
+        warmup = min(1.0, (step + 1) / optim.warmup_steps) if optim.warmup_steps else 1.0
+        if optim.decay == "exponential":
+            decay = optim.decay_rate ** (max(0, step - optim.warmup_steps) / optim.decay_steps)
+        elif optim.decay == "noam":
+            decay = math.sqrt(optim.warmup_steps / max(step + 1, optim.warmup_steps))
+        else:
+            decay = 1.0
+        return warmup * max(decay, optim.min_lr / optim.lr)
+
+    return factor

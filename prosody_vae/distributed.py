@@ -18,6 +18,7 @@ import torch
 import torch.distributed as dist
 
 from .config import TrainConfig
+from .tacotron_config import TacotronConfig
 from .errors import ConfigError
 
 
@@ -96,3 +97,10 @@ class StopSignals:
     def __exit__(self, *exc) -> None:
         for sig, handler in self._previous.items():
             signal.signal(sig, handler)
+
+
+def has_unused_parameters(config: TacotronConfig) -> bool:
+    """Whether a teacher-forced step can leave a parameter without gradient, which DDP must be
+    told (find_unused_parameters). A text-conditioned posterior owns a learned no-transcript
+    vector that training reaches only when text dropout fires."""
+    return config.posterior != "V"

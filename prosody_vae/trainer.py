@@ -42,7 +42,7 @@ from collections import defaultdict
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any, Optional
 
 import torch
 from tqdm import tqdm
@@ -50,17 +50,17 @@ from tqdm import tqdm
 from .audio import griffin_lim
 from .capacity import KLController, build_controller
 from .checkpoint import RunCheckpoints, capture_rng
-from .config import OptimConfig, TrainConfig, config_to_dict
+from .config import TrainConfig, config_to_dict, lr_schedule
 from .cpu_memory import keep_freed_memory
 from .data import Batch
-from .distributed import Cluster, StopSignals
+from .distributed import Cluster, StopSignals, has_unused_parameters
 from .errors import CheckpointError, ConfigError, TrainingError
 from .losses import TacotronLoss, alignment_diagonal_score
 from .masked_norm import length_mask
 from .run_lock import lock_on_rank_0
 from .runlog import KLInactivityWatch, MetricWindow, ProgressDisplay, RunLog
 from .speedups import fast_path_enabled
-from .tacotron import ProsodyTacotron, TacotronConfig, decoder_steps
+from .tacotron import ProsodyTacotron, decoder_steps
 from .training_data import build_data
 from .training_state import Counters, check_resumable, restore_rank_rng, seed_all
 
@@ -100,29 +100,6 @@ def train(config: TrainConfig, data_dir: str | os.PathLike, out_dir: str | os.Pa
     finally:
         cluster.close()
         torch.set_num_threads(threads)
-
-
-def lr_schedule(optim: OptimConfig) -> Callable[[int], float]:
-    """The LR multiplier after `step` optimizer steps (OptimConfig's docstring has the formula)."""
-
-    def factor(step: int) -> float:
-        warmup = min(1.0, (step + 1) / optim.warmup_steps) if optim.warmup_steps else 1.0
-        if optim.decay == "exponential":
-            decay = optim.decay_rate ** (max(0, step - optim.warmup_steps) / optim.decay_steps)
-        elif optim.decay == "noam":
-            decay = math.sqrt(optim.warmup_steps / max(step + 1, optim.warmup_steps))
-        else:
-            decay = 1.0
-        return warmup * max(decay, optim.min_lr / optim.lr)
-
-    return factor
-
-
-def has_unused_parameters(config: TacotronConfig) -> bool:
-    """Whether a teacher-forced step can leave a parameter without gradient, which DDP must be
-    told (find_unused_parameters). A text-conditioned posterior owns a learned no-transcript
-    vector that training reaches only when text dropout fires."""
-    return config.posterior != "V"
 
 
 def non_finite_items(batch: Batch) -> list[str]:

@@ -26,7 +26,9 @@ from prosody_vae.errors import CheckpointError, ConfigError, DataError, RunLocke
 from prosody_vae.losses import TacotronLoss
 from prosody_vae.run_lock import RunLock
 from prosody_vae.tacotron import ProsodyTacotron, TacotronConfig
-from prosody_vae.trainer import has_unused_parameters, lr_schedule, train
+from prosody_vae.config import lr_schedule
+from prosody_vae.distributed import has_unused_parameters
+from prosody_vae.trainer import train
 
 REPO = Path(__file__).resolve().parents[1]
 LEGACY_CHECKPOINT = REPO / "tests" / "fixtures" / "legacy_checkpoint.pt"
