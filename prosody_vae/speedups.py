@@ -9,11 +9,12 @@ because it earns its place in `benchmarks/` on 2-core CPUs:
 - attention energies as sliding-window matmuls whose tanh is recomputed in the backward pass;
 - the postnet's BatchNorm + tanh + dropout, and the reference encoder's BatchNorm + ReLU, as
   single autograd functions that keep less memory (masked_norm.py);
-- the "V+T" text summary read through the embedding table (tacotron.py `summarise_text`);
+- the "V+T" text summary read through the embedding table (layers.py `summarise_text`);
 - glibc malloc settings that keep freed activation memory (cpu_memory.py).
 
-Both forms compute the same function: tests/test_speedups.py checks outputs and gradients of a
-small model on both paths. The fast path is on by default; turn it off to debug, to read a
+Both forms compute the same function: tests/test_speedups.py checks the outputs, gradients and
+running statistics of a small model on both paths, and tests/test_masked_norm.py and
+tests/test_reference.py check each fused function against its plain form. The fast path is on by default; turn it off to debug, to read a
 profile against the plain code, or on a platform where a private oneDNN op misbehaves:
 
     PROSODY_VAE_FAST_PATH=0 prosody-vae train ...        # for a whole process
