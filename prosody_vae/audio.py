@@ -28,6 +28,7 @@ import torch.nn.functional as F
 from einops import rearrange
 
 from .errors import AudioError, ConfigError
+from .masked_norm import length_mask
 
 
 @dataclass(frozen=True)
@@ -73,9 +74,6 @@ class AudioConfig:
     def min_samples(self) -> int:
         """Shortest signal the reflect padding accepts (it needs more samples than the pad)."""
         return self.stft_padding + 1
-
-    def num_frames(self, num_samples: int) -> int:
-        return num_samples // self.hop_length
 
     def key(self) -> str:
         """A stable, readable identity for caches: equal configs give equal keys."""
@@ -135,7 +133,7 @@ class MelSpectrogram(torch.nn.Module):
         mel = torch.matmul(self.mel_basis.to(magnitude.dtype), magnitude)  # (B, n_mels, T)
         log_mel = rearrange(torch.log(torch.clamp(mel, min=self.config.log_floor)), "b m t -> b t m")
         if lengths is not None:
-            valid = torch.arange(log_mel.shape[1], device=wav.device)[None, :] < self.frame_lengths(lengths.to(wav.device))[:, None]
+            valid = length_mask(self.frame_lengths(lengths.to(wav.device)), log_mel.shape[1])  # (B, T)
             log_mel = log_mel.masked_fill(~valid[..., None], self.config.pad_value)
         return log_mel.squeeze(0) if squeeze else log_mel
 
