@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import math
 import os
-import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -27,6 +26,7 @@ import torch
 import torch.nn.functional as F
 from einops import rearrange
 
+from .atomic import atomic_write
 from .errors import AudioError, ConfigError
 from .masked_norm import length_mask
 
@@ -255,12 +255,6 @@ def save_wav(path: str | os.PathLike, wav: np.ndarray | torch.Tensor, sample_rat
     if not np.isfinite(wav).all():
         raise AudioError(f"save_wav({path}): refusing to write NaN or infinite samples")
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        sf.write(tmp, np.clip(wav, -1.0, 1.0), sample_rate, subtype="PCM_16", format="WAV")
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    with atomic_write(path) as f:
+        sf.write(f, np.clip(wav, -1.0, 1.0), sample_rate, subtype="PCM_16", format="WAV")
     return path
