@@ -23,7 +23,8 @@ from typing import IO, Iterator
 @contextlib.contextmanager
 def atomic_write(path: str | os.PathLike, mode: str = "wb", encoding: str | None = None,
                  newline: str | None = None) -> Iterator[IO]:
-    """Yield an open temporary file; when the block ends without an error it replaces `path`.
+    """Yield an open temporary file (`mode`, `encoding` and `newline` as for `open`); when the
+    block ends without an error, the file replaces `path`.
 
     On any error (in the block, the flush or the rename) the temporary is removed and `path`
     is left as it was. The folder must exist.
@@ -31,8 +32,8 @@ def atomic_write(path: str | os.PathLike, mode: str = "wb", encoding: str | None
     path = Path(path)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
-        os.chmod(tmp, _mode_for(path))
         with os.fdopen(fd, mode, encoding=encoding, newline=newline) as f:
+            os.chmod(tmp, _permissions_for(path))
             yield f
             f.flush()
             os.fsync(f.fileno())
@@ -53,7 +54,7 @@ def write_atomically(path: str | os.PathLike, data: bytes | str) -> None:
             f.write(data)
 
 
-def _mode_for(path: Path) -> int:
+def _permissions_for(path: Path) -> int:
     """The permission bits `open(path, "w")` would leave `path` with."""
     try:
         return stat.S_IMODE(os.stat(path).st_mode)

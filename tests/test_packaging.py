@@ -63,8 +63,7 @@ def test_a_wheel_in_a_fresh_venv_runs_the_demo_from_an_unrelated_folder(tmp_path
 
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
-    env = {key: value for key, value in os.environ.items() if key != "PYTHONPATH"}
-    env["OMP_NUM_THREADS"] = "2"
+    env = {key: value for key, value in os.environ.items() if key != "PYTHONPATH"}  # no checkout on the path
     where = run([venv / "bin" / "python", "-c", "import prosody_vae.config as c; "
                  "print(c.__file__); print(c.recipe_config('demo'))"], cwd=elsewhere, env=env).stdout.split()
     site_packages = venv.resolve() / "lib"
