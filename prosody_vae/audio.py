@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import math
 import os
-import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -27,7 +26,9 @@ import torch
 import torch.nn.functional as F
 from einops import rearrange
 
+from .atomic import atomic_write
 from .errors import AudioError, ConfigError
+from .masked_norm import length_mask
 
 
 @dataclass(frozen=True)
@@ -73,9 +74,6 @@ class AudioConfig:
     def min_samples(self) -> int:
         """Shortest signal the reflect padding accepts (it needs more samples than the pad)."""
         return self.stft_padding + 1
-
-    def num_frames(self, num_samples: int) -> int:
-        return num_samples // self.hop_length
 
     def key(self) -> str:
         """A stable, readable identity for caches: equal configs give equal keys."""
@@ -135,7 +133,7 @@ class MelSpectrogram(torch.nn.Module):
         mel = torch.matmul(self.mel_basis.to(magnitude.dtype), magnitude)  # (B, n_mels, T)
         log_mel = rearrange(torch.log(torch.clamp(mel, min=self.config.log_floor)), "b m t -> b t m")
         if lengths is not None:
-            valid = torch.arange(log_mel.shape[1], device=wav.device)[None, :] < self.frame_lengths(lengths.to(wav.device))[:, None]
+            valid = length_mask(self.frame_lengths(lengths.to(wav.device)), log_mel.shape[1])  # (B, T)
             log_mel = log_mel.masked_fill(~valid[..., None], self.config.pad_value)
         return log_mel.squeeze(0) if squeeze else log_mel
 
@@ -257,12 +255,6 @@ def save_wav(path: str | os.PathLike, wav: np.ndarray | torch.Tensor, sample_rat
     if not np.isfinite(wav).all():
         raise AudioError(f"save_wav({path}): refusing to write NaN or infinite samples")
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        sf.write(tmp, np.clip(wav, -1.0, 1.0), sample_rate, subtype="PCM_16", format="WAV")
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    with atomic_write(path) as f:
+        sf.write(f, np.clip(wav, -1.0, 1.0), sample_rate, subtype="PCM_16", format="WAV")
     return path

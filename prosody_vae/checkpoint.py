@@ -4,8 +4,8 @@ A checkpoint is one `torch.save` file of plain containers and tensors, read back
 `weights_only=True` (so opening a checkpoint never runs code from it). What the trainer puts in
 it is listed in trainer.py; this module only requires `format_version` and `config`.
 
-Writes are atomic: a temporary file in the same folder, flushed and fsynced, then `os.replace`d
-over the target, so a crash or a full disk leaves the old file or the new one, never half of one.
+Writes are atomic (atomic.py): a crash or a full disk leaves the old file or the new one, never
+half of one.
 
 A run keeps its checkpoints in RUN/checkpoints/:
     step-00001000.pt ...  periodic and end-of-run states; the newest `keep_last` are kept
@@ -20,7 +20,6 @@ from __future__ import annotations
 import os
 import random
 import re
-import tempfile
 import warnings
 from pathlib import Path
 from typing import Any
@@ -29,6 +28,7 @@ import numpy as np
 import torch
 
 from . import __version__
+from .atomic import atomic_write
 from .config import TrainConfig, config_from_dict
 from .errors import CheckpointError, ConfigError
 from .tacotron import ProsodyTacotron
@@ -42,17 +42,8 @@ def save_checkpoint(path: str | os.PathLike, state: dict[str, Any]) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     state = {**state, "format_version": FORMAT_VERSION, "package_version": __version__}
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(state, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    _fsync_dir(path.parent)
+    with atomic_write(path) as f:
+        torch.save(state, f)
     return path
 
 
@@ -194,18 +185,6 @@ def _check_format(state: dict[str, Any], path: Path) -> None:
         raise CheckpointError(
             f"{path}: checkpoint format {state['format_version']} (prosody_vae {state.get('package_version')}) "
             f"cannot be read by this prosody_vae {__version__} (format {FORMAT_VERSION})")
-
-
-def _fsync_dir(directory: Path) -> None:
-    """Make the rename itself durable (POSIX); a no-op where folders cannot be opened."""
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 # ------------------------------------------------------------------------------------- RNG state

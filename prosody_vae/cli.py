@@ -39,10 +39,11 @@ def cmd_make_corpus(args: argparse.Namespace) -> None:
 
 
 def cmd_train(args: argparse.Namespace) -> None:
-    from .config import load_config
+    from .config import load_config, recipe_config
     from .trainer import train
 
-    result = train(load_config(args.config), args.data, args.out, resume=args.resume, max_steps=args.max_steps)
+    config = load_config(args.config or recipe_config(args.recipe))
+    result = train(config, args.data, args.out, resume=args.resume, max_steps=args.max_steps)
     if result.checkpoint is not None:  # rank 0 reports; other ranks of a torchrun job stay quiet
         how = "stopped by signal" if result.stopped_by_signal else "finished"
         print(f"{how} at step {result.step}; checkpoint {result.checkpoint}")
@@ -53,7 +54,8 @@ def cmd_train(args: argparse.Namespace) -> None:
 def cmd_demo(args: argparse.Namespace) -> None:
     from .demo import run_demo
 
-    report = run_demo(args.out, n_utterances=args.n, max_steps=args.max_steps, config_path=args.config)
+    report = run_demo(args.out, n_utterances=args.n, max_steps=args.max_steps, config_path=args.config,
+                      max_decoder_steps=args.max_decoder_steps)
     print(report.format())
     print(f"wrote {args.out}/report.md, {args.out}/wavs/ and {args.out}/plots/ "
           f"in {report.wall_seconds / 60:.1f} min")
@@ -201,7 +203,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_make_corpus)
 
     p = commands.add_parser("train", help="train a ProsodyTacotron (torchrun for several GPUs or nodes)")
-    p.add_argument("--config", type=Path, required=True, help="TOML config, e.g. recipes/demo/config.toml")
+    config = p.add_mutually_exclusive_group(required=True)
+    config.add_argument("--config", type=Path, help="TOML config, e.g. recipes/demo/config.toml")
+    config.add_argument("--recipe", help="a recipe shipped with the package, by name (e.g. demo)")
     p.add_argument("--data", type=Path, required=True, help="LJSpeech-format folder")
     p.add_argument("--out", type=Path, required=True, help="run folder: checkpoints, logs, TensorBoard")
     p.add_argument("--resume", action="store_true", help="continue from the newest intact checkpoint in --out")
@@ -212,7 +216,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, default=Path("demo_out"), help="output folder (reused on a re-run)")
     p.add_argument("--n", type=_positive_int, default=1000, help="corpus size")
     p.add_argument("--max-steps", type=_positive_int, help="override the demo config's step count")
-    p.add_argument("--config", type=Path, help="default: recipes/demo/config.toml")
+    p.add_argument("--max-decoder-steps", type=_positive_int,
+                   help="cap free-running synthesis (default: the model config's); with --n and "
+                        "--max-steps, for a quick run")
+    p.add_argument("--config", type=Path, help="default: the demo recipe (recipes/demo/config.toml)")
     p.set_defaults(func=cmd_demo)
 
     p = commands.add_parser("synthesize", help="speak one text, with a reference's prosody or a prior sample")

@@ -1,6 +1,7 @@
 """Typed training configuration: a TOML file mapped strictly onto dataclasses.
 
     load_config("run.toml") -> TrainConfig
+    load_config(recipe_config("demo"))  # a recipe shipped with the package
 
 Each TOML table is a nested dataclass ([model] -> TacotronConfig, [optim] -> OptimConfig, ...);
 top-level keys are run settings. The mapping is strict, because a typo in a recipe must not
@@ -147,6 +148,23 @@ def load_config(path: str | Path) -> TrainConfig:
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         raise ConfigError(f"{path}: not valid TOML ({exc})") from None
     return config_from_dict(TrainConfig, data, str(path))
+
+
+def recipe_config(name: str) -> Path:
+    """The config.toml of the recipe `name` (a folder of the repository's recipes/, e.g. "demo").
+
+    A wheel carries recipes/ inside the package as prosody_vae/recipes; a source checkout (and
+    an editable install) has it beside the package folder.
+    """
+    package = Path(__file__).resolve().parent
+    for folder in (package / "recipes", package.parent / "recipes"):
+        if folder.is_dir():
+            known = sorted(path.parent.name for path in folder.glob("*/config.toml"))
+            if name in known:
+                return folder / name / "config.toml"
+            raise ConfigError(f"no recipe named {name!r} in {folder} (recipes: {', '.join(known)})")
+    raise ConfigError(f"no recipes folder in {package} or {package.parent}: this prosody_vae was "
+                      "installed without its recipes")
 
 
 def config_to_dict(config: Any) -> dict[str, Any]:

@@ -39,6 +39,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .atomic import write_atomically
 from .errors import ConfigError, CorpusError
 from .sentences import Sentence, make_sentence
 
@@ -294,19 +295,8 @@ def _prepare_out_dir(out_dir: Path) -> None:
     (out_dir / "wavs").mkdir(parents=True, exist_ok=True)
     # The header alone marks the folder as ours, so an interrupted run can be re-run in place;
     # metadata.csv goes until the end, so no reader sees old text beside new wavs.
-    _atomic_write_text(factors_path, ",".join(FACTOR_COLUMNS) + "\n")
+    write_atomically(factors_path, ",".join(FACTOR_COLUMNS) + "\n")
     (out_dir / "metadata.csv").unlink(missing_ok=True)
-
-
-def _atomic_write_text(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
 
 
 def _format_value(value: float, digits: int) -> str:
@@ -406,8 +396,8 @@ def make_corpus(out_dir: str | os.PathLike, config: CorpusConfig | None = None) 
             stale.unlink()
     buffer = io.StringIO()
     csv.writer(buffer, lineterminator="\n").writerows([list(FACTOR_COLUMNS), *factor_rows])
-    _atomic_write_text(out_dir / "factors.csv", buffer.getvalue())
-    _atomic_write_text(out_dir / "metadata.csv", "".join(
+    write_atomically(out_dir / "factors.csv", buffer.getvalue())
+    write_atomically(out_dir / "metadata.csv", "".join(
         f"{item.utt_id}|{item.sentence.text}|{item.sentence.text}\n" for item in planned))
 
     total = sum(float(row[FACTOR_COLUMNS.index("duration_s")]) for row in factor_rows)

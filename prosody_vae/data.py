@@ -15,7 +15,6 @@ import io
 import json
 import math
 import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator, Sequence
@@ -23,6 +22,7 @@ from typing import Iterator, Sequence
 import numpy as np
 import torch
 
+from .atomic import write_atomically
 from .audio import AudioConfig, MelSpectrogram, check_not_silent, load_wav
 from .errors import AudioError, DataError, TextError
 
@@ -115,7 +115,7 @@ class MelCache:
         self.dir.mkdir(parents=True, exist_ok=True)
         info = self.dir / "audio_config.json"
         if not info.exists():  # for humans: which config made these mels
-            _atomic_write_bytes(info, json.dumps(self.audio.__dict__, indent=1).encode())
+            write_atomically(info, json.dumps(self.audio.__dict__, indent=1))
         self._mel_spec: MelSpectrogram | None = None
 
     def path(self, utt: Utterance) -> Path:
@@ -139,7 +139,7 @@ class MelCache:
         mel = self.compute(utt)
         buffer = io.BytesIO()
         np.save(buffer, mel, allow_pickle=False)
-        _atomic_write_bytes(path, buffer.getvalue())
+        write_atomically(path, buffer.getvalue())
         return mel
 
     def compute(self, utt: Utterance) -> np.ndarray:
@@ -154,17 +154,6 @@ class MelCache:
         if not np.isfinite(mel).all():  # float samples near float32's limit overflow the power spectrum
             raise AudioError(f"{utt.wav_path}: samples too large for a log-mel (audio should lie in [-1, 1])")
         return mel
-
-
-def _atomic_write_bytes(path: Path, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    finally:  # a failed write (a full disk) leaves no temporary behind
-        if os.path.exists(tmp):
-            os.unlink(tmp)
 
 
 @dataclass

@@ -19,10 +19,8 @@ from pathlib import Path
 import numpy as np
 
 from .audio import load_wav, save_wav
-from .errors import ConfigError
 from .runlog import read_metrics
 
-DEMO_CONFIG = Path(__file__).resolve().parents[1] / "recipes" / "demo" / "config.toml"
 TRANSFER_SENTENCES = ("The painter carried a wooden ladder across the river.",
                       "Did you find the golden key near the station?",
                       "We bought apples, bread and honey at the market.")
@@ -41,19 +39,19 @@ class DemoReport:
 
 
 def run_demo(out_dir: str | Path, n_utterances: int = 1000, max_steps: int | None = None,
-             config_path: str | Path | None = None, seed: int = 0) -> DemoReport:
-    from .config import load_config
+             config_path: str | Path | None = None, seed: int = 0,
+             max_decoder_steps: int | None = None) -> DemoReport:
+    """Run the demo into `out_dir` with the demo recipe or `config_path`. `max_steps` and
+    `max_decoder_steps` (free-running synthesis; default: the model config's) override the
+    config, for a quick run."""
+    from .config import load_config, recipe_config
     from .infer import Synthesizer
     from .corpus import CorpusConfig, make_corpus
     from .trainer import train
 
     started = time.perf_counter()
     out_dir = Path(out_dir)
-    config_path = Path(config_path) if config_path else DEMO_CONFIG
-    if not config_path.is_file():
-        raise ConfigError(f"{config_path}: demo config not found; pass --config recipes/demo/config.toml "
-                          "from a source checkout")
-    config = load_config(config_path)
+    config = load_config(config_path or recipe_config("demo"))
 
     corpus = out_dir / "corpus"
     if not (corpus / "metadata.csv").is_file():
@@ -67,7 +65,7 @@ def run_demo(out_dir: str | Path, n_utterances: int = 1000, max_steps: int | Non
     print("[3/3] synthesising and writing the report", flush=True)
     synth = Synthesizer.from_checkpoint(result.checkpoint)
     config = synth.config
-    synthesis = _synthesise(synth, corpus, out_dir, seed)
+    synthesis = _synthesise(synth, corpus, out_dir, seed, max_decoder_steps)
     records = read_metrics(run / "metrics.jsonl")
     validations = [r for r in records if r.get("split") == "val"]
     _plot_training(records, out_dir / "plots" / "training.png", config)
@@ -89,13 +87,13 @@ def _contrasting_references(corpus: Path) -> dict[str, dict]:
     return {"slow_low": rows[order[0]], "fast_high": rows[order[-1]]}
 
 
-def _synthesise(synth, corpus: Path, out_dir: Path, seed: int) -> list[dict]:
+def _synthesise(synth, corpus: Path, out_dir: Path, seed: int, max_decoder_steps: int | None) -> list[dict]:
     """Three sentences in each prosody condition, vocoded and saved; one row per output."""
     wav_dir, sample_rate = out_dir / "wavs", synth.audio.sample_rate
     texts = list(TRANSFER_SENTENCES)
 
     def speak(name: str, **prosody) -> list[dict]:
-        out = synth.tts(texts, seed=seed, **prosody)
+        out = synth.tts(texts, seed=seed, max_decoder_steps=max_decoder_steps, **prosody)
         _plot_alignments(out.alignment, out_dir / "plots" / f"alignment_{name}.png")
         return [{"condition": name, "sentence": i,
                  "wav": str(save_wav(wav_dir / f"{name}_sentence{i}.wav", wav, sample_rate).relative_to(out_dir)),

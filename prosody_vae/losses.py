@@ -32,7 +32,8 @@ import torch
 import torch.nn.functional as F
 
 from .errors import ConfigError
-from .tacotron import TacotronOutput, decoder_steps, length_mask
+from .masked_norm import length_mask
+from .tacotron import TacotronOutput, decoder_steps
 
 if TYPE_CHECKING:  # data.py pulls in the audio stack; only its type is needed here
     from .capacity import KLController
@@ -89,9 +90,9 @@ def masked_l1(pred: torch.Tensor, target: torch.Tensor, lengths: torch.Tensor) -
 def stop_targets(mel_lengths: torch.Tensor, n_steps: int, r: int) -> tuple[torch.Tensor, torch.Tensor]:
     """(targets (B, n_steps) float, mask (B, n_steps) bool): 1 from the step holding the last
     valid frame onwards; the mask keeps steps up to and including that step."""
-    last = decoder_steps(mel_lengths, r) - 1  # (B,)
+    valid_steps = decoder_steps(mel_lengths, r)  # (B,)
     steps = torch.arange(n_steps, device=mel_lengths.device)[None]  # (1, n_steps)
-    return (steps >= last[:, None]).float(), steps <= last[:, None]
+    return (steps >= valid_steps[:, None] - 1).float(), length_mask(valid_steps, n_steps)
 
 
 def stop_loss(logits: torch.Tensor, mel_lengths: torch.Tensor, r: int, pos_weight: float) -> torch.Tensor:
@@ -110,7 +111,7 @@ def guided_attention_penalty(text_lengths: torch.Tensor, decoder_lengths: torch.
     step_position = steps / (decoder_lengths[:, None, None] - 1).clamp(min=1)
     token_position = tokens / (text_lengths[:, None, None] - 1).clamp(min=1)
     penalty = 1.0 - torch.exp(-(token_position - step_position).square() / (2.0 * g * g))
-    valid = (steps < decoder_lengths[:, None, None]) & (tokens < text_lengths[:, None, None])
+    valid = length_mask(decoder_lengths, n_steps)[:, :, None] & length_mask(text_lengths, n_tokens)[:, None, :]
     return torch.where(valid, penalty, 0.0)
 
 
