@@ -24,6 +24,8 @@ from typing import Optional
 import torch
 from tqdm import tqdm
 
+from .atomic import write_atomically
+
 
 class RunLog:
     """metrics.jsonl and TensorBoard (rank 0 only). `resumed_at`: drop what came after that step."""
@@ -36,9 +38,7 @@ class RunLog:
         if resumed_at is not None and self.path.exists():
             kept = [line for line in self.path.read_text(encoding="utf-8").splitlines()
                     if _logged_step(line) <= resumed_at]
-            tmp = self.path.with_name(".metrics.jsonl.tmp")
-            tmp.write_text("".join(line + "\n" for line in kept), encoding="utf-8")
-            os.replace(tmp, self.path)
+            write_atomically(self.path, "".join(line + "\n" for line in kept))
         self.file = open(self.path, "a", encoding="utf-8")
         self.tensorboard = SummaryWriter(str(out_dir / "tensorboard"),
                                          purge_step=None if resumed_at is None else resumed_at + 1)
