@@ -3,7 +3,7 @@
     one step per r frames (r = reduction factor):
         prenet(previous frame) -> attention LSTM -> attention over memory -> context
         [attention LSTM state ; context] -> decoder LSTM -> [state ; context] -> projection
-        projection -> r frames + stop logit (`OutputLayout`)
+        projection -> r frames [+ r log-F0 + r voicing logits] + stop logit (`OutputLayout`)
 
 `DecoderPass.step` is that recurrence, and everything runs it: teacher-forced training
 (`Decoder.forward`), free-running inference (`Decoder.infer`, `run_free`), reduced-precision
@@ -36,6 +36,7 @@ from torch import nn
 
 from .attention import DynamicConvolutionAttention, ForwardAttention, LocationSensitiveAttention
 from .cpu_kernels import AttentionContext, PackedMatmul, _RecurrentMatmul
+from .errors import ConfigError
 from .layers import Generators, dropout
 from .speedups import fast_path_enabled
 from .tacotron_config import TacotronConfig
@@ -50,27 +51,67 @@ def decoder_steps(mel_lengths: torch.Tensor, r: int) -> torch.Tensor:
 
 @dataclass(frozen=True)
 class OutputLayout:
-    """What one decoder step's projection holds, (..., size): r frames, then the stop logit.
-    The one place that knows the layout: a new per-step output is added here and in `size`."""
+    """What one decoder step's projection holds, (..., size): r frames, then (with a pitch head)
+    r log-F0 values and r voicing logits, then the stop logit. The one place that knows the layout:
+    a new per-step output is added here and nowhere else in the loop."""
 
     n_mels: int
     r: int
+    pitch: bool = False
+    feedback: bool = False  # the next step also reads the last frame's log-F0 and voicing
+
+    @classmethod
+    def of(cls, config: TacotronConfig) -> "OutputLayout":
+        return cls(config.n_mels, config.reduction_factor, config.pitch_head, config.pitch_feedback)
 
     @property
     def size(self) -> int:
-        return self.r * self.n_mels + 1
+        return self.r * self.n_mels + (2 * self.r if self.pitch else 0) + 1
+
+    @property
+    def input_size(self) -> int:
+        """What a step reads of the step before: a frame (B, n_mels) [+ its log-F0 and voicing]."""
+        return self.n_mels + (2 if self.feedback else 0)
 
     def frames(self, out: torch.Tensor) -> torch.Tensor:
         """(B, S, size) -> (B, S * r, n_mels)."""
         return rearrange(out[..., : self.r * self.n_mels], "b s (r f) -> b (s r) f", r=self.r)
 
+    def log_f0(self, out: torch.Tensor) -> torch.Tensor:
+        """(B, S, size) -> (B, S * r): natural log of F0 in Hz, meaningful where voiced."""
+        start = self.r * self.n_mels
+        return rearrange(out[..., start : start + self.r], "b s r -> b (s r)")
+
+    def voicing_logits(self, out: torch.Tensor) -> torch.Tensor:
+        """(B, S, size) -> (B, S * r)."""
+        start = self.r * self.n_mels + self.r
+        return rearrange(out[..., start : start + self.r], "b s r -> b (s r)")
+
     def stop_logit(self, out: torch.Tensor) -> torch.Tensor:
         """(..., size) -> (...)."""
-        return out[..., self.r * self.n_mels]
+        return out[..., -1]
 
-    def last_frame(self, out: torch.Tensor) -> torch.Tensor:
-        """(B, size) -> (B, n_mels): the last of the r frames, which the next step reads."""
-        return out[:, (self.r - 1) * self.n_mels : self.r * self.n_mels]
+    def next_input(self, out: torch.Tensor) -> torch.Tensor:
+        """(B, size) -> (B, input_size): the last of the r frames [with its log-F0 and voicing],
+        which the next step reads."""
+        frame = out[:, (self.r - 1) * self.n_mels : self.r * self.n_mels]
+        if not self.feedback:
+            return frame
+        log_f0, voicing = self.log_f0(out[:, None])[:, -1:], self.voicing_logits(out[:, None])[:, -1:]
+        return pitch_input(frame, log_f0, voicing > 0)
+
+    def bias_init(self) -> torch.Tensor:
+        """A starting bias for the projection: log-F0 outputs begin near log(150 Hz), not 0 Hz."""
+        bias = torch.zeros(self.size)
+        if self.pitch:
+            bias[self.r * self.n_mels : self.r * self.n_mels + self.r] = math.log(150.0)
+        return bias
+
+
+def pitch_input(frame: torch.Tensor, log_f0: torch.Tensor, voiced: torch.Tensor) -> torch.Tensor:
+    """[frame ; log-F0 where voiced, else 0 ; voiced] (..., n_mels + 2): what a pitch-feedback step reads."""
+    voiced = voiced.to(frame.dtype)
+    return torch.cat([frame, log_f0.to(frame.dtype) * voiced, voiced], dim=-1)
 
 
 class Prenet(nn.Module):
@@ -215,7 +256,8 @@ class DecoderPass:
 
     def infer_step(self, frame: torch.Tensor, generator: Generators = None,
                    noise: Optional[Sequence[torch.Tensor]] = None) -> torch.Tensor:
-        """Free-running: the previous frame (B, n_mels) -> this step's output (B, OutputLayout.size)."""
+        """Free-running: the previous step's `OutputLayout.next_input` (B, input_size) -> this step's
+        output (B, OutputLayout.size)."""
         attention_input = self.weights.prenet_gates(self.decoder.prenet(frame, generator, noise))
         return self.weights.projection(self.step(attention_input))
 
@@ -229,27 +271,35 @@ class StopTracker:
         self.stop_steps = torch.full((batch,), max_steps, dtype=torch.long, device=device)  # (B,)
         self.done = torch.zeros(batch, dtype=torch.bool, device=device)  # (B,)
 
-    def update(self, stop_logit: torch.Tensor, step: int) -> bool:
-        """Record decoder step `step`'s stop logits (B,); True once every item has stopped."""
+    def update(self, stop_logit: torch.Tensor, step: int, allowed: Optional[torch.Tensor] = None) -> bool:
+        """Record decoder step `step`'s stop logits (B,), for the items `allowed` (B,) bool to stop;
+        True once every item has stopped."""
         stopped = (stop_logit > self.logit_threshold) & ~self.done
+        if allowed is not None:
+            stopped = stopped & allowed
         self.stop_steps = torch.where(stopped, step + 1, self.stop_steps)
         self.done = self.done | stopped
         return bool(self.done.all())
 
 
 def run_free(step: Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]], go_frame: torch.Tensor,
-             layout: OutputLayout, max_steps: int, stop_threshold: float):
-    """The free-running loop around a step function frame (B, n_mels) -> (out (B, size), alignment (B, L)):
-    each step reads the last frame of the one before, until every item stopped or max_steps ran.
+             layout: OutputLayout, max_steps: int, stop_threshold: float, text_lengths: torch.Tensor,
+             stop_gate_tokens: int = 0):
+    """The free-running loop around a step function input (B, layout.input_size) -> (out (B, size),
+    alignment (B, L)): each step reads the one before (`layout.next_input`), until every item stopped
+    or max_steps ran. An item may stop only once its alignment peak lies on one of its last
+    `stop_gate_tokens` tokens (0: at any step), so a short text is spoken before it ends.
     Returns out (B, S, size), alignments (B, S, L), stop_steps (B,), hit_max_steps (B,)."""
     stops = StopTracker(go_frame.shape[0], max_steps, stop_threshold, go_frame.device)
+    gate = (text_lengths - stop_gate_tokens).clamp(min=0).to(go_frame.device)  # (B,) first token that allows a stop
     outputs, alignments, frame = [], [], go_frame
     for index in range(max_steps):
         out, alignment = step(frame)
         outputs.append(out)
         alignments.append(alignment)
-        frame = layout.last_frame(out)
-        if stops.update(layout.stop_logit(out), index):
+        frame = layout.next_input(out)
+        allowed = alignment.argmax(dim=1) >= gate if stop_gate_tokens else None
+        if stops.update(layout.stop_logit(out), index, allowed):
             break
     return torch.stack(outputs, dim=1), torch.stack(alignments, dim=1), stops.stop_steps, ~stops.done
 
@@ -271,13 +321,16 @@ class Decoder(nn.Module):
     def __init__(self, config: TacotronConfig, memory_dim: int) -> None:
         super().__init__()
         self.config, self.memory_dim = config, memory_dim
-        self.layout = OutputLayout(config.n_mels, config.reduction_factor)
-        self.prenet = Prenet(config.n_mels, config.prenet_dims, config.prenet_dropout,
+        self.layout = OutputLayout.of(config)
+        self.prenet = Prenet(self.layout.input_size, config.prenet_dims, config.prenet_dropout,
                              config.prenet_dropout_at_inference)
         self.attention_cell = SplitLSTMCell(config.prenet_dims[-1], memory_dim, config.attention_rnn_dim)
         self.attention = build_attention(config, memory_dim)
         self.decoder_cell = SplitLSTMCell(0, config.attention_rnn_dim + memory_dim, config.decoder_rnn_dim)
         self.projection = nn.Linear(config.decoder_rnn_dim + memory_dim, self.layout.size)
+        if config.pitch_head:
+            with torch.no_grad():
+                self.projection.bias.copy_(self.layout.bias_init())
 
     def step_weights(self, rows: int) -> StepWeights:
         """The matmuls a pass over `rows` items runs: plain, or the CPU fast path (speedups.py)."""
@@ -286,12 +339,17 @@ class Decoder(nn.Module):
     def start(self, memory: torch.Tensor, mask: torch.Tensor) -> DecoderPass:
         return DecoderPass(self, memory, mask, self.step_weights(memory.shape[0]))
 
-    def forward(self, memory: torch.Tensor, mask: torch.Tensor,
-                mel: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Teacher forcing on mel (B, T, n_mels), T = T_r * r. Step t reads the last frame of group
-        t - 1 (zeros for t = 0). Returns frames (B, T, n_mels), stop logits (B, T_r), alignments (B, T_r, L)."""
+    def forward(self, memory: torch.Tensor, mask: torch.Tensor, mel: torch.Tensor,
+                pitch: Optional[tuple[torch.Tensor, torch.Tensor]] = None) -> torch.Tensor:
+        """Teacher forcing on mel (B, T, n_mels), T = T_r * r: step t reads the last frame of group
+        t - 1 (zeros for t = 0) and, with pitch feedback, its (log_f0, voiced) from `pitch`, both
+        (B, T). Returns every step's output (B, T_r, OutputLayout.size) and alignments (B, T_r, L)."""
         r = self.config.reduction_factor
         previous = mel[:, r - 1 :: r]  # (B, T_r, n_mels)
+        if self.layout.feedback:
+            if pitch is None:
+                raise ConfigError("this model feeds pitch back (pitch_feedback): give the batch's log_f0 and voiced")
+            previous = pitch_input(previous, pitch[0][:, r - 1 :: r, None], pitch[1][:, r - 1 :: r, None])
         inputs = F.pad(previous[:, :-1], (0, 0, 1, 0))  # go frame first
         attention_inputs = self.attention_cell.static_gates(self.prenet(inputs))  # (B, T_r, 4 H_a)
         decoding = self.start(memory, mask)
@@ -300,19 +358,18 @@ class Decoder(nn.Module):
             features.append(decoding.step(attention_input))
             alignments.append(decoding.state.alignment)
         decoding.weights.end_of_pass()
-        out = self.projection(torch.stack(features, dim=1))  # (B, T_r, size)
-        return self.layout.frames(out), self.layout.stop_logit(out), torch.stack(alignments, dim=1)
+        return self.projection(torch.stack(features, dim=1)), torch.stack(alignments, dim=1)
 
     @torch.no_grad()
     def infer(self, memory: torch.Tensor, mask: torch.Tensor, max_steps: int, stop_threshold: float,
               generator: Generators = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Free-running decoding until every item has emitted a stop or max_steps ran.
-        Returns frames (B, S * r, n_mels), alignments (B, S, L), stop_steps (B,), hit_max_steps (B,)."""
+        """Free-running decoding until every item has emitted a stop or max_steps ran. Returns every
+        step's output (B, S, OutputLayout.size), alignments (B, S, L), stop_steps (B,), hit_max_steps (B,)."""
         decoding = self.start(memory, mask)
 
         def step(frame: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
             return decoding.infer_step(frame, generator), decoding.state.alignment
 
-        go_frame = memory.new_zeros(memory.shape[0], self.config.n_mels)
-        out, alignments, stop_steps, hit_max = run_free(step, go_frame, self.layout, max_steps, stop_threshold)
-        return self.layout.frames(out), alignments, stop_steps, hit_max
+        go_frame = memory.new_zeros(memory.shape[0], self.layout.input_size)
+        return run_free(step, go_frame, self.layout, max_steps, stop_threshold,
+                        mask.sum(dim=1), self.config.stop_gate_tokens)

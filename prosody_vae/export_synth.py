@@ -178,7 +178,7 @@ def _export_programs(model: ProsodyTacotron) -> dict[str, torch.export.ExportedP
     utterance = programs["text"].module()(*text_args)
     state = tuple(DecoderState.initial(config, n_batch, n_tokens, utterance[0].shape[2]))
     noise = prenet_noise(config, n_batch)
-    step_args = (torch.randn(n_batch, config.n_mels), state, utterance, noise)
+    step_args = (torch.randn(n_batch, OutputLayout.of(config).input_size), state, utterance, noise)
     # strict (TorchDynamo) tracing: the non-strict tracer turns attention's `len(windows)` into a
     # constant and so fixes the batch size
     programs["step"] = torch.export.export(
@@ -252,9 +252,8 @@ class ExportedSynthesizer:
             out, state = self.step(frame, state, utterance, prenet_noise(config, batch, generator))
             return out, state[STATE_NAMES.index("alignment")]
 
-        layout = OutputLayout(config.n_mels, config.reduction_factor)
-        out, alignments, stop_steps, hit_max = run_free(step, torch.zeros(batch, config.n_mels), layout, max_steps,
-                                                        config.stop_threshold)
-        frames = layout.frames(out)
-        mel_postnet = self.postnet(frames, stop_steps * config.reduction_factor)
-        return inference_output(config, mel_postnet, alignments, stop_steps, hit_max, max_steps, stacklevel=4)
+        layout = OutputLayout.of(config)
+        out, alignments, stop_steps, hit_max = run_free(step, torch.zeros(batch, layout.input_size), layout, max_steps,
+                                                        config.stop_threshold, text_lengths, config.stop_gate_tokens)
+        mel_postnet = self.postnet(layout.frames(out), stop_steps * config.reduction_factor)
+        return inference_output(config, out, mel_postnet, alignments, stop_steps, hit_max, max_steps, stacklevel=4)

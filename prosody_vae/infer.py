@@ -35,7 +35,7 @@ from __future__ import annotations
 
 import hashlib
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Literal, Optional, Sequence, Union
 
@@ -63,6 +63,7 @@ class SynthesisResult:
     stop_step: list[int]
     hit_max_steps: list[bool]
     z: torch.Tensor
+    f0: list[torch.Tensor] = field(default_factory=list)  # (T_i,) predicted F0 in Hz, 0 where unvoiced; pitch head only
 
 
 class Synthesizer:
@@ -223,11 +224,14 @@ class Synthesizer:
         z = self.prosody(texts, reference, reference_text, z, mode, temperature, seed)
         out = self.model.infer(text, text_lengths, z=z, generator=self._generators(seed, texts),
                                max_decoder_steps=max_decoder_steps)
-        mels = [out.mel_postnet[i, : int(out.mel_lengths[i])].float() for i in range(len(texts))]
+        lengths = out.mel_lengths.tolist()
+        mels = [out.mel_postnet[i, :n].float() for i, n in enumerate(lengths)]
+        f0 = [] if out.log_f0 is None else [torch.where(out.voiced[i, :n], out.log_f0[i, :n].exp(), 0.0).float()
+                                            for i, n in enumerate(lengths)]
         return SynthesisResult(
             mel=mels, wav=[self.vocode(m) for m in mels] if vocode else [],
             alignment=[out.alignments[i, : int(out.stop_steps[i]), : int(text_lengths[i])] for i in range(len(texts))],
-            stop_step=out.stop_steps.tolist(), hit_max_steps=out.hit_max_steps.tolist(), z=z)
+            stop_step=out.stop_steps.tolist(), hit_max_steps=out.hit_max_steps.tolist(), z=z, f0=f0)
 
     @torch.no_grad()
     def vocode(self, mel: torch.Tensor) -> np.ndarray:

@@ -1,6 +1,7 @@
 """Training losses of ProsodyTacotron, each term kept apart for logging.
 
     total = L1(decoder mel) + L1(postnet mel) + stop BCE + w_ga(step) * guided attention + KL term
+            [+ w_f0 * L1(log-F0, voiced frames) + w_v * voicing BCE (valid frames), with a pitch head]
 
 Normalisation. Both L1 terms are means over the valid (frame, mel bin) elements of the batch.
 The KL term is `alpha * controller.loss(kl_per_dim) / (T_valid_mean * n_mels)`, where
@@ -15,6 +16,10 @@ the batch; the controller receives kl_per_dim (B, D) so that FreeBits can act pe
 Stop token: the target is 1 from the decoder step that holds the item's last valid frame onwards;
 steps after that one are padding and masked out, so each item contributes its valid steps, of which
 exactly one is positive (hence `stop_pos_weight`).
+
+Pitch head: the log-F0 error is |predicted - target| in natural-log units (0.01 ~ 17 cents),
+averaged over the frames that are voiced in the target; the voicing term is a BCE over valid
+frames. Both are per-frame means, like the L1 terms, so their weights compare with the mel's.
 
 Guided attention (Tachibana et al. 2018): W[t, n] = 1 - exp(-(n / (N - 1) - t / (T - 1))^2 / (2 g^2))
 for N valid tokens and T valid decoder steps (so the first step faces the first token and the last
@@ -50,9 +55,12 @@ class LossConfig:
     guided_attention_fade_start: int = 0  # step at which the weight starts to fall
     guided_attention_fade_steps: Optional[int] = 10_000  # steps from full weight to 0; None: never fades
     kl_alpha: float = 1.0  # scale on the controller's KL loss, on top of the normalisation above
+    f0_weight: float = 1.0  # pitch head: L1 on log-F0 over voiced frames
+    voicing_weight: float = 1.0  # pitch head: BCE of the voicing logit over valid frames
 
     def __post_init__(self) -> None:
-        for name in ("stop_pos_weight", "guided_attention_weight", "kl_alpha", "guided_attention_fade_start"):
+        for name in ("stop_pos_weight", "guided_attention_weight", "kl_alpha", "guided_attention_fade_start",
+                     "f0_weight", "voicing_weight"):
             if not getattr(self, name) >= 0:
                 raise ConfigError(f"LossConfig.{name} must be >= 0, got {getattr(self, name)}")
         if not self.guided_attention_sigma > 0:
@@ -74,6 +82,8 @@ class LossTerms:
     kl: torch.Tensor
     kl_term: torch.Tensor
     total: torch.Tensor
+    f0: torch.Tensor | float = 0.0  # pitch head: mean |log-F0 error| on voiced frames (0 without one)
+    voicing: torch.Tensor | float = 0.0  # pitch head: voicing BCE (0 without one)
 
     def as_floats(self) -> dict[str, float]:
         return {f.name: float(torch.as_tensor(getattr(self, f.name)).detach()) for f in fields(self)}
@@ -85,6 +95,18 @@ def masked_l1(pred: torch.Tensor, target: torch.Tensor, lengths: torch.Tensor) -
     # where, not multiply: padding may hold anything (even NaN) and must not reach the sum
     error = torch.where(valid, (pred - target).abs(), 0.0)
     return error.sum() / (valid.sum() * pred.shape[2])
+
+
+def pitch_losses(log_f0: torch.Tensor, voicing_logits: torch.Tensor, batch: "Batch") -> tuple[torch.Tensor, torch.Tensor]:
+    """(L1 of log-F0 over voiced target frames, voicing BCE over valid frames); predictions (B, T)."""
+    if batch.log_f0 is None or batch.voiced is None:
+        raise ConfigError("this model has a pitch head, but the batch carries no log_f0/voiced targets "
+                          "(batches from data.collate_batch carry them)")
+    valid = length_mask(batch.mel_lengths, log_f0.shape[1])
+    voiced = batch.voiced & valid
+    f0 = torch.where(voiced, (log_f0 - batch.log_f0).abs(), 0.0).sum() / voiced.sum().clamp(min=1)
+    bce = F.binary_cross_entropy_with_logits(voicing_logits, voiced.to(voicing_logits.dtype), reduction="none")
+    return f0, torch.where(valid, bce, 0.0).sum() / valid.sum()
 
 
 def stop_targets(mel_lengths: torch.Tensor, n_steps: int, r: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -170,4 +192,8 @@ class TacotronLoss:
             elements_per_utterance = mel_lengths.float().mean() * mel.shape[2]  # T_valid_mean * n_mels
             kl_term = cfg.kl_alpha * controller.loss(posterior.kl_per_dim) / elements_per_utterance
         total = mel_l1 + postnet_l1 + stop + guided_weight * guided + kl_term
-        return LossTerms(mel_l1, postnet_l1, stop, guided, guided_weight, kl, kl_term, total)
+        if output.log_f0 is None:
+            return LossTerms(mel_l1, postnet_l1, stop, guided, guided_weight, kl, kl_term, total)
+        f0, voicing = pitch_losses(output.log_f0, output.voicing_logits, batch)
+        total = total + cfg.f0_weight * f0 + cfg.voicing_weight * voicing
+        return LossTerms(mel_l1, postnet_l1, stop, guided, guided_weight, kl, kl_term, total, f0, voicing)

@@ -25,7 +25,7 @@ from typing import Literal, Optional
 import torch
 from torch import nn
 
-from .decoder import Decoder, decoder_steps
+from .decoder import Decoder, OutputLayout, decoder_steps
 from .errors import DataError, ReferenceInputError
 from .inputs import check_mel, check_speaker_ids, check_synthesis_args, check_text
 from .layers import Generators, Postnet, TextEncoder, dropout, summarise_text
@@ -46,6 +46,8 @@ class TacotronOutput:
     stop_logits: torch.Tensor  # (B, T_r)
     alignments: torch.Tensor  # (B, T_r, L), valid rows sum to 1, rows past each item's steps are 0
     posterior: Posterior
+    log_f0: Optional[torch.Tensor] = None  # (B, T) the pitch head's log-F0 (ln Hz); None without a pitch head
+    voicing_logits: Optional[torch.Tensor] = None  # (B, T)
 
 
 @dataclass
@@ -57,6 +59,8 @@ class InferenceOutput:
     alignments: torch.Tensor  # (B, S, L), zero beyond each item's stop_steps
     stop_steps: torch.Tensor  # (B,) decoder steps each item ran, its stop step included
     hit_max_steps: torch.Tensor  # (B,) bool: no stop token within max_decoder_steps
+    log_f0: Optional[torch.Tensor] = None  # (B, S * r) predicted ln F0 (Hz), 0 where unvoiced; None without a pitch head
+    voiced: Optional[torch.Tensor] = None  # (B, S * r) bool, False beyond each item's mel_lengths
 
 
 class ProsodyTacotron(nn.Module):
@@ -85,12 +89,13 @@ class ProsodyTacotron(nn.Module):
     def forward(self, text: torch.Tensor, text_lengths: torch.Tensor, mel: torch.Tensor,
                 mel_lengths: torch.Tensor, speaker_ids: Optional[torch.Tensor] = None,
                 reference_mel: Optional[torch.Tensor] = None, reference_lengths: Optional[torch.Tensor] = None,
-                mode: Literal["sample", "mean"] = "sample",
-                generator: Optional[torch.Generator] = None) -> TacotronOutput:
+                mode: Literal["sample", "mean"] = "sample", generator: Optional[torch.Generator] = None,
+                log_f0: Optional[torch.Tensor] = None, voiced: Optional[torch.Tensor] = None) -> TacotronOutput:
         """Teacher-forced pass. text (B, L), mel (B, T, n_mels) with T a multiple of r
         (`data.collate_batch(frames_multiple=r)`), lengths (B,). The reference defaults to mel;
         a given reference is taken to speak `text` (its text summary is that of `text`).
-        mode and generator choose how z is drawn from the posterior."""
+        mode and generator choose how z is drawn from the posterior. log_f0 and voiced (B, T), the
+        batch's pitch, are read only by a model with `pitch_feedback`."""
         text_lengths = self._check_text(text, text_lengths)
         mel_lengths = check_mel(mel, mel_lengths, text.shape[0], self.config.n_mels)
         if mel.shape[1] % self.config.reduction_factor:
@@ -107,10 +112,13 @@ class ProsodyTacotron(nn.Module):
             speaker if self.config.posterior == "V+T+S" else None, mode=mode, generator=generator)
         text_mask = length_mask(text_lengths, text.shape[1])
         memory = self._memory(embedded, text_lengths, text_mask, posterior.z, speaker)
-        frames, stop_logits, alignments = self.decoder(memory, text_mask, mel)
-        mel_decoder, mel_postnet = self.add_postnet(frames, length_mask(mel_lengths, mel.shape[1]))
+        out, alignments = self.decoder(memory, text_mask, mel, None if log_f0 is None else (log_f0, voiced))
+        layout = self.decoder.layout
+        mel_decoder, mel_postnet = self.add_postnet(layout.frames(out), length_mask(mel_lengths, mel.shape[1]))
         n_steps = decoder_steps(mel_lengths, self.config.reduction_factor)
-        return TacotronOutput(mel_decoder, mel_postnet, stop_logits, _zero_beyond(alignments, n_steps), posterior)
+        pitch = (layout.log_f0(out), layout.voicing_logits(out)) if layout.pitch else (None, None)
+        return TacotronOutput(mel_decoder, mel_postnet, layout.stop_logit(out), _zero_beyond(alignments, n_steps),
+                              posterior, *pitch)
 
     def infer(self, text: torch.Tensor, text_lengths: torch.Tensor, z: Optional[torch.Tensor] = None,
               speaker_ids: Optional[torch.Tensor] = None, max_decoder_steps: Optional[int] = None,
@@ -127,11 +135,12 @@ class ProsodyTacotron(nn.Module):
         text_mask = length_mask(text_lengths, text.shape[1])
         with torch.no_grad():
             memory = self._memory(self.embedding(text), text_lengths, text_mask, z, speaker)
-            frames, alignments, stop_steps, hit_max = self.decoder.infer(
+            out, alignments, stop_steps, hit_max = self.decoder.infer(
                 memory, text_mask, max_steps, self.config.stop_threshold, generator)
-            mel_lengths = stop_steps * self.config.reduction_factor
-            _, mel_postnet = self.add_postnet(frames, length_mask(mel_lengths, frames.shape[1]))
-        return inference_output(self.config, mel_postnet, alignments, stop_steps, hit_max, max_steps)
+            frames = self.decoder.layout.frames(out)
+            _, mel_postnet = self.add_postnet(frames, length_mask(stop_steps * self.config.reduction_factor,
+                                                                  frames.shape[1]))
+        return inference_output(self.config, out, mel_postnet, alignments, stop_steps, hit_max, max_steps)
 
     def encode_reference(self, mel: torch.Tensor, mel_lengths: torch.Tensor, text: Optional[torch.Tensor] = None,
                          text_lengths: Optional[torch.Tensor] = None, speaker_ids: Optional[torch.Tensor] = None,
@@ -175,17 +184,24 @@ class ProsodyTacotron(nn.Module):
         return check_text(text, lengths, self.config.n_symbols)
 
 
-def inference_output(config: TacotronConfig, mel_postnet: torch.Tensor, alignments: torch.Tensor,
+def inference_output(config: TacotronConfig, out: torch.Tensor, mel_postnet: torch.Tensor, alignments: torch.Tensor,
                      stop_steps: torch.Tensor, hit_max: torch.Tensor, max_steps: int,
                      stacklevel: int = 3) -> InferenceOutput:
-    """Free-running results as an InferenceOutput, with a warning for items that never stopped
-    (`stacklevel` points it at the caller of the caller's synthesis method)."""
+    """Free-running results as an InferenceOutput, from every step's output `out` (B, S, size) and the
+    postnet's mel; a warning for items that never stopped (`stacklevel` points it at the caller of
+    the caller's synthesis method)."""
     if hit_max.any():
         warnings.warn(f"{int(hit_max.sum())} of {len(hit_max)} items reached max_decoder_steps={max_steps} "
                       f"without a stop token; their mel is cut at {max_steps * config.reduction_factor} "
                       "frames (see InferenceOutput.hit_max_steps)", RuntimeWarning, stacklevel=stacklevel)
-    return InferenceOutput(mel_postnet, stop_steps * config.reduction_factor, _zero_beyond(alignments, stop_steps),
-                           stop_steps, hit_max)
+    mel_lengths = stop_steps * config.reduction_factor
+    log_f0 = voiced = None
+    layout = OutputLayout.of(config)
+    if layout.pitch:
+        voiced = (layout.voicing_logits(out) > 0) & length_mask(mel_lengths, mel_postnet.shape[1])
+        log_f0 = torch.where(voiced, layout.log_f0(out), 0.0)
+    return InferenceOutput(mel_postnet, mel_lengths, _zero_beyond(alignments, stop_steps), stop_steps, hit_max,
+                           log_f0, voiced)
 
 
 def _zero_beyond(alignments: torch.Tensor, n_steps: torch.Tensor) -> torch.Tensor:

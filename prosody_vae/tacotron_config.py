@@ -56,6 +56,13 @@ class TacotronConfig:
     decoder_rnn_dropout: float = 0.1
     max_decoder_steps: int = 1000
     stop_threshold: float = 0.5
+    # a free-running item may stop only once its attention peak lies on one of the last
+    # `stop_gate_tokens` tokens of its text (0: any step may stop); keeps short texts from
+    # stopping before they are spoken
+    stop_gate_tokens: int = 3
+    # pitch head: per frame, a log-F0 (natural log of Hz) and a voicing logit beside the mel
+    pitch_head: bool = False
+    pitch_feedback: bool = False  # the previous frame's log-F0 and voicing also enter the prenet
     # postnet
     postnet_channels: int = 512
     postnet_layers: int = 5
@@ -76,7 +83,7 @@ class TacotronConfig:
     def __post_init__(self) -> None:
         self.prenet_dims, self.ref_conv_channels = tuple(self.prenet_dims), tuple(self.ref_conv_channels)
         positive = [(f.name, getattr(self, f.name)) for f in dataclasses.fields(self)
-                    if f.type == "int" and f.name not in ("n_speakers", "speaker_dim")]
+                    if f.type == "int" and f.name not in ("n_speakers", "speaker_dim", "stop_gate_tokens")]
         positive += [("prenet_dims", min(self.prenet_dims, default=0)),
                      ("ref_conv_channels", min(self.ref_conv_channels, default=0))]
         for name, value in positive:
@@ -101,6 +108,8 @@ class TacotronConfig:
                  f"got {self.n_speakers}, {self.speaker_dim}")
         _require(self.posterior != "V+T+S" or self.n_speakers > 0,
                  "TacotronConfig.posterior 'V+T+S' needs n_speakers >= 1")
+        _require(self.stop_gate_tokens >= 0, f"TacotronConfig.stop_gate_tokens must be >= 0, got {self.stop_gate_tokens}")
+        _require(self.pitch_head or not self.pitch_feedback, "TacotronConfig.pitch_feedback needs pitch_head = true")
         _require(self.text_dropout == 0.0 or self.posterior != "V",
                  "TacotronConfig.text_dropout needs a text summary (posterior 'V+T' or 'V+T+S')")
 

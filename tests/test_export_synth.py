@@ -29,7 +29,7 @@ def pair(request):
     logit is 10 * z[:, 0] (the projection's stop row reads only the z channel of the context, which
     equals z since alignments sum to 1): an item stops at its first step when z[:, 0] > 0, never
     when z[:, 0] < 0, whatever the weights, so stop steps are far from rounding."""
-    model = micro_model(reduction_factor=2, attention_kind=request.param).eval()
+    model = micro_model(reduction_factor=2, attention_kind=request.param, stop_gate_tokens=0).eval()
     with torch.no_grad():
         stop_row = model.decoder.projection.weight[-1]
         stop_row.zero_()

@@ -39,6 +39,9 @@ def test_old_checkpoint_reproduces_its_teacher_forced_outputs(legacy):
 def test_old_checkpoint_reproduces_its_free_running_synthesis(legacy):
     model, _, expected = legacy
     x = expected["inputs"]
+    # the stop gate (TacotronConfig.stop_gate_tokens) came later and changes where items may stop
+    # on purpose; without it the old numerics must be reproduced
+    model.config.stop_gate_tokens = 0
     out = model.infer(x["text"], x["text_lengths"], x["z"], max_decoder_steps=15,
                       generator=torch.Generator().manual_seed(2))
     assert torch.equal(out.stop_steps, expected["infer"]["stop_steps"])

@@ -20,6 +20,7 @@ from prosody_vae.attention import DynamicConvolutionAttention, LocationSensitive
 from prosody_vae.cpu_kernels import _RecurrentMatmul
 from prosody_vae.masked_norm import MaskedBatchNorm1d
 from prosody_vae.layers import dropout, summarise_text
+from prosody_vae.decoder import OutputLayout, run_free
 from prosody_vae.tacotron import ProsodyTacotron, TacotronConfig
 
 N_MELS = 12
@@ -130,8 +131,9 @@ def test_decoder_runs_under_bf16_autocast():
     memory = torch.randn(2, 6, model.config.encoder_lstm_dim + model.config.latent_dim)
     mask = torch.arange(6) < batch.text_lengths[:, None]
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        frames, stop_logits, _ = model.decoder(memory, mask, batch.mel)
-    (frames.float().abs().mean() + stop_logits.float().mean()).backward()
+        out, _ = model.decoder(memory, mask, batch.mel)
+    layout = model.decoder.layout
+    (layout.frames(out).float().abs().mean() + layout.stop_logit(out).float().mean()).backward()
     weight = model.decoder.decoder_cell.recurrent_weight
     assert weight.grad is not None and weight.grad.dtype == torch.float32 and torch.isfinite(weight.grad).all()
     assert weight.grad.abs().sum() > 0
@@ -279,8 +281,9 @@ def test_tiny_model_overfits_one_batch():
 
 def _stop_controlled_model(r: int = 2) -> ProsodyTacotron:
     """A micro model whose stop logit is 10 * z[0] - 5: the context holds z exactly (attention
-    weights sum to 1 and z is the same on every token), so z[0] = 1 stops and z[0] = -1 never does."""
-    model = micro_model(reduction_factor=r, prenet_dropout_at_inference=False).eval()
+    weights sum to 1 and z is the same on every token), so z[0] = 1 stops and z[0] = -1 never does.
+    The stop gate is off: an untrained alignment never reaches the end of the text."""
+    model = micro_model(reduction_factor=r, prenet_dropout_at_inference=False, stop_gate_tokens=0).eval()
     config = model.config
     z_column = config.decoder_rnn_dim + config.encoder_lstm_dim  # z's first entry in [decoder_h ; context]
     with torch.no_grad():
@@ -321,10 +324,11 @@ def test_teacher_forcing_on_free_running_output_reproduces_it(r):
     memory = torch.randn(2, 6, model.config.encoder_lstm_dim + model.config.latent_dim)
     mask = torch.arange(6) < torch.tensor([6, 4])[:, None]
     with torch.no_grad():
-        frames, alignments, _, _ = model.decoder.infer(memory, mask, max_steps=5, stop_threshold=1 - 1e-6)
-        forced_frames, _, forced_alignments = model.decoder(memory, mask, frames)
+        out, alignments, _, _ = model.decoder.infer(memory, mask, max_steps=5, stop_threshold=1 - 1e-6)
+        frames = model.decoder.layout.frames(out)
+        forced_out, forced_alignments = model.decoder(memory, mask, frames)
     assert frames.shape == (2, 5 * r, N_MELS)
-    torch.testing.assert_close(forced_frames, frames, atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(forced_out, out, atol=1e-5, rtol=1e-4)  # frames and stop logits
     torch.testing.assert_close(forced_alignments, alignments, atol=1e-5, rtol=1e-4)
 
 
@@ -469,3 +473,20 @@ def test_loss_terms_are_finite_and_kl_is_normalised_per_valid_element():
                                + 3.0 * terms.guided_attention + terms.kl_term)
     dual = TacotronLoss()(out, batch, DualAscent(capacity=50.0, beta_init=1.0), step=0)
     torch.testing.assert_close(dual.kl_term, (out.posterior.kl.mean() - 50.0) / (8.5 * N_MELS))
+
+
+@pytest.mark.parametrize("gate_tokens, expected_stops", [(0, [1, 1]), (1, [2, 6]), (3, [1, 4])])
+def test_an_item_stops_only_once_its_attention_reached_the_end_of_its_text(gate_tokens, expected_stops):
+    """run_free with a stop logit that always says stop and an alignment that moves one token per
+    step: the gate holds each item until its peak is on one of its last `gate_tokens` tokens."""
+    layout = OutputLayout(n_mels=N_MELS, r=1)
+    lengths = torch.tensor([2, 6])
+    position = {"step": 0}
+
+    def step(frame):
+        alignment = torch.nn.functional.one_hot(torch.tensor([position["step"]] * 2).clamp(max=5), 6).float()
+        position["step"] += 1
+        return torch.full((2, layout.size), 10.0), alignment  # stop logit 10: stop wherever allowed
+
+    _, _, stop_steps, hit_max = run_free(step, torch.zeros(2, N_MELS), layout, 10, 0.5, lengths, gate_tokens)
+    assert stop_steps.tolist() == expected_stops and not hit_max.any()
