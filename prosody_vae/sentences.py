@@ -2,8 +2,10 @@
 
 `make_sentence(seed, index)` draws a sentence kind (statement, question, exclamation, list,
 clause, ...) and fills a template with words from the lists below, from a `random.Random`
-seeded by (seed, index) alone: 3-15 words, varied syntax and punctuation, no digits, so the
-raw text is already normalised.
+seeded by (seed, index) alone: 1-15 words, varied syntax and punctuation, no digits, so the
+raw text is already normalised. One kind in eight is a short phrase of one to three words
+("Thank you.", "Really?", "Three lemons."): people synthesise those all the time, and a model
+that never heard one tends to stop before it has spoken it.
 """
 
 from __future__ import annotations
@@ -42,7 +44,11 @@ _ADVERBS = ("slowly", "quietly", "carefully", "quickly", "happily", "suddenly", 
 _OPENERS = ("After the storm", "Before breakfast", "Later that evening", "In the morning",
             "Without a word", "Luckily", "Of course", "Meanwhile", "As usual", "Once again")
 _LIST_VERBS = ("bought", "packed", "forgot", "wanted", "carried", "ordered")
-MIN_WORDS, MAX_WORDS = 3, 15
+_INTERJECTIONS = ("yes", "no", "hello", "thanks", "really", "okay", "wait", "listen", "sorry", "goodbye",
+                  "look", "welcome")
+_GREETINGS = ("good morning", "good night", "thank you", "see you", "well done", "not today", "come here",
+              "of course")
+MIN_WORDS, MAX_WORDS = 1, 15
 
 
 def _words(*parts: str) -> str:
@@ -122,6 +128,14 @@ _TEMPLATES: dict[str, tuple[Callable[[random.Random], str], ...]] = {
         lambda r: _words("we still need", _goods(r, "and"), "for the",
                          r.choice(("party", "picnic", "journey", "weekend"))) + ".",
         lambda r: _words("did you buy", _goods(r, "or")) + "?",
+    ),
+    "short": (
+        lambda r: r.choice(_INTERJECTIONS) + r.choice((".", "!", "?")),
+        lambda r: r.choice(_GREETINGS) + r.choice((".", "!")),
+        lambda r: r.choice(_NAMES) + r.choice(("!", "?", ".")),
+        lambda r: _words(r.choice(_GREETINGS) + ",", r.choice(_NAMES)) + r.choice((".", "!")),
+        lambda r: _words(r.choice(_NUMBERS), r.choice(("apples", "onions", "carrots", "lemons", "eggs"))) + ".",
+        lambda r: _words("the", r.choice(_ADJECTIVES), r.choice(_THINGS)) + "?",
     ),
     "imperative": (
         lambda r: _words("please", _base(r), _thing(r), _maybe(r, _PLACES)) + ".",
