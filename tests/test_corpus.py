@@ -42,7 +42,8 @@ def test_sentences_are_deterministic_varied_and_within_the_word_range(seed):
     assert all(MIN_WORDS <= s.n_words <= MAX_WORDS for s in sentences)
     assert {s.n_words for s in sentences} >= {MIN_WORDS, MAX_WORDS - 2}  # the range is used
     assert set(Counter(s.kind for s in sentences)) == set(SENTENCE_KINDS)
-    assert len({s.text for s in sentences}) > 390
+    long = [s.text for s in sentences if s.kind != "short"]
+    assert len(set(long)) > 0.97 * len(long)  # short phrases repeat by nature; the rest hardly ever
     for s in sentences:
         assert s.text[0].isupper() and "|" not in s.text and not any(c.isdigit() for c in s.text)
         if s.kind in ("yes_no_question", "wh_question"):
@@ -51,6 +52,8 @@ def test_sentences_are_deterministic_varied_and_within_the_word_range(seed):
             assert s.text.endswith("!")
         elif s.kind in ("clause", "list"):
             assert "," in s.text
+        elif s.kind == "short":
+            assert s.n_words <= 3 and s.text[-1] in ".!?"
         else:
             assert s.text[-1] in ".!"
     assert [s.text for s in sentences[:20]] != [make_sentence(seed + 1, i).text for i in range(20)]
@@ -173,7 +176,8 @@ def test_requested_prosody_reaches_the_waveform(corpus72):
       voice and the range are held fixed: a partial correlation controlling for both. (Raw
       Hz against pitch is about 0.45: the f-voices sit an octave above the m-voices.)
     - rate: words per minute set the time per unit of speech, so seconds per letter (length-free)
-      against minutes per word.
+      against minutes per word, over utterances of four words or more (in a one-to-three-word
+      phrase the pauses and final lengthening, which do not scale with letters, dominate).
     - volume: amplitude scales with volume; RMS over voiced frames, within voice, in logs.
     """
     root, _ = corpus72
@@ -186,7 +190,8 @@ def test_requested_prosody_reaches_the_waveform(corpus72):
 
     pitch_r = _partial_r(column("pitch"), np.log(column("f0_mean_hz")),
                          np.column_stack([voice_dummies, column("pitch_range")]))
-    rate_r = float(np.corrcoef(column("duration_s") / letters, 1.0 / column("rate"))[0, 1])
+    long = column("n_words") >= 4
+    rate_r = float(np.corrcoef((column("duration_s") / letters)[long], (1.0 / column("rate"))[long])[0, 1])
     volume_r = _partial_r(np.log(column("volume")), np.log(column("rms")), voice_dummies)
     assert pitch_r > 0.8, pitch_r
     assert rate_r > 0.8, rate_r
