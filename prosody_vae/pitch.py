@@ -25,17 +25,22 @@ it on the built-in espeak-ng corpus (60 utterances, 127 s), one thread of a 2-co
 
     tracker                  GPE vs truth   VDE vs truth   CPU s per hour of audio
     Praat ac (parselmouth)   0.63%          0.62%          16
-    Praat cc (parselmouth)   0.85%          0.30%          50
-    WORLD DIO + StoneMask    0.14%          2.2%           30
-    WORLD Harvest            0.98%          6.8%           633
-    librosa pYIN             1.8%           3.7%           571
+    Praat cc (parselmouth)   0.85%          0.30%          51
+    WORLD DIO + StoneMask    0.14%          2.2%           31
+    WORLD Harvest            0.98%          6.8%           638
+    librosa pYIN             1.8%           3.7%           612
+    this module (Praat ac)   0.63%          0.45%          18   (edges padded: fewer edge errors)
 
 On the espeak corpus, where no truth is known, every pair but Harvest agrees on F0 wherever
-both call a frame voiced (GPE 0.1% or less), and they differ mostly at voicing boundaries:
-VDE 4% between Praat ac and cc, 11% to DIO and 13% to pYIN, 17% to Harvest, which voices 88%
-of frames where the others voice 71-75%. Praat ac has the fewest errors on the synthetic truth
-but for DIO's F0 (whose voicing errs three times as often) and is the fastest: LJSpeech's 24 h
-cost about 6.5 minutes of one core for F0 (pYIN would take almost 4 hours).
+both call a frame voiced (GPE 0.12% or less; Harvest 3-4% against each), and they differ on
+voicing mostly where a voiced stretch begins or ends: VDE of this module against DIO is 11%
+over all frames and 3% over frames more than 2 from a voicing change in either track, against
+pYIN 12% and 5%, against Praat cc 4% and 0.03%. Praat ac makes the fewest voicing errors on
+the synthetic truth but for cc (three times slower), its F0 errors are second only to DIO's
+(whose voicing errs five times as often), and it is the fastest: LJSpeech's 24 h cost about
+7 minutes of one core for F0 (pYIN would take about 4 hours). A whole cache fill (`MelCache.get`
+from empty: decode, log-mel, F0, energy, writes) measured 26 CPU s per hour of audio, LJSpeech
+in about 10 minutes of one core.
 
 Energy is the level of the samples mel frame t sees: the RMS of the reflect-padded signal under
 the same Hann window, sqrt(sum_n w[n]^2 x[n]^2 / sum_n w[n]^2), in dB relative to full scale
