@@ -39,6 +39,9 @@ def cmd_make_corpus(args: argparse.Namespace) -> None:
 
 
 def cmd_stats(args: argparse.Namespace) -> None:
+    import math
+    import statistics
+
     from .stats import corpus_stats, speaker_stats, speakers_path, write_speaker_stats, write_stats
 
     rows = corpus_stats(args.data, cache_dir=args.cache_dir)
@@ -46,10 +49,10 @@ def cmd_stats(args: argparse.Namespace) -> None:
     speakers = speaker_stats(rows)
     write_stats(out, rows)
     write_speaker_stats(speakers_path(out), speakers)
-    voiced = [r for r in rows if r.f0_mean_st == r.f0_mean_st]  # NaN where nothing is voiced
+    f0 = [r.f0_mean_hz for r in rows if not math.isnan(r.f0_mean_hz)]  # NaN where nothing is voiced
     print(f"{len(rows)} utterances, {len(speakers)} speaker(s); median F0 "
-          f"{sorted(r.f0_mean_hz for r in voiced)[len(voiced) // 2] if voiced else float('nan'):.1f} Hz, "
-          f"median rate {sorted(r.speaking_rate for r in rows)[len(rows) // 2]:.2f} syllables/s")
+          f"{statistics.median(f0) if f0 else math.nan:.1f} Hz, median rate "
+          f"{statistics.median(r.speaking_rate for r in rows):.2f} syllables/s")
     print(f"wrote {out} and {speakers_path(out)}")
 
 

@@ -17,9 +17,10 @@ Definitions, all on the log-mel's frames (hop 256 at 22050 Hz; `pitch.FrameFeatu
   percentile converted, then subtracted). `f0_std_st` is the standard deviation in semitones.
 - voiced fraction: voiced frames / frames of the speech span.
 - speaking rate: syllables of the normalised text per second of speech span. Syllables are
-  counted from spelling (`count_syllables`: vowel groups per word, less a silent final e or -ed),
-  or from the vowels of inline ARPAbet. The count is a heuristic, within about one syllable in
-  ten on ordinary English; it needs no aligner, and the error is the same for every speaker.
+  counted from spelling (`count_syllables`: vowel groups per word, less a silent e, -ed or -es),
+  or from the vowels of inline ARPAbet. A heuristic that needs no dictionary or aligner; it
+  counts dictionary syllables, not the reductions of fast speech ("every" is 3), and a text
+  gets the same count whoever speaks it, so rates compare across speakers.
 - energy: dB of the mean power over the frames within 40 dB of the loudest (`pitch` defines a
   frame's level), so a gain of g dB adds g dB.
 
@@ -90,6 +91,7 @@ def hertz(st: np.ndarray | float) -> np.ndarray | float:
 _BRACES = re.compile(r"\{([^}]*)\}")
 _WORD = re.compile(r"[a-z]+(?:'[a-z]+)*")
 _VOWEL_GROUP = re.compile(r"[aeiouy]+")
+_SOUNDED_BEFORE = {"d": "td", "s": "csxzhg"}  # consonants after which -ed / -es is a syllable
 
 
 def count_syllables(text: str) -> int:
@@ -98,15 +100,26 @@ def count_syllables(text: str) -> int:
     for arpabet in _BRACES.findall(text):
         count += sum(phone[-1:].isdigit() for phone in arpabet.split())  # vowels carry a stress digit
     for word in _WORD.findall(_BRACES.sub(" ", text).lower()):
-        word = word.replace("'", "")
-        groups = len(_VOWEL_GROUP.findall(word))
-        if groups > 1 and word.endswith("e") and not word.endswith("ee") \
-                and not (word.endswith("le") and word[-3] not in "aeiouy"):
-            groups -= 1  # silent e: "make", "whale"; but "table", "free"
-        elif groups > 1 and word.endswith("ed") and word[-3] not in "td":
-            groups -= 1  # "moved", but "wanted"
-        count += max(groups, 1)
+        count += _word_syllables(word.replace("'", ""))
     return count
+
+
+def _word_syllables(word: str) -> int:
+    """Vowel groups, less a silent final e, -ed or -es; at least one."""
+    for suffix in ("ly", "ment", "ful", "ness", "less"):  # a silent e before a suffix: "closely"
+        stem = word[: -len(suffix)]
+        if word.endswith(suffix) and stem.endswith("e") and len(stem) > 2:
+            return _word_syllables(stem) + 1
+    groups = len(_VOWEL_GROUP.findall(word))
+    if groups < 2:
+        return 1
+    if word.endswith("e") and not word.endswith("ee") and not (word.endswith("le") and word[-3] not in "aeiouy"):
+        return groups - 1  # "make", "whale"; but "table", "free"
+    if word.endswith("les") and word[-4] not in "aeiouy":
+        return groups  # "tables"
+    if word.endswith(("ed", "es")) and word[-3] not in "aeiouy" + _SOUNDED_BEFORE[word[-1]]:
+        return groups - 1  # "moved", "makes"; but "wanted", "boxes", "carried"
+    return groups
 
 
 def utterance_stats(utt: Utterance, features: FrameFeatures, audio: AudioConfig | None = None) -> UtteranceStats:
@@ -147,8 +160,8 @@ def corpus_stats(data_dir: str | os.PathLike, cache_dir: str | os.PathLike | Non
 
     data_dir = Path(data_dir)
     audio = audio or AudioConfig()
+    utterances = read_metadata(data_dir)  # before the cache folder is made: a bad folder stays untouched
     cache = MelCache(Path(cache_dir) if cache_dir else data_dir / ".mel_cache", audio, pitch or PitchConfig())
-    utterances = read_metadata(data_dir)
     return [utterance_stats(u, cache.features(u), audio)
             for u in tqdm(utterances, desc="prosody statistics", disable=not sys.stderr.isatty())]
 
