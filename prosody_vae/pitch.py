@@ -59,6 +59,7 @@ from .audio import AudioConfig
 from .errors import AudioError, ConfigError
 
 ENERGY_FLOOR_DB = -100.0  # the level of digital silence, and what padding frames hold
+_ENERGY_CHUNK = 2048  # frames per block of the energy computation: 16 MiB of float64 at n_fft 1024
 
 
 @dataclass(frozen=True)
@@ -176,7 +177,9 @@ def frame_energy_db(wav: np.ndarray, audio: AudioConfig | None = None) -> np.nda
     left = (audio.n_fft - audio.win_length) // 2
     hann[left: left + audio.win_length] = np.sin(np.pi * np.arange(audio.win_length) / audio.win_length) ** 2
     weights = hann ** 2 / np.sum(hann ** 2)  # (n_fft,)
-    rms = np.sqrt(np.square(frames) @ weights)  # (T,)
+    rms = np.empty(n_frames)  # (T,)
+    for start in range(0, n_frames, _ENERGY_CHUNK):  # in chunks: the frames overlap 4x, so a copy of all would be 4 N
+        rms[start: start + _ENERGY_CHUNK] = np.sqrt(np.square(frames[start: start + _ENERGY_CHUNK]) @ weights)
     return np.maximum(20.0 * np.log10(np.maximum(rms, 1e-300)), ENERGY_FLOOR_DB).astype(np.float32)
 
 

@@ -83,7 +83,8 @@ def test_energy_peaks_on_the_frame_centred_on_a_click(click):
 
 
 def test_energy_is_the_rms_of_what_the_mel_frame_sees():
-    wav = np.concatenate([harmonic(130.0, 0.3), np.random.default_rng(1).standard_normal(5000).astype(np.float32) * 0.05])
+    noise = np.random.default_rng(1).standard_normal(5000).astype(np.float32) * 0.05
+    wav = np.concatenate([harmonic(130.0, 0.3), noise])
     mel_spec = MelSpectrogram()
     power = mel_spec.stft(torch.from_numpy(wav).double()[None])[0].abs().pow(2).numpy()  # (F, T)
     full_spectrum = power[0] + power[-1] + 2 * power[1:-1].sum(axis=0)  # Parseval over all n_fft bins

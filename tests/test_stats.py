@@ -77,7 +77,8 @@ def test_speaker_means_skip_unvoiced_utterances():
             dataclasses.replace(base, id="d", speaker="y", f0_mean_st=-3.0)]
     by_speaker = speaker_stats(rows)
     assert list(by_speaker) == ["x", "y"] and by_speaker["x"].n_utterances == 3
-    assert by_speaker["x"].f0_mean_st == pytest.approx(6.0) and by_speaker["x"].f0_mean_hz == pytest.approx(200 / math.sqrt(2))
+    assert by_speaker["x"].f0_mean_st == pytest.approx(6.0)
+    assert by_speaker["x"].f0_mean_hz == pytest.approx(200 / math.sqrt(2))
     assert by_speaker["x"].speaking_rate == pytest.approx(14 / 3) and by_speaker["y"].f0_mean_st == -3.0
 
 
@@ -152,7 +153,8 @@ def test_stats_cli_bad_input_is_one_clear_line(tmp_path, capsys):
     corpus = known_corpus(tmp_path / "corpus")
     sf.write(corpus / "wavs" / "a2.wav", np.zeros(SR, np.float32), SR, subtype="PCM_16")
     assert main(["stats", "--data", str(corpus)]) == 2
-    assert f"prosody-vae stats: error: {corpus / 'wavs' / 'a2.wav'}: audio is digital silence" in capsys.readouterr().err
+    silent = corpus / "wavs" / "a2.wav"
+    assert f"prosody-vae stats: error: {silent}: audio is digital silence" in capsys.readouterr().err
     (corpus / "wavs" / "b1.wav").unlink()
     assert main(["stats", "--data", str(corpus)]) == 2
     err = capsys.readouterr().err
