@@ -18,7 +18,7 @@ natural log of F0 in Hz, and 0 where unvoiced.
 
 Why Praat. benchmarks/pitch_extractors.py scores each candidate on 20 synthetic speech-like
 signals with a known F0 on every frame (glides with vibrato, noise, pauses, 30 dB SNR) and times
-it on the built-in espeak-ng corpus (60 utterances, 127 s), one thread of a 2-core AMD EPYC:
+it on the built-in espeak-ng corpus (60 utterances, 127 s), one thread of a 2-core Intel Xeon VM:
 
     prosody-vae make-corpus --out /tmp/pc --n 60 --seed 0
     python benchmarks/pitch_extractors.py --data /tmp/pc
