@@ -38,6 +38,24 @@ def cmd_make_corpus(args: argparse.Namespace) -> None:
     print(f"wrote {args.out}/metadata.csv, {args.out}/factors.csv and {args.out}/wavs/")
 
 
+def cmd_stats(args: argparse.Namespace) -> None:
+    import math
+    import statistics
+
+    from .stats import corpus_stats, speaker_stats, speakers_path, write_speaker_stats, write_stats
+
+    rows = corpus_stats(args.data, cache_dir=args.cache_dir)
+    out = args.out or args.data / "prosody_stats.csv"
+    speakers = speaker_stats(rows)
+    write_stats(out, rows)
+    write_speaker_stats(speakers_path(out), speakers)
+    f0 = [r.f0_mean_hz for r in rows if not math.isnan(r.f0_mean_hz)]  # NaN where nothing is voiced
+    print(f"{len(rows)} utterances, {len(speakers)} speaker(s); median F0 "
+          f"{statistics.median(f0) if f0 else math.nan:.1f} Hz, median rate "
+          f"{statistics.median(r.speaking_rate for r in rows):.2f} syllables/s")
+    print(f"wrote {out} and {speakers_path(out)}")
+
+
 def cmd_train(args: argparse.Namespace) -> None:
     from .config import load_config, recipe_config
     from .trainer import train
@@ -201,6 +219,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="same seed, byte-identical corpus")
     p.add_argument("--workers", type=_positive_int, default=2, help="processes for synthesis and F0")
     p.set_defaults(func=cmd_make_corpus)
+
+    p = commands.add_parser("stats", help="per-utterance F0, range, voicing, rate and energy of a corpus (CSV)")
+    p.add_argument("--data", type=Path, required=True, help="LJSpeech-format folder")
+    p.add_argument("--out", type=Path, help="CSV to write (default DATA/prosody_stats.csv; per-speaker "
+                                            "means go beside it as NAME.speakers.csv)")
+    p.add_argument("--cache-dir", type=Path, help="feature cache (default DATA/.mel_cache, shared with training)")
+    p.set_defaults(func=cmd_stats)
 
     p = commands.add_parser("train", help="train a ProsodyTacotron (torchrun for several GPUs or nodes)")
     config = p.add_mutually_exclusive_group(required=True)

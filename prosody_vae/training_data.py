@@ -89,7 +89,7 @@ def _dataset(utterances: list[Utterance], text: TextProcessor, cache: MelCache, 
 def _fill_cache(cache: MelCache, utterances: list[Utterance], cluster: Cluster) -> None:
     """Compute missing log-mels before training, each rank a share, so the first epoch is not
     slowed by (or repeated across ranks for) feature extraction."""
-    missing = [u for u in utterances if not cache.path(u).exists()][cluster.rank:: cluster.world]
+    missing = [u for u in utterances if not cache.is_cached(u)][cluster.rank:: cluster.world]
     for utt in tqdm(missing, desc="caching log-mels", disable=not (cluster.is_main and sys.stderr.isatty())):
         cache.get(utt)
     cluster.barrier()

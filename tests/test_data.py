@@ -1,4 +1,4 @@
-"""Data pipeline: metadata parsing and its errors, split, mel cache, collate, bucketed sampler."""
+"""Data pipeline: metadata parsing and its errors, split, mel and feature cache, collate, bucketed sampler."""
 
 from __future__ import annotations
 
@@ -9,9 +9,10 @@ import pytest
 import torch
 
 from prosody_vae.audio import AudioConfig, MelSpectrogram, load_wav
-from prosody_vae.data import (BucketBatchSampler, MelCache, Sample, TTSDataset, collate_batch,
+from prosody_vae.data import (Batch, BucketBatchSampler, MelCache, Sample, TTSDataset, collate_batch,
                               read_metadata, split_train_val)
-from prosody_vae.errors import DataError
+from prosody_vae.errors import AudioError, ConfigError, DataError
+from prosody_vae.pitch import PitchConfig
 
 
 def test_read_metadata(tiny_corpus):
@@ -173,3 +174,157 @@ def test_mel_cache_notices_a_rewritten_wav(tiny_corpus, tmp_path):
     sf.write(utt.wav_path, 0.5 * wav, sr, subtype="PCM_16")  # same length, other content
     after = cache.get(utt)
     assert after.shape == before.shape and not np.allclose(after, before)
+
+
+# ---------------------------------------------------------------------------- per-frame prosody
+@pytest.fixture
+def extractions(monkeypatch):
+    """Counts the wavs whose frame features are computed."""
+    import prosody_vae.data as data_module
+
+    calls = []
+    real = data_module.frame_features
+
+    def counting(wav, *args, **kwargs):
+        calls.append(len(wav))
+        return real(wav, *args, **kwargs)
+
+    monkeypatch.setattr(data_module, "frame_features", counting)
+    return calls
+
+
+def test_get_caches_the_frame_features_in_the_same_pass(tiny_corpus, tmp_path, extractions):
+    from prosody_vae.pitch import frame_features
+
+    utt = read_metadata(tiny_corpus)[0]
+    cache = MelCache(tmp_path / "cache")
+    assert not cache.is_cached(utt)
+    mel = cache.get(utt)
+    assert len(extractions) == 1 and cache.is_cached(utt)
+    features = cache.features(utt)
+    assert len(extractions) == 1, "features() reads what get() cached"
+    expected = frame_features(load_wav(utt.wav_path))
+    for name in ("log_f0", "voiced", "energy"):
+        np.testing.assert_array_equal(getattr(features, name), getattr(expected, name))
+    assert len(features) == len(mel)
+    stamp = os.stat(cache.features_path(utt)).st_mtime_ns
+    MelCache(tmp_path / "cache").features(utt)  # another cache object on the same folder
+    assert len(extractions) == 1 and os.stat(cache.features_path(utt)).st_mtime_ns == stamp
+    assert cache.features_path(utt).parent.parent == cache.dir and cache.features_path(utt).suffix == ".npz"
+    assert MelCache(tmp_path / "cache", pitch=PitchConfig(fmin=70.0)).features_dir != cache.features_dir
+
+
+def test_features_first_also_caches_the_mel(tiny_corpus, tmp_path, extractions):
+    utt = read_metadata(tiny_corpus)[0]
+    cache = MelCache(tmp_path / "cache")
+    cache.features(utt)
+    assert cache.path(utt).exists() and cache.is_cached(utt)
+    stamp = os.stat(cache.path(utt)).st_mtime_ns
+    cache.get(utt)
+    assert len(extractions) == 1 and os.stat(cache.path(utt)).st_mtime_ns == stamp
+
+
+def test_a_mel_only_cache_stays_readable_and_gains_features(tiny_corpus, tmp_path, extractions):
+    utt = read_metadata(tiny_corpus)[0]
+    old = MelCache(tmp_path / "cache", pitch=None)  # as the cache was before features existed
+    mel = old.get(utt)
+    assert extractions == [] and old.is_cached(utt) and old.features_dir is None
+    with pytest.raises(ConfigError, match="pitch=None"):
+        old.features(utt)
+    stamp = os.stat(old.path(utt)).st_mtime_ns
+    new = MelCache(tmp_path / "cache")
+    assert new.path(utt) == old.path(utt) and not new.is_cached(utt)
+    np.testing.assert_array_equal(new.get(utt), mel)
+    assert os.stat(new.path(utt)).st_mtime_ns == stamp, "the old mel is read, not rewritten"
+    assert len(extractions) == 1 and new.is_cached(utt)
+
+
+def test_a_rewritten_wav_invalidates_the_features(tiny_corpus, tmp_path, extractions):
+    import soundfile as sf
+
+    utt = read_metadata(tiny_corpus)[0]
+    cache = MelCache(tmp_path / "cache")
+    before = cache.features(utt)
+    wav, sr = sf.read(utt.wav_path, dtype="float32")
+    sf.write(utt.wav_path, 0.5 * wav, sr, subtype="PCM_16")  # same length, 6 dB quieter
+    assert not cache.is_cached(utt)
+    after = cache.features(utt)
+    assert len(extractions) == 2
+    np.testing.assert_allclose(after.energy[before.energy > -60], before.energy[before.energy > -60] - 6.02, atol=0.05)
+
+
+def test_damaged_feature_files_are_recomputed(tiny_corpus, tmp_path, extractions):
+    utt = read_metadata(tiny_corpus)[0]
+    cache = MelCache(tmp_path / "cache")
+    good = cache.features(utt)
+    path = cache.features_path(utt)
+    path.write_bytes(path.read_bytes()[:50])  # truncated
+    np.testing.assert_array_equal(cache.features(utt).log_f0, good.log_f0)
+    np.savez(path, log_f0=good.log_f0)  # loads, but misses arrays
+    np.testing.assert_array_equal(cache.features(utt).energy, good.energy)
+    assert len(extractions) == 3
+
+
+def test_features_of_a_missing_or_silent_wav_are_clear_errors(tiny_corpus, tmp_path):
+    import soundfile as sf
+
+    utt = read_metadata(tiny_corpus)[0]
+    cache = MelCache(tmp_path / "cache")
+    sf.write(utt.wav_path, np.zeros(8000, np.float32), 22050, subtype="PCM_16")
+    with pytest.raises(AudioError, match=f"{utt.wav_path}: audio is digital silence"):
+        cache.features(utt)
+    utt.wav_path.unlink()
+    with pytest.raises(AudioError, match=f"{utt.wav_path}: no such audio file"):
+        cache.features(utt)
+    assert not cache.is_cached(utt)
+
+
+def test_collate_pads_the_frame_features_like_the_mel(tiny_corpus, tmp_path):
+    from prosody_vae.pitch import ENERGY_FLOOR_DB
+    from prosody_vae.text import TextProcessor
+
+    dataset = TTSDataset(read_metadata(tiny_corpus), TextProcessor(), MelCache(tmp_path / "cache"))
+    samples = [dataset[i] for i in range(4)]
+    batch = collate_batch(samples, frames_multiple=3)
+    B, T = batch.mel.shape[:2]
+    assert batch.log_f0.shape == batch.voiced.shape == batch.energy.shape == (B, T) and T % 3 == 0
+    assert batch.log_f0.dtype == torch.float32 and batch.voiced.dtype == torch.bool
+    assert batch.energy.dtype == torch.float32
+    for i, s in enumerate(samples):
+        n = s.mel.shape[0]
+        assert len(s.log_f0) == len(s.voiced) == len(s.energy) == n
+        assert torch.equal(batch.log_f0[i, :n], s.log_f0) and torch.equal(batch.voiced[i, :n], s.voiced)
+        assert torch.equal(batch.energy[i, :n], s.energy)
+        assert not batch.voiced[i, n:].any() and torch.all(batch.log_f0[i, n:] == 0)
+        assert torch.all(batch.energy[i, n:] == ENERGY_FLOOR_DB)
+        # the tiny corpus is harmonic tones under a Hann envelope: voiced through the middle
+        assert s.voiced[n // 4: 3 * n // 4].all()
+    assert torch.all(batch.log_f0[~batch.voiced] == 0)
+    moved = batch.to("cpu")
+    assert torch.equal(moved.voiced, batch.voiced) and torch.equal(moved.energy, batch.energy)
+
+
+def test_without_features_the_batch_fields_are_none(tiny_corpus, tmp_path):
+    from prosody_vae.text import TextProcessor
+
+    dataset = TTSDataset(read_metadata(tiny_corpus), TextProcessor(), MelCache(tmp_path / "cache", pitch=None))
+    batch = collate_batch([dataset[0], dataset[1]])
+    assert batch.log_f0 is None and batch.voiced is None and batch.energy is None
+    assert batch.to("cpu").log_f0 is None
+    positional = Batch(batch.ids, batch.text, batch.text_lengths, batch.mel, batch.mel_lengths, batch.speaker_ids)
+    assert positional.energy is None
+
+
+def test_filling_the_training_cache_extracts_the_features(tiny_corpus, tmp_path, extractions):
+    from prosody_vae.distributed import Cluster
+    from prosody_vae.training_data import _fill_cache
+
+    utts = read_metadata(tiny_corpus)
+    cache = MelCache(tmp_path / "cache", pitch=None)
+    for u in utts[:3]:
+        cache.get(u)  # an older cache holding some mels already
+    cache = MelCache(tmp_path / "cache")
+    _fill_cache(cache, utts, Cluster.single())
+    assert all(cache.is_cached(u) for u in utts) and len(extractions) == len(utts)
+    _fill_cache(cache, utts, Cluster.single())
+    assert len(extractions) == len(utts), "a filled cache is left alone"
