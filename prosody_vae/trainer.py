@@ -233,7 +233,7 @@ class _Trainer:
         self.optimizer.zero_grad(set_to_none=True)
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16):
             output = self.step_model(batch.text, batch.text_lengths, batch.mel, batch.mel_lengths,
-                                     speaker_ids=self._speaker_ids(batch))
+                                     **self._conditioning(batch))
         terms = self.loss_fn(output, batch, self.controller, step)
         terms.total.backward()
         grad_norm = float(torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.max_grad_norm))
@@ -281,8 +281,12 @@ class _Trainer:
         if self.log is not None:
             self.log.warning(step, "kl_inactive", message, {"kl": kl, "kl_window_start": self.kl_watch.start_kl})
 
-    def _speaker_ids(self, batch: Batch) -> Optional[torch.Tensor]:
-        return batch.speaker_ids if self.config.model.n_speakers else None
+    def _conditioning(self, batch: Batch) -> dict[str, Optional[torch.Tensor]]:
+        """What the model reads from the batch beside text and mel: speakers, fed-back pitch."""
+        model = self.config.model
+        pitch = model.pitch_feedback
+        return {"speaker_ids": batch.speaker_ids if model.n_speakers else None,
+                "log_f0": batch.log_f0 if pitch else None, "voiced": batch.voiced if pitch else None}
 
     def _log_train(self, window: MetricWindow, progress: ProgressDisplay) -> None:
         if not self.cluster.is_main:
@@ -344,8 +348,8 @@ class _Trainer:
             for batch in self.data.val_batches:
                 batch = batch.to(self.device)
                 with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16):
-                    output = model(batch.text, batch.text_lengths, batch.mel, batch.mel_lengths,
-                                   speaker_ids=self._speaker_ids(batch), mode="mean")
+                    output = model(batch.text, batch.text_lengths, batch.mel, batch.mel_lengths, mode="mean",
+                                   **self._conditioning(batch))
                 terms = self.loss_fn(output, batch, self.controller, n.step)
                 align = alignment_diagonal_score(output.alignments.float(), batch.text_lengths,
                                                  decoder_steps(batch.mel_lengths, r))
