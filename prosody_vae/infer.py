@@ -27,7 +27,8 @@ smaller weights make it several times faster. The recurrent state and attention 
 measured cost in quality (MCD-DTW against fp32) is in benchmarks/README.md.
 
 Vocoder: Griffin-Lim by default. Any callable or TorchScript module mapping a log-mel
-(B, n_mels, T) to a waveform (B, N) or (B, 1, N) plugs in as `vocoder=`; our mels follow the HiFi-GAN
+(B, n_mels, T) to a waveform (B, N) or (B, 1, N) plugs in as `vocoder=`, or a name that
+vocoders.load_vocoder knows (`vocoder="hifigan-universal"`); our mels follow the HiFi-GAN
 LJSpeech convention (audio.py), so an LJSpeech HiFi-GAN generator works unchanged.
 """
 
@@ -47,6 +48,7 @@ from .audio import MelSpectrogram, check_not_silent, griffin_lim, load_wav
 from .errors import ConfigError, ReferenceInputError, TextError
 from .quantize import Precision, reduce_precision
 from .reference import Posterior
+from .vocoders import load_vocoder
 
 Reference = Union[str, os.PathLike, np.ndarray, torch.Tensor]
 Vocoder = Callable[[torch.Tensor], torch.Tensor]
@@ -68,7 +70,7 @@ class SynthesisResult:
 
 class Synthesizer:
     def __init__(self, model, config, device: str | torch.device = "cpu", precision: Precision = "fp32",
-                 vocoder: Optional[Vocoder] = None, griffin_lim_iterations: int = 60,
+                 vocoder: Optional[Vocoder | str] = None, griffin_lim_iterations: int = 60,
                  max_reference_seconds: Optional[float] = 30.0):
         """`precision` of the decoder's per-step matmuls: "fp32", "bf16" (bfloat16 weights) or
         "int8" (int8 weights, CPU only), see quantize.py; `model` keeps its float32 decoder."""
@@ -88,13 +90,15 @@ class Synthesizer:
         self.audio = config.audio
         self.text = TextProcessor(config.text)
         self.mel_spec = MelSpectrogram(self.audio).to(self.device)
+        if isinstance(vocoder, str):  # a name: "hifigan-universal", "griffin-lim", ... (vocoders.py)
+            vocoder = load_vocoder(vocoder, device=self.device, audio=self.audio)
         self.vocoder = vocoder
         self.griffin_lim_iterations = griffin_lim_iterations
         self.max_reference_seconds = max_reference_seconds
 
     @classmethod
     def from_checkpoint(cls, path: str | os.PathLike, device: str | torch.device = "cpu",
-                        precision: Precision = "fp32", vocoder: Optional[Vocoder] = None,
+                        precision: Precision = "fp32", vocoder: Optional[Vocoder | str] = None,
                         max_reference_seconds: Optional[float] = 30.0, strict: bool = True) -> "Synthesizer":
         """`strict=False` allows a partial load of weights that do not fit (checkpoint.load_model)."""
         from .checkpoint import load_model
