@@ -233,16 +233,21 @@ class Synthesizer:
         f0 = [] if out.log_f0 is None else [torch.where(out.voiced[i, :n], out.log_f0[i, :n].exp(), 0.0).float()
                                             for i, n in enumerate(lengths)]
         return SynthesisResult(
-            mel=mels, wav=[self.vocode(m) for m in mels] if vocode else [],
+            mel=mels, wav=[self.vocode(m, f) for m, f in zip(mels, f0 or [None] * len(mels))] if vocode else [],
             alignment=[out.alignments[i, : int(out.stop_steps[i]), : int(text_lengths[i])] for i in range(len(texts))],
             stop_step=out.stop_steps.tolist(), hit_max_steps=out.hit_max_steps.tolist(), z=z, f0=f0)
 
     @torch.no_grad()
-    def vocode(self, mel: torch.Tensor) -> np.ndarray:
-        """log-mel (T, n_mels) -> waveform (N,) float32, by the vocoder hook or Griffin-Lim."""
+    def vocode(self, mel: torch.Tensor, f0: Optional[torch.Tensor] = None) -> np.ndarray:
+        """log-mel (T, n_mels) -> waveform (N,) float32, by the vocoder hook or Griffin-Lim. A
+        pitch-aware vocoder (`uses_pitch`, e.g. "source-filter") also reads the F0 track (T,) in Hz."""
         if self.vocoder is None:
             return griffin_lim(mel, n_iter=self.griffin_lim_iterations, mel_spec=self.mel_spec).cpu().numpy()
-        wav = self.vocoder(rearrange(mel, "t m -> 1 m t"))  # HiFi-GAN's layout: (B, n_mels, T)
+        log_mel = rearrange(mel, "t m -> 1 m t")  # HiFi-GAN's layout: (B, n_mels, T)
+        if getattr(self.vocoder, "uses_pitch", False):
+            wav = self.vocoder(log_mel, f0=None if f0 is None else f0[None])
+        else:
+            wav = self.vocoder(log_mel)
         return wav.reshape(-1).float().cpu().numpy()
 
     def interpolate(self, reference_a: Reference, reference_b: Reference, text: str, steps: int = 5,
