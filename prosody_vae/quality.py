@@ -201,13 +201,13 @@ def prosody_correlations(outputs: Sequence[np.ndarray], references: Sequence[np.
 # ---------------------------------------------------------------------------- copy-synthesis
 @torch.no_grad()
 def copy_synthesis(wavs: Sequence[np.ndarray], audio: AudioConfig, vocoder: Optional[Vocoder] = None,
-                   griffin_lim_iterations: int = 60) -> list[np.ndarray]:
-    """Each wav through its own log-mel and back through `vocoder` (Griffin-Lim when None): the
-    quality a perfect acoustic model would get from that vocoder."""
-    mel_spec = MelSpectrogram(audio)
+                   griffin_lim_iterations: int = 60, device: str | torch.device = "cpu") -> list[np.ndarray]:
+    """Each wav through its own log-mel and back through `vocoder` (Griffin-Lim when None), on
+    `device` (the vocoder's): the quality a perfect acoustic model would get from that vocoder."""
+    mel_spec = MelSpectrogram(audio).to(device)
     outputs = []
     for i, wav in enumerate(wavs):
-        mel = mel_spec(torch.from_numpy(_check_wav(wav, f"wavs[{i}]")))  # (T, n_mels)
+        mel = mel_spec(torch.from_numpy(_check_wav(wav, f"wavs[{i}]")).to(device))  # (T, n_mels)
         if vocoder is None:
             out = griffin_lim(mel, n_iter=griffin_lim_iterations, mel_spec=mel_spec)
         else:
@@ -238,10 +238,16 @@ class QualityMeter:
     once per distinct reference. A measure whose package is missing is logged once and skipped."""
 
     def __init__(self, audio: AudioConfig, vocoder: Optional[Vocoder] = None, griffin_lim_iterations: int = 60,
-                 log: Callable[[str], None] = print):
-        self.audio, self.vocoder, self.griffin_lim_iterations, self.log = audio, vocoder, griffin_lim_iterations, log
+                 device: str | torch.device = "cpu", log: Callable[[str], None] = print):
+        self.audio, self.vocoder, self.griffin_lim_iterations = audio, vocoder, griffin_lim_iterations
+        self.device, self.log = device, log
         self.skipped: dict[str, str] = {}  # measure -> why, with the pip command
         self._cache: dict[tuple[str, str], object] = {}
+
+    @classmethod
+    def for_synthesizer(cls, synth, log: Callable[[str], None] = print) -> "QualityMeter":
+        """A meter whose copy-synthesis uses the vocoder (hook or Griffin-Lim) that `synth` vocodes with."""
+        return cls(synth.audio, synth.vocoder, synth.griffin_lim_iterations, synth.device, log)
 
     def _try(self, measure: str, compute: Callable):
         if measure in self.skipped:
@@ -262,7 +268,7 @@ class QualityMeter:
     def copy_synthesis(self, wav: np.ndarray) -> np.ndarray:
         """`wav` through its log-mel and this meter's vocoder (computed once per distinct wav)."""
         return self._cached(wav, "copy", lambda: copy_synthesis([wav], self.audio, self.vocoder,
-                                                                self.griffin_lim_iterations)[0])
+                                                                self.griffin_lim_iterations, self.device)[0])
 
     def _reference_dnsmos(self, wav: np.ndarray, copy: bool) -> DNSMOSScore:
         return self._cached(wav, f"dnsmos copy={copy}", lambda: dnsmos(

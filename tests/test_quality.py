@@ -22,6 +22,7 @@ from prosody_vae.quality import (DNSMOS_INSTALL, SPEAKER_INSTALL, MissingExtraEr
 
 TEXT_A = "The painter carried a wooden ladder across the river."
 TEXT_B = "We bought apples, bread and honey at the market."
+SHORT_A, SHORT_B = "Please wash seven baskets.", "Did you find the golden key?"  # pyin costs ~0.4 s per second of audio
 
 
 def _installed(*modules: str) -> bool:
@@ -92,9 +93,10 @@ def test_voiced_fraction_of_a_harmonic_tone_is_high_and_of_noise_low():
     assert voiced_fraction(noise, SAMPLE_RATE) < 0.1
 
 
+@pytest.mark.slow
 def test_prosody_correlations_of_references_against_themselves_are_one():
     voices = [("en-us+m1", 120, 30), ("en-us+f3", 240, 70), ("en+m3", 170, 50), ("en+f2", 200, 40)]
-    texts = [TEXT_A, TEXT_B, TEXT_A, TEXT_B]
+    texts = [SHORT_A, SHORT_B, SHORT_A, SHORT_B]
     wavs = [speak(text, voice, rate, pitch) for text, (voice, rate, pitch) in zip(texts, voices)]
     same = prosody_correlations(wavs, wavs, texts, SAMPLE_RATE)
     assert same.n_pairs == 4
@@ -137,12 +139,13 @@ def test_missing_extras_raise_with_the_pip_command(monkeypatch, fresh_models, cl
         speaker_similarity([clean], [clean], SAMPLE_RATE)
 
 
+@pytest.mark.slow
 def test_meter_without_the_extras_logs_one_line_each_and_still_measures(monkeypatch, fresh_models):
     monkeypatch.setitem(sys.modules, "speechmos", None)
     monkeypatch.setitem(sys.modules, "resemblyzer", None)
     lines: list[str] = []
     meter = QualityMeter(AudioConfig(), log=lines.append)
-    texts = [TEXT_A, TEXT_B, TEXT_A]
+    texts = [SHORT_A, SHORT_B, SHORT_A]
     references = [speak(t, v, r, p) for t, (v, r, p) in zip(texts, [("en-us+m1", 130, 30), ("en-us+f3", 230, 70),
                                                                     ("en+m3", 180, 50)])]
     for _ in range(2):
