@@ -2,7 +2,8 @@
 
     make the espeak-ng corpus -> train the `tiny` ProsodyTacotron with dual ascent (C = 10 nats)
     -> synthesise: reconstructions, transfer from two contrasting references, prior samples
-    -> wavs (Griffin-Lim), plots and report.md in one folder
+    -> wavs (Griffin-Lim), plots and report.md in one folder, with quality numbers (quality.py:
+       DNSMOS, speaker similarity, voicing, prosody correlations) where their packages are installed
 
 Every stage reuses what a previous run left in the folder (corpus, mel cache, checkpoints), so an
 interrupted demo picks up where it stopped.
@@ -13,12 +14,13 @@ from __future__ import annotations
 import csv
 import json
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from .audio import load_wav, save_wav
+from .quality import QUALITY_NOTE, ConditionQuality, QualityMeter, quality_table
 from .runlog import read_metrics
 
 TRANSFER_SENTENCES = ("The painter carried a wooden ladder across the river.",
@@ -33,6 +35,8 @@ class DemoReport:
     wall_seconds: float
     metrics: dict
     transfer: list[dict]
+    quality: dict[str, ConditionQuality] = field(default_factory=dict)
+    quality_skipped: dict[str, str] = field(default_factory=dict)  # measure -> why, with the pip command
 
     def format(self) -> str:
         return (self.out_dir / "report.md").read_text(encoding="utf-8")
@@ -66,10 +70,13 @@ def run_demo(out_dir: str | Path, n_utterances: int = 1000, max_steps: int | Non
     synth = Synthesizer.from_checkpoint(result.checkpoint)
     config = synth.config
     synthesis = _synthesise(synth, corpus, out_dir, seed, max_decoder_steps)
+    meter = QualityMeter.for_synthesizer(synth)
+    quality = _measure_quality(meter, corpus, out_dir, synthesis, synth.audio.sample_rate)
     records = read_metrics(run / "metrics.jsonl")
     validations = [r for r in records if r.get("split") == "val"]
     _plot_training(records, out_dir / "plots" / "training.png", config)
-    report = DemoReport(out_dir, time.perf_counter() - started, validations[-1] if validations else {}, synthesis)
+    report = DemoReport(out_dir, time.perf_counter() - started, validations[-1] if validations else {}, synthesis,
+                        quality, meter.skipped)
     _write_report(report, config)
     return report
 
@@ -114,6 +121,29 @@ def _synthesise(synth, corpus: Path, out_dir: Path, seed: int, max_decoder_steps
     rows += speak("prior_sample", temperature=1.0)
     rows += speak("prior_mean", temperature=0.0)
     return rows
+
+
+def _measure_quality(meter: QualityMeter, corpus: Path, out_dir: Path, rows: list[dict], sample_rate: int
+                     ) -> dict[str, ConditionQuality]:
+    """Quality of the saved outputs (the 16-bit files a listener hears): the transfer outputs
+    against their references, and the prior conditions on their own."""
+    from .data import read_metadata
+
+    reference_texts = {u.id: u.text for u in read_metadata(corpus)}
+    transfer = [r for r in rows if "reference_id" in r]
+    names = list(dict.fromkeys(r["condition"] for r in transfer))  # reference order: slow/low, fast/high
+    references = [load_wav(out_dir / "wavs" / f"reference_{name.removeprefix('transfer_')}.wav", sample_rate)
+                  for name in names]
+    ids = [next(r["reference_id"] for r in transfer if r["condition"] == name) for name in names]
+    conditions = {"transfer": meter.measure(
+        [load_wav(out_dir / r["wav"], sample_rate) for r in transfer],
+        [TRANSFER_SENTENCES[r["sentence"]] for r in transfer], references,
+        [names.index(r["condition"]) for r in transfer], [reference_texts[i] for i in ids])}
+    for name in dict.fromkeys(r["condition"] for r in rows if "reference_id" not in r):
+        own = [r for r in rows if r["condition"] == name]
+        conditions[name] = meter.measure([load_wav(out_dir / r["wav"], sample_rate) for r in own],
+                                         [TRANSFER_SENTENCES[r["sentence"]] for r in own])
+    return conditions
 
 
 def _f0_mean(wav: np.ndarray, sample_rate: int) -> float:
@@ -199,8 +229,13 @@ def _write_report(report: DemoReport, config) -> None:
                    "Griffin-Lim of the references' own mels it finds "
                    f"{slow[0]['reference_griffin_lim_f0_hz']:.0f} and {fast[0]['reference_griffin_lim_f0_hz']:.0f} Hz. "
                    "The output mels are still too smooth to carry harmonics; train longer for pitch."), ""]
+    if report.quality:
+        lines += ["## Quality", "", QUALITY_NOTE, "", *quality_table(report.quality), "",
+                  *(f"Skipped {measure}: {why}" for measure, why in report.quality_skipped.items()), ""]
     lines += ["## Plots", "", "![training](plots/training.png)", "",
               *(f"![{r}](plots/alignment_{r}.png)" for r in sorted({r['condition'] for r in rows}))]
     (report.out_dir / "report.md").write_text("\n".join(lines) + "\n", encoding="utf-8")
     (report.out_dir / "report.json").write_text(json.dumps(
-        {"wall_seconds": report.wall_seconds, "validation": m, "synthesis": rows}, indent=1), encoding="utf-8")
+        {"wall_seconds": report.wall_seconds, "validation": m, "synthesis": rows,
+         "quality": {name: asdict(q) for name, q in report.quality.items()}, "quality_skipped": report.quality_skipped},
+        indent=1), encoding="utf-8")

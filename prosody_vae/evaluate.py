@@ -9,7 +9,12 @@ On the held-out utterances of the checkpoint's own split (data.n_val, data.seed)
   the reference; the output is compared with it, as above;
 - non-parallel transfer: each text with every other held-out utterance as reference; the output's
   speaking rate, F0 mean and F0 range against the reference's (Pearson r over all pairs);
-- prior sampling: one text at `n_prior` seeds, temperature 1: spread of F0 mean and duration.
+- prior sampling: one text at `n_prior` seeds, temperature 1: spread of F0 mean and duration;
+- quality (quality.py), for each of those conditions: DNSMOS of the outputs, of their references
+  and of the references' copy-synthesis through the same vocoder (the ceiling that vocoder
+  allows), speaker similarity of each output to its reference, voiced fractions, and Pearson r of
+  F0 mean, F0 range and speaking rate between outputs and references. Without the optional
+  packages those numbers are skipped with one line naming the pip command.
 
 Outputs are vocoded with Griffin-Lim (or the Synthesizer's vocoder), and F0 is pyin's on that
 audio: a model whose mels carry no harmonics yet shows NaN F0, which the report keeps as NaN
@@ -32,6 +37,7 @@ from .audio import load_wav
 from .data import read_metadata, split_train_val
 from .errors import DataError
 from .metrics import compare_f0, f0_track, mel_cepstral_distortion, prosody_summary
+from .quality import QUALITY_NOTE, QualityMeter, pearson, quality_table
 
 
 @dataclass
@@ -59,19 +65,14 @@ def _mean(values) -> float:
     return float(np.mean(finite)) if finite else math.nan
 
 
-def _pearson(x, y) -> float:
-    pairs = [(a, b) for a, b in zip(x, y) if math.isfinite(a) and math.isfinite(b)]
-    if len(pairs) < 3:
-        return math.nan
-    a, b = np.array(pairs).T
-    return float(np.corrcoef(a, b)[0, 1]) if a.std() > 0 and b.std() > 0 else math.nan
-
-
 def evaluate(checkpoint: str | os.PathLike, data_dir: str | os.PathLike, out_dir: str | os.PathLike,
-             n_items: int = 8, n_prior: int = 8, seed: int = 0, synthesizer=None) -> dict:
+             n_items: int = 8, n_prior: int = 8, seed: int = 0, synthesizer=None, quality: bool = True) -> dict:
+    """`quality=False` leaves out the quality section (DNSMOS, speaker similarity, voicing)."""
     from .infer import Synthesizer
 
     synth = synthesizer or Synthesizer.from_checkpoint(checkpoint)
+    meter = QualityMeter.for_synthesizer(synth) if quality else None
+    conditions = {}  # name -> ConditionQuality
     config, sr = synth.config, synth.audio.sample_rate
     data_dir, out_dir = Path(data_dir), Path(out_dir)
     utterances = read_metadata(data_dir)
@@ -86,43 +87,61 @@ def evaluate(checkpoint: str | os.PathLike, data_dir: str | os.PathLike, out_dir
     results: dict = {"checkpoint": str(checkpoint), "data": str(data_dir), "items": [u.id for u in items],
                      "reconstruction": [asdict(_scores(recordings[u.id], w, sr))
                                         for u, w in zip(items, reconstruction.wav)]}
+    texts = [u.text for u in items]
+    if meter:
+        conditions["reconstruction"] = meter.measure(reconstruction.wav, texts, [recordings[u.id] for u in items],
+                                                     reference_texts=texts)
 
     if factors is not None:
         from .corpus import synthesize
 
-        parallel = []
+        parallel, references, outputs = [], [], []
         for i, u in enumerate(items):
             other = factors[items[(i + 1) % len(items)].id]  # another utterance's voice and prosody
-            reference = synthesize(u.text, other)
-            output = synth.tts(u.text, reference=reference, seed=seed).wav[0]
-            parallel.append(asdict(_scores(reference, output, sr)))
+            references.append(synthesize(u.text, other))
+            outputs.append(synth.tts(u.text, reference=references[-1], seed=seed).wav[0])
+            parallel.append(asdict(_scores(references[-1], outputs[-1], sr)))
         results["parallel_transfer"] = parallel
+        if meter:
+            conditions["parallel_transfer"] = meter.measure(outputs, texts, references, reference_texts=texts)
 
-    pairs = []
+    pairs, outputs, output_texts, output_summaries, reference_of = [], [], [], [], []
     for i, reference in enumerate(items):
-        texts = [u.text for j, u in enumerate(items) if j != i]
-        outputs = synth.tts(texts, reference=reference.wav_path, seed=seed)
+        other_texts = [u.text for j, u in enumerate(items) if j != i]
+        result = synth.tts(other_texts, reference=reference.wav_path, seed=seed)
         ref_summary = prosody_summary(recordings[reference.id], sr, text=reference.text)
-        for text, wav in zip(texts, outputs.wav):
+        for text, wav in zip(other_texts, result.wav):
             out_summary = prosody_summary(wav, sr, text=text)
             pairs.append({"reference": reference.id, "text": text,
                           **{f"reference_{k}": v for k, v in asdict(ref_summary).items()},
                           **{f"output_{k}": v for k, v in asdict(out_summary).items()}})
+            outputs.append(wav)
+            output_texts.append(text)
+            output_summaries.append(out_summary)
+            reference_of.append(i)
     results["non_parallel_transfer"] = pairs
     results["transfer_correlation"] = {
-        name: _pearson([p[f"reference_{name}"] for p in pairs], [p[f"output_{name}"] for p in pairs])
+        name: pearson([p[f"reference_{name}"] for p in pairs], [p[f"output_{name}"] for p in pairs])
         for name in ("rate", "f0_mean_hz", "f0_range_semitones", "speech_s")}
+    if meter:
+        conditions["non_parallel_transfer"] = meter.measure(
+            outputs, output_texts, [recordings[u.id] for u in items], reference_of, texts, output_summaries)
 
-    prior = [prosody_summary(synth.tts(items[0].text, temperature=1.0, seed=s).wav[0], sr, text=items[0].text)
-             for s in range(seed, seed + n_prior)]
+    prior_wavs = [synth.tts(items[0].text, temperature=1.0, seed=s).wav[0] for s in range(seed, seed + n_prior)]
+    prior = [prosody_summary(wav, sr, text=items[0].text) for wav in prior_wavs]
+    if meter:
+        conditions["prior_sampling"] = meter.measure(prior_wavs, [items[0].text] * n_prior, output_summaries=prior)
     results["prior_sampling"] = {"text": items[0].text, "n": n_prior,
                                  "f0_mean_hz_std": float(np.nanstd([p.f0_mean_hz for p in prior])),
                                  "speech_s_std": float(np.std([p.speech_s for p in prior])),
                                  "speech_s_mean": float(np.mean([p.speech_s for p in prior]))}
+    if meter:
+        results["quality"] = {name: asdict(q) for name, q in conditions.items()}
+        results["quality_skipped"] = meter.skipped
     out_dir.mkdir(parents=True, exist_ok=True)
     _plot_item(synth, items[0], recordings[items[0].id], reconstruction, out_dir / "reconstruction.png")
     (out_dir / "evaluation.json").write_text(json.dumps(results, indent=1, default=float), encoding="utf-8")
-    (out_dir / "evaluation.md").write_text(_markdown(results), encoding="utf-8")
+    (out_dir / "evaluation.md").write_text(_markdown(results, conditions), encoding="utf-8")
     return results
 
 
@@ -157,7 +176,7 @@ def _plot_item(synth, utterance, recording: np.ndarray, result, path: Path) -> N
     figure.savefig(path, dpi=80)
 
 
-def _markdown(r: dict) -> str:
+def _markdown(r: dict, conditions: dict) -> str:
     def table(rows: list[dict]) -> list[str]:
         keys = list(rows[0])
         return [f"| {' | '.join(keys)} |", f"|{'---|' * len(keys)}",
@@ -175,5 +194,9 @@ def _markdown(r: dict) -> str:
               "## Prior sampling", "",
               f"{r['prior_sampling']['n']} samples of one text: speech duration {r['prior_sampling']['speech_s_mean']:.2f} "
               f"± {r['prior_sampling']['speech_s_std']:.2f} s, F0 mean spread {r['prior_sampling']['f0_mean_hz_std']:.1f} Hz.",
-              "", "![reconstruction](reconstruction.png)"]
+              ""]
+    if conditions:
+        lines += ["## Quality", "", QUALITY_NOTE, "", *quality_table(conditions), "",
+                  *(f"Skipped {measure}: {why}" for measure, why in r["quality_skipped"].items()), ""]
+    lines += ["![reconstruction](reconstruction.png)"]
     return "\n".join(lines) + "\n"
