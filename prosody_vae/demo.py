@@ -2,7 +2,8 @@
 
     make the espeak-ng corpus -> train the `tiny` ProsodyTacotron with dual ascent (C = 10 nats)
     -> synthesise: reconstructions, transfer from two contrasting references, prior samples
-    -> wavs (Griffin-Lim), plots and report.md in one folder, with quality numbers (quality.py:
+    -> wavs (the best installed vocoder: "source-filter" for a model with a pitch head, which
+       voices the predicted F0), plots and report.md in one folder, with quality numbers (quality.py:
        DNSMOS, speaker similarity, voicing, prosody correlations) where their packages are installed
 
 Every stage reuses what a previous run left in the folder (corpus, mel cache, checkpoints), so an
@@ -20,7 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from .audio import load_wav, save_wav
-from .quality import QUALITY_NOTE, ConditionQuality, QualityMeter, quality_table
+from .quality import QUALITY_NOTE, ConditionQuality, QualityMeter, copy_synthesis, quality_table
 from .runlog import read_metrics
 
 TRANSFER_SENTENCES = ("The painter carried a wooden ladder across the river.",
@@ -35,6 +36,7 @@ class DemoReport:
     wall_seconds: float
     metrics: dict
     transfer: list[dict]
+    vocoder: str
     quality: dict[str, ConditionQuality] = field(default_factory=dict)
     quality_skipped: dict[str, str] = field(default_factory=dict)  # measure -> why, with the pip command
 
@@ -52,6 +54,7 @@ def run_demo(out_dir: str | Path, n_utterances: int = 1000, max_steps: int | Non
     from .infer import Synthesizer
     from .corpus import CorpusConfig, make_corpus
     from .trainer import train
+    from .vocoders import best_available_vocoder
 
     started = time.perf_counter()
     out_dir = Path(out_dir)
@@ -67,7 +70,8 @@ def run_demo(out_dir: str | Path, n_utterances: int = 1000, max_steps: int | Non
     result = train(config, corpus, run, resume=True, max_steps=max_steps)
 
     print("[3/3] synthesising and writing the report", flush=True)
-    synth = Synthesizer.from_checkpoint(result.checkpoint)
+    vocoder = best_available_vocoder(pitch=config.model.pitch_head)
+    synth = Synthesizer.from_checkpoint(result.checkpoint, vocoder=vocoder)
     config = synth.config
     synthesis = _synthesise(synth, corpus, out_dir, seed, max_decoder_steps)
     meter = QualityMeter.for_synthesizer(synth)
@@ -76,7 +80,7 @@ def run_demo(out_dir: str | Path, n_utterances: int = 1000, max_steps: int | Non
     validations = [r for r in records if r.get("split") == "val"]
     _plot_training(records, out_dir / "plots" / "training.png", config)
     report = DemoReport(out_dir, time.perf_counter() - started, validations[-1] if validations else {}, synthesis,
-                        quality, meter.skipped)
+                        vocoder, quality, meter.skipped)
     _write_report(report, config)
     return report
 
@@ -111,10 +115,11 @@ def _synthesise(synth, corpus: Path, out_dir: Path, seed: int, max_decoder_steps
     for name, ref in _contrasting_references(corpus).items():
         wav = load_wav(corpus / "wavs" / f"{ref['id']}.wav", sample_rate)
         save_wav(wav_dir / f"reference_{name}.wav", wav, sample_rate)
-        # the same measurement on Griffin-Lim of the reference's own mel: what a perfect model would give
-        resynthesised = synth.vocode(synth.reference_mel(wav))
+        # the same measurement on the reference's own mel (and F0) through the same vocoder: what a
+        # perfect model would give
+        resynthesised = copy_synthesis([wav], synth.audio, synth.vocoder, synth.griffin_lim_iterations, synth.device)[0]
         rows += [dict(r, reference_id=ref["id"], reference_rate=float(ref["rate"]),
-                      reference_griffin_lim_f0_hz=_f0_mean(resynthesised, sample_rate),
+                      reference_copy_f0_hz=_f0_mean(resynthesised, sample_rate),
                       reference_pitch=float(ref["pitch"]), reference_seconds=float(ref["duration_s"]),
                       reference_f0_hz=float(ref["f0_mean_hz"] or "nan"))
                  for r in speak(f"transfer_{name}", reference=wav, mode="mean")]
@@ -204,7 +209,7 @@ def _write_report(report: DemoReport, config) -> None:
         f"{capacity} | {m.get('beta', float('nan')):.3f} | {m.get('align', float('nan')):.3f} |", "",
         "The alignment score is the mean over decoder steps of the largest attention weight "
         "(1 = sharp, 1/L = uniform).", "",
-        "## Synthesis (free-running, Griffin-Lim)", "",
+        f"## Synthesis (free-running, vocoder `{report.vocoder}`)", "",
         "| condition | sentence | seconds | F0 mean (Hz) | stopped | wav |", "|---|---|---|---|---|---|",
     ]
     lines += [f"| {r['condition']} | {r['sentence']} | {r['seconds']:.2f} | {r['f0_mean_hz']:.0f} | "
@@ -215,7 +220,7 @@ def _write_report(report: DemoReport, config) -> None:
         longer = sum(s["seconds"] > f["seconds"] for s, f in zip(slow, fast))
         lower = sum(s["f0_mean_hz"] < f["f0_mean_hz"] for s, f in zip(slow, fast))
         # pyin's search starts at 55 Hz; an estimate near that floor (or none) means the output mel
-        # carries no clear harmonics yet, which Griffin-Lim cannot invent
+        # carries no clear harmonics yet, which a mel-only vocoder cannot invent
         pitched = all(r["f0_mean_hz"] > F0_FLOOR_MARGIN_HZ for r in slow + fast)
         lines += ["", "## Transfer", "",
                   f"References: slow/low `{slow[0]['reference_id']}` (rate {slow[0]['reference_rate']:.0f} wpm, "
@@ -224,11 +229,14 @@ def _write_report(report: DemoReport, config) -> None:
                   f"{fast[0]['reference_pitch']:.0f}, F0 {fast[0]['reference_f0_hz']:.0f} Hz).", "",
                   f"- The slow reference gave the longer output for {longer} of {len(slow)} sentences.",
                   (f"- The low reference gave the lower mean F0 for {lower} of {len(slow)} sentences "
-                   "(F0 measured by pyin on Griffin-Lim audio)." if pitched else
+                   f"(F0 measured by pyin on the rendered audio; on the references' own mels through the same "
+                   f"vocoder it reads {slow[0]['reference_copy_f0_hz']:.0f} and {fast[0]['reference_copy_f0_hz']:.0f} Hz)."
+                   if pitched else
                    "- F0 is not measurable yet: pyin finds no pitch above its floor in the outputs, while on "
-                   "Griffin-Lim of the references' own mels it finds "
-                   f"{slow[0]['reference_griffin_lim_f0_hz']:.0f} and {fast[0]['reference_griffin_lim_f0_hz']:.0f} Hz. "
-                   "The output mels are still too smooth to carry harmonics; train longer for pitch."), ""]
+                   "the references' own mels through the same vocoder it finds "
+                   f"{slow[0]['reference_copy_f0_hz']:.0f} and {fast[0]['reference_copy_f0_hz']:.0f} Hz. "
+                   "The output mels are still too smooth to carry harmonics: train longer, or train with "
+                   "a pitch head and the source-filter vocoder."), ""]
     if report.quality:
         lines += ["## Quality", "", QUALITY_NOTE, "", *quality_table(report.quality), "",
                   *(f"Skipped {measure}: {why}" for measure, why in report.quality_skipped.items()), ""]
@@ -236,6 +244,6 @@ def _write_report(report: DemoReport, config) -> None:
               *(f"![{r}](plots/alignment_{r}.png)" for r in sorted({r['condition'] for r in rows}))]
     (report.out_dir / "report.md").write_text("\n".join(lines) + "\n", encoding="utf-8")
     (report.out_dir / "report.json").write_text(json.dumps(
-        {"wall_seconds": report.wall_seconds, "validation": m, "synthesis": rows,
+        {"wall_seconds": report.wall_seconds, "validation": m, "vocoder": report.vocoder, "synthesis": rows,
          "quality": {name: asdict(q) for name, q in report.quality.items()}, "quality_skipped": report.quality_skipped},
         indent=1), encoding="utf-8")
