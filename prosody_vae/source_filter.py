@@ -258,7 +258,7 @@ class SourceFilterVocoder:
             shape = torch.exp(log_envelope)
         spec = spec / own.clamp(min=1e-8) * shape
         if padded_samples > num_samples:
-            spec = F.pad(spec, (0, c.num_frames(padded_samples) - num_frames))
+            spec = F.pad(spec, (0, padded_samples // c.hop_length - num_frames))
         wav = _overlap_add_istft(spec[None], self.mel_spec)[0, :num_samples]
         return wav.clamp(-1.0, 1.0)
 
