@@ -83,7 +83,7 @@ def _synthesizer(args: argparse.Namespace):
     from .infer import Synthesizer
 
     return Synthesizer.from_checkpoint(args.checkpoint, device=args.device, precision=args.precision,
-                                       max_reference_seconds=args.max_reference_seconds)
+                                       vocoder=args.vocoder, max_reference_seconds=args.max_reference_seconds)
 
 
 def _check_text(synth, text: str, where: str) -> None:
@@ -203,6 +203,9 @@ def _add_checkpoint(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ...")
     p.add_argument("--precision", choices=("fp32", "bf16", "int8"), default="fp32",
                    help="decoder weights; int8 (CPU only) is the fast path, MCD cost ~0.03 dB")
+    p.add_argument("--vocoder", default="auto",
+                   help="source-filter, hifigan-universal, hifigan-ljspeech, griffin-lim, or auto: the best "
+                        "installed (source-filter for a model with a pitch head)")
     p.add_argument("--max-reference-seconds", type=float, default=30.0,
                    help="refuse longer references (they are not cut: trim them yourself)")
 

@@ -48,7 +48,7 @@ from .audio import MelSpectrogram, check_not_silent, griffin_lim, load_wav
 from .errors import ConfigError, ReferenceInputError, TextError
 from .quantize import Precision, reduce_precision
 from .reference import Posterior
-from .vocoders import load_vocoder
+from .vocoders import best_available_vocoder, load_vocoder
 
 Reference = Union[str, os.PathLike, np.ndarray, torch.Tensor]
 Vocoder = Callable[[torch.Tensor], torch.Tensor]
@@ -90,6 +90,8 @@ class Synthesizer:
         self.audio = config.audio
         self.text = TextProcessor(config.text)
         self.mel_spec = MelSpectrogram(self.audio).to(self.device)
+        if vocoder == "auto":  # the best installed; the pitch-driven one for a model with a pitch head
+            vocoder = best_available_vocoder(pitch=model.config.pitch_head, audio=self.audio)
         if isinstance(vocoder, str):  # a name: "hifigan-universal", "griffin-lim", ... (vocoders.py)
             vocoder = load_vocoder(vocoder, device=self.device, audio=self.audio)
         self.vocoder = vocoder

@@ -213,15 +213,18 @@ def available_vocoders() -> list[str]:
     return [name for name in KNOWN_VOCODERS if _is_available(name)]
 
 
-def best_available_vocoder(pitch: bool = False) -> str:
-    """The most preferred installed vocoder name.
+def best_available_vocoder(pitch: bool = False, audio: AudioConfig | None = None) -> str:
+    """The most preferred installed vocoder name for mels made with `audio` (default AudioConfig()).
 
-    pitch=False: for a mel alone (griffin-lim when no HiFi-GAN is installed). pitch=True: for a
-    model that also predicts F0 and voicing, "source-filter", which voices that F0 even from a
-    smooth mel that a HiFi-GAN cannot voice (measurements in source_filter.py)."""
+    pitch=False: for a mel alone (griffin-lim when no HiFi-GAN is installed, or when `audio` is
+    not the HiFi-GAN convention the pretrained generators read). pitch=True: for a model that also
+    predicts F0 and voicing, "source-filter", which voices that F0 even from a smooth mel that a
+    HiFi-GAN cannot voice (measurements in source_filter.py)."""
     names = available_vocoders()
     if pitch:
         return next(name for name in names if name in PITCH_VOCODERS)
+    if audio is not None and audio != AudioConfig():
+        return "griffin-lim"
     return next(name for name in names if name not in PITCH_VOCODERS)
 
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
+
 import pytest
 import torch
 
@@ -114,3 +116,23 @@ def test_pitch_head_exports_and_runs_at_reduced_precision():
     voiced = low.voiced & eager.voiced
     assert voiced.float().mean() > 0.5 * eager.voiced.float().mean()
     assert (low.log_f0[voiced] - eager.log_f0[voiced]).abs().max() < math.log(1.05)
+
+
+def test_auto_vocoder_follows_the_pitch_head():
+    """Synthesizer(vocoder="auto") renders a pitch-head model with the source-filter vocoder and
+    hands it the predicted F0 (whose faithfulness test_vocoders and test_transfer measure); a model
+    without a pitch head gets a mel-only vocoder."""
+    from prosody_vae import Synthesizer
+    from prosody_vae.config import TrainConfig, config_from_dict
+    from prosody_vae.tacotron import ProsodyTacotron
+    from test_train import MICRO, N_MELS
+
+    for pitch_head in (True, False):
+        config = config_from_dict(TrainConfig, {"model": {"preset": "tiny", **MICRO, "pitch_head": pitch_head},
+                                                "audio": {"n_mels": N_MELS}}, "test")
+        synth = Synthesizer(ProsodyTacotron(config.model), config, vocoder="auto")
+        assert getattr(synth.vocoder, "uses_pitch", False) == pitch_head
+        with pytest.warns(RuntimeWarning, match="max_decoder_steps"):
+            out = synth.tts("The fox.", seed=0, max_decoder_steps=5)
+        assert len(out.wav[0]) == out.mel[0].shape[0] * 256 and np.isfinite(out.wav[0]).all()
+        assert (len(out.f0) == 1) == pitch_head

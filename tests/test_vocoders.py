@@ -392,3 +392,12 @@ def test_source_filter_copy_synthesis_keeps_f0_of_every_voice(references, source
         error, joint = relative_f0_error(wav, copy)
         # measured: |error| 0.30-0.47 %, every voiced frame but one of the 72 Hz voice's 79 kept
         assert joint > 0.9 * track.voiced.sum() and abs(error) < 0.02, (label, f0, error, joint, track.voiced.sum())
+
+
+def test_auto_choice_follows_the_model_and_its_mels():
+    from prosody_vae.audio import AudioConfig
+
+    assert best_available_vocoder(pitch=True, audio=AudioConfig(n_mels=20)) == "source-filter"
+    # the pretrained generators read only the HiFi-GAN convention: other mels get Griffin-Lim
+    assert best_available_vocoder(audio=AudioConfig(n_mels=20)) == "griffin-lim"
+    assert best_available_vocoder(audio=AudioConfig()) in ("hifigan-universal", "hifigan-ljspeech", "griffin-lim")
