@@ -159,3 +159,23 @@ def test_rendered_pitch_follows_the_predicted_track(outputs):
     """pyin on the source-filter audio finds the F0 the pitch head predicted (median error in cents)."""
     errors = np.concatenate([o.track_error_cents for o in outputs["demo"].values()])
     assert np.median(errors) < 50, errors  # a quarter tone
+
+
+SHORT_TEXTS = {1: ["Yes.", "Hello."], 2: ["Thank you.", "Seven eggs."], 3: ["Good morning, Anna.", "See you, Tom."]}
+
+
+def test_short_texts_are_spoken_in_proportion_to_their_length(checkpoints):
+    """One-, two- and three-word texts neither stop after a step nor run on: they stop, and their
+    durations grow with their word count at about the pace of full sentences."""
+    synth = Synthesizer.from_checkpoint(checkpoints["demo"])
+    texts = [text for group in SHORT_TEXTS.values() for text in group]
+    short = synth.tts(texts, vocode=False, max_decoder_steps=200)
+    long = synth.tts(TEXTS, vocode=False, max_decoder_steps=200)
+    assert not any(short.hit_max_steps + long.hit_max_steps)
+    assert min(short.stop_step) >= 4, dict(zip(texts, short.stop_step))
+    frames = {words: np.mean([m.shape[0] for m, t in zip(short.mel, texts) if t in group])
+              for words, group in SHORT_TEXTS.items()}
+    assert frames[1] < frames[2] < frames[3], frames
+    sentence_pace = np.median([m.shape[0] / len(t.split()) for m, t in zip(long.mel, TEXTS)])  # frames per word
+    for words, mean_frames in frames.items():
+        assert 0.5 < mean_frames / words / sentence_pace < 2.0, (frames, sentence_pace)
