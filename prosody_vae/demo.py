@@ -86,15 +86,19 @@ def run_demo(out_dir: str | Path, n_utterances: int = 1000, max_steps: int | Non
 
 
 def _contrasting_references(corpus: Path) -> dict[str, dict]:
-    """The slowest-and-lowest and the fastest-and-highest utterances, by requested factors."""
+    """The slowest-and-lowest and the fastest-and-highest utterances, by requested factors, of one
+    voice (the one with the most usable utterances): the voices' own F0 differ by up to an
+    octave, so across voices a "high" setting can sound lower than a "low" one."""
     with open(corpus / "factors.csv", newline="", encoding="utf-8") as f:
         rows = list(csv.DictReader(f))
+    usable = [r for r in rows if float(r["duration_s"]) > 1.5] or rows  # long enough to carry a rate and a contour
+    voices = [r.get("voice", "") for r in usable]
+    voice = max(set(voices), key=voices.count)
+    rows = [r for r in usable if r.get("voice", "") == voice]
     rate = np.array([float(r["rate"]) for r in rows])
     pitch = np.array([float(r["pitch"]) for r in rows])
-    duration = np.array([float(r["duration_s"]) for r in rows])
-    score = (rate - rate.mean()) / rate.std() + (pitch - pitch.mean()) / pitch.std()
-    usable = duration > 1.5  # long enough to carry a rate and a contour
-    order = [i for i in np.argsort(score) if usable[i] or usable.sum() < 2]
+    score = (rate - rate.mean()) / (rate.std() or 1.0) + (pitch - pitch.mean()) / (pitch.std() or 1.0)
+    order = np.argsort(score)
     return {"slow_low": rows[order[0]], "fast_high": rows[order[-1]]}
 
 
