@@ -214,6 +214,11 @@ class StepWeights:
             weights.projection = PackedMatmul(projection.weight, rows, projection.bias)
         return weights
 
+    def attention_gates(self, prenet_share: torch.Tensor, recurrent_input: torch.Tensor) -> torch.Tensor:
+        """The attention LSTM's gates (B, 4 H_a): `prenet_share` is what `prenet_gates` made of the
+        prenet output, `recurrent_input` is [context ; attention_h]."""
+        return prenet_share + self.attention_recurrent(recurrent_input)
+
     def end_of_pass(self) -> None:
         """Free packed copies once the loop has run: the end of the forward pass is a training step's
         memory peak. Calls after this still work, on the plain matmul."""
@@ -239,10 +244,11 @@ class DecoderPass:
                                                    memory.dtype)
 
     def step(self, attention_input: torch.Tensor) -> torch.Tensor:
-        """attention_input (B, 4 H_a): the prenet's share of the attention LSTM's gates, bias
-        included. Returns the projection's input [decoder_h ; context] (B, H_d + D)."""
+        """attention_input: the prenet's share of the attention LSTM's gates as `weights.prenet_gates`
+        made it ((B, 4 H_a), bias included, unless the weights fuse it into `attention_gates`).
+        Returns the projection's input [decoder_h ; context] (B, H_d + D)."""
         d, w, s = self.decoder, self.weights, self.state
-        gates = attention_input + w.attention_recurrent(torch.cat([s.context, s.attention_h], dim=1))
+        gates = w.attention_gates(attention_input, torch.cat([s.context, s.attention_h], dim=1))
         attention_h, attention_c = d.attention_cell.cell(gates, s.attention_c)
         attention_h = dropout(attention_h, d.config.attention_rnn_dropout, d.training)
         alignment = self.attend(attention_h, s.alignment, s.cumulative)

@@ -17,9 +17,9 @@ In every precision the recurrent state, attention and everything outside those m
 float32, so rounding does not accumulate in the LSTM cell state over hundreds of steps.
 
 `ReducedPrecisionDecoder` is a `Decoder` whose `step_weights` are int8 or bf16 copies of the
-per-step matmuls (each LSTM's recurrent weight without its bias, which is added in float32; the
-attention LSTM's prenet share with its bias; the projection) and whose prenet layers are reduced
-too. It runs the decoder's own step and loop (decoder.py), so there is no second copy of the
+per-step matmuls (the attention LSTM's static and recurrent weights side by side with its bias, so
+one matmul per step serves both; the decoder LSTM's recurrent weight, its bias added in float32;
+the projection) and whose prenet layers are reduced too. It runs the decoder's own step and loop (decoder.py), so there is no second copy of the
 recurrence to drift. `reduce_precision(model, precision)` returns a copy of the model whose
 `decoder` is this subclass, so `model.infer` is unchanged for callers. The text and reference
 encoders run once per utterance and stay float32.
@@ -32,13 +32,14 @@ from __future__ import annotations
 
 import copy
 import warnings
+from dataclasses import dataclass
 from typing import Literal, get_args
 
 import torch
 from torch import nn
 
 from .cpu_kernels import PackedMatmul
-from .decoder import Decoder, StepWeights
+from .decoder import Decoder, Matmul, StepWeights
 from .errors import ConfigError
 from .tacotron import ProsodyTacotron
 
@@ -107,8 +108,10 @@ class ReducedPrecisionDecoder(Decoder):
         attention_cell = self.attention_cell
         self.reduced = _reduce(nn.ModuleDict({
             "prenet": self.prenet.layers,
-            "prenet_gates": _linear(attention_cell.static_weight, attention_cell.bias),
-            "attention_recurrent": _linear(attention_cell.recurrent_weight, None),
+            # one matmul over [prenet output ; context ; h]: the static and recurrent parts together,
+            # since at one row a matmul's cost is its weight read plus a fixed overhead per call
+            "attention_gates": _linear(torch.cat([attention_cell.static_weight, attention_cell.recurrent_weight], dim=1),
+                                       attention_cell.bias),
             "decoder_recurrent": _linear(self.decoder_cell.recurrent_weight, None),
             "projection": copy.deepcopy(self.projection),
         }), precision)
@@ -117,7 +120,7 @@ class ReducedPrecisionDecoder(Decoder):
 
     def step_weights(self, rows: int) -> StepWeights:
         r = self.reduced
-        return StepWeights(r["prenet_gates"], r["attention_recurrent"], r["decoder_recurrent"], r["projection"])
+        return _FusedAttentionWeights(_identity, None, r["decoder_recurrent"], r["projection"], r["attention_gates"])
 
     def train(self, mode: bool = True) -> "ReducedPrecisionDecoder":
         if mode:
@@ -126,6 +129,21 @@ class ReducedPrecisionDecoder(Decoder):
 
     def forward(self, *args, **kwargs):
         raise ConfigError("ReducedPrecisionDecoder is for inference only (no teacher-forced forward)")
+
+
+def _identity(x: torch.Tensor) -> torch.Tensor:
+    return x
+
+
+@dataclass
+class _FusedAttentionWeights(StepWeights):
+    """Step weights whose attention LSTM reads [prenet output ; context ; h] in one matmul: the
+    step's `prenet_gates` passes the prenet output through, and `attention_gates` does the rest."""
+
+    fused_attention: Matmul = None  # (B, P + D + H_a) -> (B, 4 H_a), bias included
+
+    def attention_gates(self, prenet_share: torch.Tensor, recurrent_input: torch.Tensor) -> torch.Tensor:
+        return self.fused_attention(torch.cat([prenet_share, recurrent_input], dim=1))
 
 
 def reduce_precision(model: ProsodyTacotron, precision: Precision) -> ProsodyTacotron:

@@ -164,7 +164,7 @@ def test_bad_prosody_arguments(synth):
 
 
 # ------------------------------------------------------------------------------ reduced precision
-PER_STEP_LAYERS = ["prenet.0", "prenet.1", "prenet_gates", "attention_recurrent", "decoder_recurrent", "projection"]
+PER_STEP_LAYERS = ["prenet.0", "prenet.1", "attention_gates", "decoder_recurrent", "projection"]
 
 
 @pytest.mark.parametrize("attention_kind", ["location", "forward", "dca"])
