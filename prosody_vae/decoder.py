@@ -304,8 +304,10 @@ def run_free(step: Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]], 
         outputs.append(out)
         alignments.append(alignment)
         frame = layout.next_input(out)
-        allowed = alignment.argmax(dim=1) >= gate if stop_gate_tokens else None
-        if stops.update(layout.stop_logit(out), index, allowed):
+        stop_logit, allowed = layout.stop_logit(out), None
+        if stop_gate_tokens and bool((stop_logit > stops.logit_threshold).any()):  # most steps want no stop
+            allowed = alignment.argmax(dim=1) >= gate
+        if stops.update(stop_logit, index, allowed):
             break
     return torch.stack(outputs, dim=1), torch.stack(alignments, dim=1), stops.stop_steps, ~stops.done
 
