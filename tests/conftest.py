@@ -34,3 +34,16 @@ def write_tiny_corpus(root: Path, n: int = 6, seed: int = 0, sample_rate: int = 
 @pytest.fixture
 def tiny_corpus(tmp_path) -> Path:
     return write_tiny_corpus(tmp_path / "corpus")
+
+
+@pytest.fixture
+def one_thread():
+    """Micro models gain nothing from intra-op threads, and on a busy 2-core machine OpenMP
+    threads waiting on each other can make a step many times slower. Modules opt in with
+    `pytestmark = pytest.mark.usefixtures("one_thread")`."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

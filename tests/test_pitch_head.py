@@ -16,12 +16,7 @@ from prosody_vae.quantize import reduce_precision
 from test_tacotron import make_batch, micro_model
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def pitch_batch(r: int = 2):

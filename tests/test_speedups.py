@@ -15,12 +15,7 @@ from prosody_vae.cpu_kernels import _RecurrentMatmul
 from test_tacotron import make_batch, micro_model
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def training_step(model, batch, seed: int) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:

@@ -32,14 +32,7 @@ MICRO = dict(n_mels=N_MELS, embedding_dim=24, encoder_conv_channels=24, encoder_
              ref_mlp_dim=8, text_summary_dim=8, max_decoder_steps=50)
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """These models are too small to gain from intra-op threads, and on a busy 2-core machine
-    OpenMP threads waiting on each other can make a step 10x slower."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def micro_model(seed: int = 0, **overrides) -> ProsodyTacotron:

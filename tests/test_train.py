@@ -49,14 +49,7 @@ def mel_cache(tmp_path_factory) -> str:
     return str(tmp_path_factory.mktemp("mels"))
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Micro models gain nothing from intra-op threads, and on a busy 2-core machine waiting
-    OpenMP threads can make a step many times slower (train() itself uses config.threads)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def config_dict(cache_dir: str, model: dict | None = None, **run) -> dict:
