@@ -31,7 +31,7 @@ from torch import nn
 
 from prosody_vae.cpu_memory import keep_freed_memory
 from prosody_vae.reference import VariationalReferenceEncoder
-from prosody_vae.tacotron import summarise_text
+from prosody_vae.layers import summarise_text
 from prosody_vae.text import SYMBOLS
 
 DEFAULT_BATCH = {"V": 32, "V+T": 16}

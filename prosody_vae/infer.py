@@ -42,13 +42,12 @@ from typing import Callable, Literal, Optional, Sequence, Union
 
 import numpy as np
 import torch
-from einops import rearrange
 
 from .audio import MelSpectrogram, check_not_silent, griffin_lim, load_wav
 from .errors import ConfigError, ReferenceInputError, TextError
 from .quantize import Precision, reduce_precision
 from .reference import Posterior
-from .vocoders import best_available_vocoder, load_vocoder
+from .vocoders import best_available_vocoder, load_vocoder, run_vocoder
 
 Reference = Union[str, os.PathLike, np.ndarray, torch.Tensor]
 Vocoder = Callable[[torch.Tensor], torch.Tensor]
@@ -245,12 +244,7 @@ class Synthesizer:
         pitch-aware vocoder (`uses_pitch`, e.g. "source-filter") also reads the F0 track (T,) in Hz."""
         if self.vocoder is None:
             return griffin_lim(mel, n_iter=self.griffin_lim_iterations, mel_spec=self.mel_spec).cpu().numpy()
-        log_mel = rearrange(mel, "t m -> 1 m t")  # HiFi-GAN's layout: (B, n_mels, T)
-        if getattr(self.vocoder, "uses_pitch", False):
-            wav = self.vocoder(log_mel, f0=None if f0 is None else f0[None])
-        else:
-            wav = self.vocoder(log_mel)
-        return wav.reshape(-1).float().cpu().numpy()
+        return run_vocoder(self.vocoder, mel, f0).float().cpu().numpy()
 
     def interpolate(self, reference_a: Reference, reference_b: Reference, text: str, steps: int = 5,
                     seed: Optional[int] = None) -> SynthesisResult:

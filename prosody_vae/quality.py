@@ -206,6 +206,7 @@ def copy_synthesis(wavs: Sequence[np.ndarray], audio: AudioConfig, vocoder: Opti
     `device` (the vocoder's): the quality a perfect acoustic model would get from that vocoder.
     A pitch-aware vocoder (`uses_pitch`) also gets the wav's own F0 track (pitch.py)."""
     from .pitch import frame_features
+    from .vocoders import run_vocoder
 
     mel_spec = MelSpectrogram(audio).to(device)
     outputs = []
@@ -213,12 +214,13 @@ def copy_synthesis(wavs: Sequence[np.ndarray], audio: AudioConfig, vocoder: Opti
         mel = mel_spec(torch.from_numpy(_check_wav(wav, f"wavs[{i}]")).to(device))  # (T, n_mels)
         if vocoder is None:
             out = griffin_lim(mel, n_iter=griffin_lim_iterations, mel_spec=mel_spec)
-        elif getattr(vocoder, "uses_pitch", False):
-            features = frame_features(wav, audio, source=f"wavs[{i}]")
-            f0 = np.where(features.voiced, np.exp(features.log_f0), 0.0)[: mel.shape[0]]  # (T,) Hz
-            out = vocoder(mel.T[None], f0=torch.as_tensor(f0, dtype=torch.float32, device=device)[None])
         else:
-            out = vocoder(mel.T[None])  # (1, n_mels, T), HiFi-GAN's layout
+            f0 = None
+            if getattr(vocoder, "uses_pitch", False):  # only then is the F0 track worth extracting
+                features = frame_features(wav, audio, source=f"wavs[{i}]")
+                f0 = np.where(features.voiced, np.exp(features.log_f0), 0.0)[: mel.shape[0]]  # (T,) Hz
+                f0 = torch.as_tensor(f0, dtype=torch.float32, device=device)
+            out = run_vocoder(vocoder, mel, f0)
         outputs.append(out.reshape(-1).float().cpu().numpy())
     return outputs
 

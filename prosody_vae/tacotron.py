@@ -28,13 +28,10 @@ from torch import nn
 from .decoder import Decoder, OutputLayout, decoder_steps
 from .errors import DataError, ReferenceInputError
 from .inputs import check_mel, check_speaker_ids, check_synthesis_args, check_text
-from .layers import Generators, Postnet, TextEncoder, dropout, summarise_text
+from .layers import Generators, Postnet, TextEncoder, summarise_text
 from .masked_norm import length_mask
 from .reference import Posterior, VariationalReferenceEncoder, condition_on_z
-from .tacotron_config import PRESETS, TacotronConfig
-
-__all__ = ["ProsodyTacotron", "TacotronConfig", "TacotronOutput", "InferenceOutput", "PRESETS", "Generators",
-           "decoder_steps", "dropout", "length_mask", "summarise_text"]
+from .tacotron_config import TacotronConfig
 
 
 @dataclass

@@ -101,6 +101,15 @@ PITCH_VOCODERS = ("source-filter",)
 KNOWN_VOCODERS = PREFERENCE + PITCH_VOCODERS
 
 
+def run_vocoder(vocoder: Vocoder, mel: torch.Tensor, f0: torch.Tensor | None = None) -> torch.Tensor:
+    """One log-mel (T, n_mels), the package's layout, -> waveform (N,) through `vocoder`; the F0
+    track f0 (T,) in Hz goes only to a vocoder that `uses_pitch` (which refuses to run without it)."""
+    log_mel = mel.T[None]  # (1, n_mels, T): HiFi-GAN's layout
+    if getattr(vocoder, "uses_pitch", False):
+        return vocoder(log_mel, f0=None if f0 is None else f0[None]).reshape(-1)
+    return vocoder(log_mel).reshape(-1)
+
+
 def _check_mel(log_mel: torch.Tensor, n_mels: int) -> None:
     if not isinstance(log_mel, torch.Tensor):
         raise AudioError(f"vocoder input log_mel must be a torch.Tensor, got {type(log_mel).__name__}")

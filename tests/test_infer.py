@@ -14,7 +14,8 @@ from prosody_vae.errors import ConfigError, ReferenceInputError
 from prosody_vae.infer import Synthesizer
 from prosody_vae.metrics import cepstra_of_log_mel, mcd_from_cepstra
 from prosody_vae.quantize import ReducedPrecisionDecoder
-from prosody_vae.tacotron import Decoder, ProsodyTacotron
+from prosody_vae.decoder import Decoder
+from prosody_vae.tacotron import ProsodyTacotron
 
 MICRO = dict(n_mels=20, embedding_dim=16, encoder_conv_channels=16, encoder_lstm_dim=16, prenet_dims=[16, 16],
              attention_rnn_dim=16, decoder_rnn_dim=16, attention_dim=8, location_filters=4, location_kernel_size=7,
