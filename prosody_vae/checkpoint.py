@@ -68,7 +68,12 @@ def load_model(path: str | os.PathLike, device: str | torch.device = "cpu",
     RuntimeWarning lists them.
     """
     path = Path(path)
-    state = load_checkpoint(path)
+    return model_from_state(load_checkpoint(path), path, device, strict)
+
+
+def model_from_state(state: dict[str, Any], path: Path, device: str | torch.device = "cpu",
+                     strict: bool = True) -> tuple[ProsodyTacotron, TrainConfig]:
+    """`load_model` for a checkpoint already read (`path` names it in errors)."""
     config = checkpoint_config(state, path)
     model = ProsodyTacotron(config.model)
     weights = state.get("model")

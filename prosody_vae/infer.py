@@ -26,6 +26,11 @@ bfloat16 weights (quantize.py): at batch 1 a decoder step streams ~19 M weights 
 smaller weights make it several times faster. The recurrent state and attention stay float32; the
 measured cost in quality (MCD-DTW against fp32) is in benchmarks/README.md.
 
+Postfilter: a checkpoint written by the trainer carries its training mels' global variance, and
+`tts` raises each output band's contrast over time to it before vocoding (postfilter.py: an L1
+decoder over-smooths, and the flat mel sounds like a steady buzz). `postfilter=False` returns the
+decoder's own mel; the result's `mel` is always the one that was vocoded.
+
 Vocoder: Griffin-Lim by default. Any callable or TorchScript module mapping a log-mel
 (B, n_mels, T) to a waveform (B, N) or (B, 1, N) plugs in as `vocoder=`, or a name that
 vocoders.load_vocoder knows (`vocoder="hifigan-universal"`); our mels follow the HiFi-GAN
@@ -45,6 +50,7 @@ import torch
 
 from .audio import MelSpectrogram, check_not_silent, griffin_lim, load_wav
 from .errors import ConfigError, ReferenceInputError, TextError
+from .postfilter import GlobalVariance
 from .quantize import Precision, reduce_precision
 from .reference import Posterior
 from .vocoders import best_available_vocoder, load_vocoder, run_vocoder
@@ -70,9 +76,10 @@ class SynthesisResult:
 class Synthesizer:
     def __init__(self, model, config, device: str | torch.device = "cpu", precision: Precision = "fp32",
                  vocoder: Optional[Vocoder | str] = None, griffin_lim_iterations: int = 60,
-                 max_reference_seconds: Optional[float] = 30.0):
+                 max_reference_seconds: Optional[float] = 30.0, postfilter: Optional[GlobalVariance] = None):
         """`precision` of the decoder's per-step matmuls: "fp32", "bf16" (bfloat16 weights) or
-        "int8" (int8 weights, CPU only), see quantize.py; `model` keeps its float32 decoder."""
+        "int8" (int8 weights, CPU only), see quantize.py; `model` keeps its float32 decoder.
+        `postfilter`: applied to every output mel (from_checkpoint passes the checkpoint's own)."""
         from .text import TextProcessor
 
         if max_reference_seconds is not None and not max_reference_seconds > 0:
@@ -96,16 +103,22 @@ class Synthesizer:
         self.vocoder = vocoder
         self.griffin_lim_iterations = griffin_lim_iterations
         self.max_reference_seconds = max_reference_seconds
+        self.postfilter = postfilter
 
     @classmethod
     def from_checkpoint(cls, path: str | os.PathLike, device: str | torch.device = "cpu",
                         precision: Precision = "fp32", vocoder: Optional[Vocoder | str] = None,
-                        max_reference_seconds: Optional[float] = 30.0, strict: bool = True) -> "Synthesizer":
-        """`strict=False` allows a partial load of weights that do not fit (checkpoint.load_model)."""
-        from .checkpoint import load_model
+                        max_reference_seconds: Optional[float] = 30.0, strict: bool = True,
+                        postfilter: bool = True) -> "Synthesizer":
+        """`strict=False` allows a partial load of weights that do not fit (checkpoint.load_model);
+        `postfilter=False` leaves the checkpoint's global-variance postfilter off."""
+        from .checkpoint import load_checkpoint, model_from_state
 
-        model, config = load_model(path, strict=strict)
-        return cls(model, config, device, precision, vocoder, max_reference_seconds=max_reference_seconds)
+        state = load_checkpoint(path)
+        model, config = model_from_state(state, Path(path), strict=strict)
+        variance = state.get("mel_variance")  # absent from checkpoints older than the postfilter
+        return cls(model, config, device, precision, vocoder, max_reference_seconds=max_reference_seconds,
+                   postfilter=GlobalVariance.from_state_dict(variance) if postfilter and variance else None)
 
     # ----------------------------------------------------------------------------- inputs
     def reference_mel(self, reference: Reference) -> torch.Tensor:
@@ -231,6 +244,8 @@ class Synthesizer:
                                max_decoder_steps=max_decoder_steps)
         lengths = out.mel_lengths.tolist()
         mels = [out.mel_postnet[i, :n].float() for i, n in enumerate(lengths)]
+        if self.postfilter is not None:
+            mels = [self.postfilter(mel) for mel in mels]
         f0 = [] if out.log_f0 is None else [torch.where(out.voiced[i, :n], out.log_f0[i, :n].exp(), 0.0).float()
                                             for i, n in enumerate(lengths)]
         return SynthesisResult(

@@ -388,6 +388,7 @@ class _Trainer:
             "world_size": self.cluster.world,
             "rng": rng,
             "speakers": self.data.speakers,
+            "mel_variance": self.data.mel_variance.state_dict() if self.data.mel_variance else None,
         }
 
     def _restore(self) -> Optional[Path]:

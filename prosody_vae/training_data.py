@@ -24,6 +24,7 @@ from .data import (Batch, BucketBatchSampler, MelCache, TTSDataset, Utterance, c
                    split_train_val)
 from .distributed import Cluster
 from .errors import ConfigError, DataError
+from .postfilter import GlobalVariance
 from .text import TextProcessor
 
 
@@ -34,6 +35,7 @@ class TrainingData:
     val_batches: list[Batch]  # rank 0 only; empty elsewhere
     speakers: list[str]
     summary: dict[str, int]
+    mel_variance: Optional[GlobalVariance] = None  # the training mels' contrast, for the postfilter; rank 0 only
 
 
 def build_data(config: TrainConfig, data_dir: Path, cluster: Optional[Cluster] = None) -> TrainingData:
@@ -66,14 +68,15 @@ def build_data(config: TrainConfig, data_dir: Path, cluster: Optional[Cluster] =
     loader = torch.utils.data.DataLoader(train_set, batch_sampler=sampler, collate_fn=collate,
                                          num_workers=c.num_workers, generator=torch.Generator().manual_seed(c.seed),
                                          worker_init_fn=_ignore_sigint if c.num_workers else None)
-    val_batches = []
+    val_batches, mel_variance = [], None
     if cluster.is_main:
+        mel_variance = GlobalVariance.from_mels((cache.get(u) for u in train_set.utterances), config.audio.pad_value)
         order = sorted(range(len(val_set)), key=lambda i: val_set.mel_lengths[i])
         val_batches = [collate([val_set[i] for i in order[s: s + c.batch_size]])
                        for s in range(0, len(order), c.batch_size)]
     summary = {"train_utterances": len(train_set), "val_utterances": len(val_set),
                "skipped_longer_than_max_frames": skipped_train + skipped_val}
-    return TrainingData(loader, sampler, val_batches, speakers, summary)
+    return TrainingData(loader, sampler, val_batches, speakers, summary, mel_variance)
 
 
 def _dataset(utterances: list[Utterance], text: TextProcessor, cache: MelCache, speakers: list[str],
