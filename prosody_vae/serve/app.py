@@ -93,7 +93,8 @@ def create_app(engine: SynthesisEngine) -> FastAPI:
         specs = engine.synthesis_jobs(body, reference, reference_key)
         jobs = await _run(request, specs)
         asked = tuple(name for name in body.model_fields_set)
-        results = [_with_batch(r, job) for job in jobs for r in _result(job, asked)]
+        results = await run_in_threadpool(engine.vocode, [_with_batch(r, job) for job in jobs
+                                                          for r in _result(job, asked)])
         if body.format == "wav":
             (result,) = results
             return Response(_wav_bytes(result.wav, engine.sample_rate), media_type="audio/wav", headers={
@@ -117,9 +118,9 @@ def create_app(engine: SynthesisEngine) -> FastAPI:
     @app.post("/v1/interpolate", dependencies=authorized)
     async def interpolate(body: InterpolateRequest, request: Request) -> dict[str, Any]:
         (job,) = await _run(request, [(None, engine.interpolation_job(body), body.steps)])
+        results = await run_in_threadpool(engine.vocode, [_with_batch(r, job) for r in _result(job, ("text", "seed"))])
         return {"sample_rate": engine.sample_rate,
-                "results": [_as_json(_with_batch(r, job), engine.sample_rate, body.include)
-                            for r in _result(job, ("text", "seed"))]}
+                "results": [_as_json(r, engine.sample_rate, body.include) for r in results]}
 
     return app
 

@@ -9,8 +9,11 @@ Arguments newer than some Synthesizers (`n_samples`, `strength`, `controls`, `sp
 on only when a request sets them, and refused with a 422 naming the argument when this server's
 `Synthesizer.tts` does not take them.
 
-Audio is vocoded here, per item, after `tts(vocode=False)`: by the Synthesizer's own vocoder, or
-by the one a request names (loaded once per name).
+Audio is vocoded per item after `tts(vocode=False)`, outside the model worker (`vocode`, called
+from the request's own thread): by the Synthesizer's own vocoder, or by the one a request names
+(loaded once per name). The vocoder costs about as much CPU per item as the whole batched decode
+(benchmarks/load_test.py), so vocoding in the worker would serialise it; outside, the vocoding of
+one batch overlaps the decoding of the next, and uses the other cores.
 """
 
 from __future__ import annotations
@@ -73,7 +76,7 @@ class TTSJob:
 class Rendered:
     """One result: audio (N,) float32, mel (T, n_mels), F0 (T,) Hz or None, alignment (S, L), z (latent,)."""
 
-    wav: np.ndarray
+    wav: Optional[np.ndarray]  # None until vocoded
     mel: torch.Tensor
     f0: Optional[torch.Tensor]
     alignment: torch.Tensor
@@ -81,6 +84,7 @@ class Rendered:
     stop_step: int
     hit_max_steps: bool
     seed: Optional[int] = None
+    vocoder: Optional[str] = None  # None: the Synthesizer's own
     batch_size: int = field(default=0)
 
 
@@ -95,7 +99,7 @@ class SynthesisEngine:
         self.worker = BatchWorker(self._run_batch, self.config.max_batch, self.config.max_wait_ms / 1000,
                                   self.config.max_queue)
         if self.config.warm_up:  # the first batch pays for lazy allocations; not a client
-            self.worker.submit(None, TTSJob([WARM_UP_TEXT], {}, None)).future.result()
+            self.vocode(self.worker.submit(None, TTSJob([WARM_UP_TEXT], {}, None)).future.result())
             self.worker.batch_sizes.clear()
 
     @property
@@ -262,18 +266,20 @@ class SynthesisEngine:
         out, start = [], 0
         for job in payloads:
             count = len(job.texts) * per_text
-            vocoder, seed = self.vocoder(job.vocoder), job.kwargs.get("seed")
-            out.append([self._render(result, i, vocoder, seed) for i in range(start, start + count)])
+            out.append([Rendered(wav=None, mel=result.mel[i], f0=result.f0[i] if result.f0 else None,
+                                 alignment=result.alignment[i], z=result.z[i], stop_step=int(result.stop_step[i]),
+                                 hit_max_steps=bool(result.hit_max_steps[i]), seed=job.kwargs.get("seed"),
+                                 vocoder=job.vocoder) for i in range(start, start + count)])
             start += count
         return out
 
-    def _render(self, result, i: int, vocoder, seed: Optional[int]) -> Rendered:
-        mel = result.mel[i]
-        f0 = result.f0[i] if result.f0 else None
-        wav = self.synth.vocode(mel, f0) if vocoder is None else run_vocoder(vocoder, mel, f0).float().cpu().numpy()
-        z = result.z[i] if result.z.shape[0] == len(result.mel) else result.z[0]
-        return Rendered(wav=wav, mel=mel, f0=f0, alignment=result.alignment[i], z=z,
-                        stop_step=int(result.stop_step[i]), hit_max_steps=bool(result.hit_max_steps[i]), seed=seed)
+    def vocode(self, results: list[Rendered]) -> list[Rendered]:
+        """Fill in each result's audio (N,) float32."""
+        for r in results:
+            vocoder = self.vocoder(r.vocoder)
+            r.wav = (self.synth.vocode(r.mel, r.f0) if vocoder is None
+                     else run_vocoder(vocoder, r.mel, r.f0).float().cpu().numpy())
+        return results
 
 
 def request_error(exc: ProsodyVAEError, asked: tuple[str, ...] = ()) -> RequestError:
