@@ -205,6 +205,10 @@ class SynthesisEngine:
     def synthesis_jobs(self, request: SynthesizeRequest, reference: Optional[np.ndarray],
                        reference_key: Optional[str]) -> list[tuple[Any, TTSJob, int]]:
         """(key, job, items) per seed, each checked: a bad request fails here, before any queueing."""
+        if (request.text is None) == (request.texts is None):
+            raise RequestError("text", "give exactly one of `text` and `texts`")
+        if request.seed is not None and request.seeds is not None:
+            raise RequestError("seeds", "give at most one of `seed` and `seeds`")
         texts = request.all_texts
         for i, text in enumerate(texts):
             self.check_text(text, "text" if request.text is not None else f"texts[{i}]")
