@@ -5,7 +5,6 @@ from __future__ import annotations
 import inspect
 import io
 import socket
-import sys
 import threading
 import time
 import warnings

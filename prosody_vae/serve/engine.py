@@ -294,7 +294,7 @@ def request_error(exc: ProsodyVAEError, asked: tuple[str, ...] = ()) -> RequestE
     head = message.split(":", 1)[0].strip()
     if head.split("[")[0] in ("text", "texts", "reference_text", *NEW_TTS_ARGUMENTS, "seed", "temperature", "mode"):
         return RequestError(head, message.split(":", 1)[1].strip() if ":" in message else message)
-    for name in CONTROL_NAMES:  # longest names first would matter only for a prefix; none is one
+    for name in sorted(CONTROL_NAMES, key=len, reverse=True):  # "pitch_range" before its prefix "pitch"
         if f"'{name}'" in message or f"{name}=" in message or f"control {name}" in message:
             return RequestError(f"controls.{name}", message)
     named = next((name for name in asked if name in message), None)
