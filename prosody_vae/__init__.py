@@ -82,6 +82,7 @@ _EXPORTS = {
     "export_reference_encoder_onnx": "export",
     "OnnxReferenceEncoder": "export",
     "ExportedSynthesizer": "export_synth",
+    "ServeConfig": "serve",
     "mel_cepstral_distortion": "metrics",
     "f0_track": "metrics",
     "compare_f0": "metrics",
@@ -121,6 +122,7 @@ if TYPE_CHECKING:  # let type checkers and IDEs see the real names
     from .cpu_memory import keep_freed_memory
     from .export import OnnxReferenceEncoder, export_reference_encoder_onnx
     from .export_synth import ExportedSynthesizer
+    from .serve import ServeConfig
     from .infer import SynthesisResult, Synthesizer
     from .quantize import reduce_precision
     from .losses import LossConfig, LossTerms, TacotronLoss

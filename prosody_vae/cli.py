@@ -192,6 +192,18 @@ def cmd_analyze(args: argparse.Namespace) -> None:
     print(f"wrote {args.out}/analysis.md, analysis.json and rate_distortion.png")
 
 
+def cmd_serve(args: argparse.Namespace) -> None:
+    import os
+
+    from .serve import ServeConfig, serve
+
+    config = ServeConfig(max_batch=args.max_batch, max_wait_ms=args.max_wait_ms, max_queue=args.max_queue,
+                         timeout_s=args.timeout, token=args.token or os.environ.get("PROSODY_VAE_TOKEN") or None,
+                         cors_origins=tuple(args.cors_origin))
+    serve(args.checkpoint, host=args.host, port=args.port, config=config, device=args.device,
+          precision=args.precision, vocoder=args.vocoder, max_reference_seconds=args.max_reference_seconds)
+
+
 def _add_prosody_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--mode", choices=("mean", "sample"), default="mean", help="posterior mean or a sample")
     p.add_argument("--temperature", type=float, default=1.0, help="scale of the sampling noise (0: the mean)")
@@ -298,6 +310,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-train-batches", type=_positive_int, default=20, help="training batches to re-evaluate")
     p.add_argument("--out", type=Path, required=True)
     p.set_defaults(func=cmd_analyze)
+
+    p = commands.add_parser("serve", help="an HTTP API and a web page for interactive prosody control")
+    _add_checkpoint(p)
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (0.0.0.0: every interface)")
+    p.add_argument("--port", type=_positive_int, default=8000)
+    p.add_argument("--token", help="require `Authorization: Bearer TOKEN` (default: $PROSODY_VAE_TOKEN, if set)")
+    p.add_argument("--cors-origin", action="append", default=[], help="allow this origin (repeatable; none: no CORS)")
+    p.add_argument("--max-batch", type=_positive_int, default=8, help="items per model batch")
+    p.add_argument("--max-wait-ms", type=float, default=10.0, help="how long a batch waits for companions")
+    p.add_argument("--max-queue", type=_positive_int, default=32, help="queued requests; beyond it: 429")
+    p.add_argument("--timeout", type=float, default=60.0, help="seconds per request, queueing included")
+    p.set_defaults(func=cmd_serve)
     return parser
 
 

@@ -47,3 +47,12 @@ class TrainingError(ProsodyVAEError, RuntimeError):
 
 class RunLockedError(ProsodyVAEError, RuntimeError):
     """Another trainer is writing into the same run folder (the message names its pid and host)."""
+
+
+class RequestError(ProsodyVAEError, ValueError):
+    """A server request is refused: `field` names the part of the request at fault, `status` is the
+    HTTP status to answer with (a 4xx)."""
+
+    def __init__(self, field: str, message: str, status: int = 422):
+        super().__init__(f"{field}: {message}")
+        self.field, self.message, self.status = field, message, status

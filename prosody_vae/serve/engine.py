@@ -1,0 +1,304 @@
+"""The serving engine: a `Synthesizer` behind one batching model worker, and what a request becomes.
+
+A synthesis request turns into one job per seed. Jobs that differ only in their texts share a key,
+so the worker may run them as one `Synthesizer.tts` batch; since every item draws its noise from
+its own (seed, text) generator, an item's audio is the same alone or in any batch. Requests that
+ask for `n_samples` run alone: their results come back in the order `tts` gives them.
+
+Arguments newer than some Synthesizers (`n_samples`, `strength`, `controls`, `speaker`) are passed
+on only when a request sets them, and refused with a 422 naming the argument when this server's
+`Synthesizer.tts` does not take them.
+
+Audio is vocoded per item after `tts(vocode=False)`, outside the model worker (`vocode`, called
+from the request's own thread): by the Synthesizer's own vocoder, or by the one a request names
+(loaded once per name). The vocoder costs about as much CPU per item as the whole batched decode
+(benchmarks/load_test.py), so vocoding in the worker would serialise it; outside, the vocoding of
+one batch overlaps the decoding of the next, and uses the other cores.
+"""
+
+from __future__ import annotations
+
+import inspect
+import threading
+from dataclasses import asdict, dataclass, field
+from typing import Any, Callable, Optional
+
+import numpy as np
+import torch
+
+from ..audio import AudioConfig
+from ..errors import ConfigError, ProsodyVAEError, ReferenceInputError, RequestError, TextError
+from ..vocoders import available_vocoders, load_vocoder, run_vocoder
+from .batching import BatchWorker
+from .schemas import CONTROL_NAMES, InterpolateRequest, SynthesizeRequest
+from .uploads import ReferenceStore
+
+NEW_TTS_ARGUMENTS = ("n_samples", "strength", "controls", "speaker")
+# slider ranges for a model card that lists its knobs without ranges
+DEFAULT_KNOB_RANGES = {"pitch": (-6.0, 6.0, 0.0), "pitch_range": (0.5, 2.0, 1.0), "rate": (0.5, 2.0, 1.0),
+                       "energy": (-12.0, 12.0, 0.0)}
+WARM_UP_TEXT = "Warm up the model."
+
+
+@dataclass
+class ServeConfig:
+    """Settings of `prosody-vae serve`: the queue, the batcher and the per-request limits."""
+
+    max_batch: int = 8  # items per model batch
+    max_wait_ms: float = 10.0  # how long the first job of a batch waits for companions
+    max_queue: int = 32  # jobs waiting; beyond it, 429 with Retry-After
+    timeout_s: float = 60.0  # per request, queueing included; then 504
+    max_text_chars: int = 400
+    max_items: int = 16  # results per request: texts x seeds x n_samples
+    max_upload_bytes: int = 10 * 2**20  # any request body; checked before reading it
+    max_references: int = 64  # uploads kept by id
+    token: Optional[str] = None  # a bearer token every /v1 request must carry
+    cors_origins: tuple[str, ...] = ()  # none: no CORS headers at all
+    warm_up: bool = True
+
+    def __post_init__(self):
+        for name in ("max_batch", "max_queue", "max_text_chars", "max_items", "max_upload_bytes", "max_references"):
+            if not getattr(self, name) >= 1:
+                raise ConfigError(f"ServeConfig.{name} must be >= 1, got {getattr(self, name)!r}")
+        if not (self.max_wait_ms >= 0 and self.timeout_s > 0):
+            raise ConfigError(f"ServeConfig needs max_wait_ms >= 0 and timeout_s > 0, got "
+                              f"{self.max_wait_ms!r} and {self.timeout_s!r}")
+
+
+@dataclass
+class TTSJob:
+    texts: list[str]
+    kwargs: dict[str, Any]  # Synthesizer.tts arguments besides the texts
+    vocoder: Optional[str]  # None: the Synthesizer's own
+
+
+@dataclass
+class Rendered:
+    """One result: audio (N,) float32, mel (T, n_mels), F0 (T,) Hz or None, alignment (S, L), z (latent,)."""
+
+    wav: Optional[np.ndarray]  # None until vocoded
+    mel: torch.Tensor
+    f0: Optional[torch.Tensor]
+    alignment: torch.Tensor
+    z: torch.Tensor
+    stop_step: int
+    hit_max_steps: bool
+    seed: Optional[int] = None
+    vocoder: Optional[str] = None  # None: the Synthesizer's own
+    batch_size: int = field(default=0)
+
+
+class SynthesisEngine:
+    def __init__(self, synth, config: ServeConfig | None = None):
+        self.synth = synth
+        self.config = config or ServeConfig()
+        self.tts_arguments = set(inspect.signature(synth.tts).parameters)
+        self.references = ReferenceStore(self.config.max_references)
+        self._vocoders: dict[str, Any] = {}
+        self._vocoder_lock = threading.Lock()
+        self.worker = BatchWorker(self._run_batch, self.config.max_batch, self.config.max_wait_ms / 1000,
+                                  self.config.max_queue)
+        if self.config.warm_up:  # the first batch pays for lazy allocations; not a client
+            self.vocode(self.worker.submit(None, TTSJob([WARM_UP_TEXT], {}, None)).future.result())
+            self.worker.batch_sizes.clear()
+
+    @property
+    def sample_rate(self) -> int:
+        return self.synth.audio.sample_rate
+
+    def close(self) -> None:
+        self.worker.close()
+
+    # ----------------------------------------------------------------------------- the model card
+    def model_card(self) -> dict[str, Any]:
+        """`Synthesizer.model_card()` where there is one, else the basics from its config; plus
+        what this server offers (vocoders, arguments, limits, knob ranges for sliders)."""
+        if hasattr(self.synth, "model_card"):
+            card = self.synth.model_card().to_dict()
+        else:
+            model = self.synth.config.model
+            card = {"latent_dim": model.latent_dim, "posterior": model.posterior, "pitch_head": model.pitch_head,
+                    "n_mels": self.synth.audio.n_mels, "parameters": sum(p.numel() for p in self.synth.model.parameters()),
+                    "speakers": list(getattr(self.synth, "speakers", []))}
+        default_vocoder = getattr(self.synth.vocoder, "name", None) or (
+            "griffin-lim" if self.synth.vocoder is None else type(self.synth.vocoder).__name__)
+        card["server"] = {
+            "sample_rate": self.sample_rate,
+            "vocoder": default_vocoder,
+            "vocoders": self.usable_vocoders(),
+            "arguments": [a for a in NEW_TTS_ARGUMENTS if a in self.tts_arguments],
+            "knobs": self.knob_ranges(card) if "controls" in self.tts_arguments else {},
+            "limits": {k: v for k, v in asdict(self.config).items()
+                       if k in ("max_text_chars", "max_items", "max_upload_bytes", "timeout_s")}
+                      | {"max_reference_seconds": self.synth.max_reference_seconds},
+        }
+        return card
+
+    @staticmethod
+    def knob_ranges(card: dict[str, Any]) -> dict[str, dict[str, float]]:
+        """{name: {min, max, default}} from the card's knobs (a mapping by name, or a list of
+        entries with a `name`), filled in with DEFAULT_KNOB_RANGES where the card gives no range."""
+        listed = card.get("controls", card.get("knobs")) or {}
+        if isinstance(listed, list):
+            listed = {entry.get("name"): entry for entry in listed if isinstance(entry, dict)}
+        ranges = {}
+        for name, (low, high, neutral) in DEFAULT_KNOB_RANGES.items():
+            entry = listed.get(name) if isinstance(listed, dict) else None
+            entry = entry if isinstance(entry, dict) else {}
+            pair = entry.get("range")
+            low = entry.get("min", pair[0] if isinstance(pair, (list, tuple)) else low)
+            high = entry.get("max", pair[1] if isinstance(pair, (list, tuple)) else high)
+            ranges[name] = {"min": float(low), "max": float(high), "default": float(entry.get("default", neutral))}
+        return ranges
+
+    def usable_vocoders(self) -> list[str]:
+        """Installed vocoders that can voice this model's mels (the HiFi-GANs read only their own
+        mel convention; the source-filter vocoder needs a pitch head's F0)."""
+        pitch, hifigan_mels = bool(self.synth.config.model.pitch_head), self.synth.audio == AudioConfig()
+        return [name for name in available_vocoders()
+                if (pitch or name != "source-filter") and (hifigan_mels or not name.startswith("hifigan"))]
+
+    # ----------------------------------------------------------------------------- checks
+    def check_text(self, text: str, field_name: str) -> None:
+        if len(text) > self.config.max_text_chars:
+            raise RequestError(field_name, f"{len(text)} characters is over the limit of "
+                                           f"{self.config.max_text_chars}; split the text")
+        try:
+            self.synth.text.encode(text)
+        except TextError as exc:
+            raise RequestError(field_name, str(exc)) from None
+
+    def vocoder(self, name: Optional[str]):
+        """The vocoder a request names, loaded once; None stands for the Synthesizer's own."""
+        if name is None:
+            return None
+        usable = self.usable_vocoders()
+        if name not in usable:
+            raise RequestError("vocoder", f"unknown or unusable vocoder {name!r} for this model; "
+                                          f"usable: {', '.join(usable)}")
+        with self._vocoder_lock:
+            if name not in self._vocoders:
+                try:
+                    self._vocoders[name] = load_vocoder(name, device=self.synth.device, audio=self.synth.audio)
+                except ConfigError as exc:
+                    raise RequestError("vocoder", str(exc)) from None
+            return self._vocoders[name]
+
+    def _check_new_arguments(self, request: SynthesizeRequest) -> dict[str, Any]:
+        chosen = {name: getattr(request, name) for name in NEW_TTS_ARGUMENTS if getattr(request, name) is not None}
+        for name in chosen:
+            if name not in self.tts_arguments:
+                raise RequestError(name, f"this server's Synthesizer does not support `{name}` (its tts() has "
+                                         "no such argument)")
+        for name in chosen.get("controls", {}):
+            if name not in CONTROL_NAMES:
+                raise RequestError(f"controls.{name}", f"unknown control {name!r}; known: {', '.join(CONTROL_NAMES)}")
+        if "speaker" in chosen:
+            known = list(getattr(self.synth, "speakers", []))
+            if not known:
+                raise RequestError("speaker", "this is a single-speaker model: leave `speaker` out")
+            if chosen["speaker"] not in known:
+                raise RequestError("speaker", f"unknown speaker {chosen['speaker']!r}; known: {', '.join(known)}")
+        return chosen
+
+    # ----------------------------------------------------------------------------- jobs
+    def synthesis_jobs(self, request: SynthesizeRequest, reference: Optional[np.ndarray],
+                       reference_key: Optional[str]) -> list[tuple[Any, TTSJob, int]]:
+        """(key, job, items) per seed, each checked: a bad request fails here, before any queueing."""
+        if (request.text is None) == (request.texts is None):
+            raise RequestError("text", "give exactly one of `text` and `texts`")
+        if request.seed is not None and request.seeds is not None:
+            raise RequestError("seeds", "give at most one of `seed` and `seeds`")
+        texts = request.all_texts
+        for i, text in enumerate(texts):
+            self.check_text(text, "text" if request.text is not None else f"texts[{i}]")
+        if request.reference_text is not None:
+            if reference is None:
+                raise RequestError("reference_text", "a reference transcript needs a reference")
+            self.check_text(request.reference_text, "reference_text")
+        chosen = self._check_new_arguments(request)
+        seeds = request.seeds if request.seeds is not None else [request.seed]
+        items = len(texts) * len(seeds) * chosen.get("n_samples", 1)
+        if items > self.config.max_items:
+            too_many = "seeds" if request.seeds else "n_samples" if "n_samples" in chosen else "texts"
+            raise RequestError(too_many, f"this request asks for {items} results; the limit is {self.config.max_items}")
+        if request.format == "wav" and items > 1:
+            raise RequestError("format", f"a wav holds one result and this request makes {items}; ask for "
+                                         "format \"json\"")
+        self.vocoder(request.vocoder)  # refused now, not in the worker
+        jobs = []
+        for seed in seeds:
+            kwargs = dict(reference=reference, reference_text=request.reference_text, mode=request.mode,
+                          temperature=request.temperature, seed=seed, **chosen)
+            # a batch shares every argument but the texts; n_samples results come back in tts's order
+            key = None if "n_samples" in chosen else (
+                reference_key, request.reference_text, request.mode, request.temperature, seed,
+                chosen.get("strength"), tuple(sorted(chosen.get("controls", {}).items())), chosen.get("speaker"))
+            jobs.append((key, TTSJob(texts, kwargs, request.vocoder), items // len(seeds)))
+        return jobs
+
+    def interpolation_job(self, request: InterpolateRequest) -> TTSJob:
+        self.check_text(request.text, "text")
+        self.vocoder(request.vocoder)
+        ends = {name: self.references.get(getattr(request, name), name) for name in ("reference_a", "reference_b")}
+        # the ends' posterior means are encoded in the worker, like every other use of the model
+        return TTSJob([request.text] * request.steps, {"interpolate": ends, "seed": request.seed}, request.vocoder)
+
+    def encode_job(self, wav: np.ndarray, reference_text: Optional[str]) -> Callable[[], dict[str, Any]]:
+        if reference_text is not None:
+            self.check_text(reference_text, "reference_text")
+
+        def encode() -> dict[str, Any]:
+            posterior = self.synth.encode(wav, reference_text)
+            return {"mean": posterior.mean[0].tolist(), "std": posterior.std[0].tolist(),
+                    "kl_nats": float(posterior.kl[0]), "kl_per_dim": posterior.kl_per_dim[0].tolist()}
+        return encode
+
+    # ----------------------------------------------------------------------------- the worker
+    def _run_batch(self, payloads: list[Any]) -> list[Any]:
+        if callable(payloads[0]):  # encode: always alone
+            return [payloads[0]()]
+        texts = [text for job in payloads for text in job.texts]
+        kwargs = dict(payloads[0].kwargs)
+        ends = kwargs.pop("interpolate", None)
+        if ends is not None:
+            means = self.synth.encode([ends["reference_a"], ends["reference_b"]]).mean  # (2, latent)
+            weights = torch.linspace(0, 1, len(texts), device=self.synth.device)[:, None]
+            kwargs["z"] = (1 - weights) * means[0] + weights * means[1]  # (steps, latent)
+        result = self.synth.tts(texts, vocode=False, **kwargs)
+        per_text = len(result.mel) // len(texts)  # n_samples results per text (1 unless asked)
+        out, start = [], 0
+        for job in payloads:
+            count = len(job.texts) * per_text
+            out.append([Rendered(wav=None, mel=result.mel[i], f0=result.f0[i] if result.f0 else None,
+                                 alignment=result.alignment[i], z=result.z[i], stop_step=int(result.stop_step[i]),
+                                 hit_max_steps=bool(result.hit_max_steps[i]), seed=job.kwargs.get("seed"),
+                                 vocoder=job.vocoder) for i in range(start, start + count)])
+            start += count
+        return out
+
+    def vocode(self, results: list[Rendered]) -> list[Rendered]:
+        """Fill in each result's audio (N,) float32."""
+        for r in results:
+            vocoder = self.vocoder(r.vocoder)
+            r.wav = (self.synth.vocode(r.mel, r.f0) if vocoder is None
+                     else run_vocoder(vocoder, r.mel, r.f0).float().cpu().numpy())
+        return results
+
+
+def request_error(exc: ProsodyVAEError, asked: tuple[str, ...] = ()) -> RequestError:
+    """A Synthesizer error as a RequestError naming the request field its message points at."""
+    if isinstance(exc, RequestError):
+        return exc
+    message = str(exc)
+    head = message.split(":", 1)[0].strip()
+    if head.split("[")[0] in ("text", "texts", "reference_text", *NEW_TTS_ARGUMENTS, "seed", "temperature", "mode"):
+        return RequestError(head, message.split(":", 1)[1].strip() if ":" in message else message)
+    for name in sorted(CONTROL_NAMES, key=len, reverse=True):  # "pitch_range" before its prefix "pitch"
+        if f"'{name}'" in message or f"{name}=" in message or f"control {name}" in message:
+            return RequestError(f"controls.{name}", message)
+    named = next((name for name in asked if name in message), None)
+    if named:
+        return RequestError(named, message)
+    fallback = {TextError: "text", ReferenceInputError: "reference"}
+    return RequestError(next((f for t, f in fallback.items() if isinstance(exc, t)), "request"), message)

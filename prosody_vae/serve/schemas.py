@@ -1,0 +1,63 @@
+"""The JSON API's request bodies: typed, closed (an unknown field is refused), with their ranges.
+
+These models are the OpenAPI description too (FastAPI renders them at /openapi.json and /docs).
+Limits that depend on the server's settings (text length, items per request) are checked by the
+engine against `ServeConfig`; the ranges here hold for every server.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal, Optional
+
+from pydantic import BaseModel, ConfigDict, Field
+
+# the calibrated prosody knobs: pitch in semitones, pitch_range and rate as ratios, energy in dB
+CONTROL_NAMES = ("pitch", "pitch_range", "rate", "energy")
+MAX_SEED = 2**31 - 1
+Seed = Annotated[int, Field(ge=0, le=MAX_SEED)]
+Extra = Literal["f0", "alignment", "z", "mel"]
+
+
+class _Closed(BaseModel):
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+
+
+class SynthesizeRequest(_Closed):
+    """Text(s) in one prosody: exactly one of `text` and `texts`, at most one of `seed` and `seeds`.
+    Without a reference (or with mode "sample") the seed picks the noise; `seeds` asks for one
+    result per text per seed."""
+
+    text: Optional[str] = Field(None, description="one text (or give `texts`)")
+    texts: Optional[list[str]] = Field(None, min_length=1, description="several texts, one result each")
+    reference_id: Optional[str] = Field(None, description="an earlier upload's id (POST /v1/encode)")
+    reference_text: Optional[str] = Field(None, description="the reference's transcript (optional)")
+    mode: Literal["mean", "sample"] = "mean"
+    temperature: float = Field(1.0, ge=0.0, le=5.0)
+    seed: Optional[Seed] = None
+    seeds: Optional[list[Seed]] = Field(None, min_length=1, description="one result per seed")
+    n_samples: Optional[int] = Field(None, ge=1, le=16)
+    strength: Optional[float] = Field(None, ge=0.0, le=4.0)
+    controls: Optional[dict[str, float]] = Field(None, description=f"knobs: {', '.join(CONTROL_NAMES)}")
+    speaker: Optional[str] = None
+    vocoder: Optional[str] = Field(None, description="a vocoder name (GET /v1/model lists them)")
+    format: Literal["wav", "json"] = Field("wav", description="wav: the audio; json: base64 audio + extras")
+    include: list[Extra] = Field(default_factory=list, description="arrays (per result) to add to a JSON answer")
+
+    @property
+    def all_texts(self) -> list[str]:
+        return [self.text] if self.text is not None else list(self.texts)
+
+
+class EncodeRequest(_Closed):
+    reference_id: str
+    reference_text: Optional[str] = None
+
+
+class InterpolateRequest(_Closed):
+    text: str
+    reference_a: str = Field(description="a reference id (POST /v1/encode)")
+    reference_b: str = Field(description="a reference id (POST /v1/encode)")
+    steps: int = Field(5, ge=2, le=16)
+    seed: Optional[Seed] = None
+    vocoder: Optional[str] = None
+    include: list[Extra] = Field(default_factory=list)
