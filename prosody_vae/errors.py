@@ -47,3 +47,7 @@ class TrainingError(ProsodyVAEError, RuntimeError):
 
 class RunLockedError(ProsodyVAEError, RuntimeError):
     """Another trainer is writing into the same run folder (the message names its pid and host)."""
+
+
+class ControlError(ProsodyVAEError, ValueError):
+    """A prosody control is unknown, out of its calibrated range, or the model has no calibration."""
