@@ -16,16 +16,23 @@ Each knob is a direction in z. Calibration fits them in two steps.
    that change, so the decoder is driven where it was trained.
 2. Refine. A regression on posterior means is attenuated (noisy, partly collapsed latents), and
    the decoder need not respond linearly, so the model is run: `n_refine_references` training
-   posterior means, on `REFINE_TEXTS`, each moved by -step and +step along each direction. The
+   posterior means, on `REFINE_TEXTS`, each moved along each direction to both ends of the
+   knob's range (below) and halfway to them. The
    realised change of each quantity is measured on the model's own output (the pitch head's F0,
    the mel's frame energy for span and level; see `output_prosody`), and each direction is
-   divided by its realised gain, so one unit of a knob gives one unit of output on average.
+   divided by its realised gain (the slope between the moves halfway to either end of the
+   range), so one unit of a knob gives one unit of output on average. Far from the data the
+   decoder stops following (on the demo model, rate x1.4 came out unchanged): a range end where
+   the realised change misses the halfway slope by more than `MAX_END_ERROR` is pulled in to
+   halfway.
 
-3. Choose a path. A knob whose direction barely moves the output (realised gain < `MIN_GAIN`;
-   without refinement, a fit that explains little: held-out r2 < `MIN_R2`) is not offered in z: the pitch knobs of
-   a model with a pitch head then edit its predicted F0 (`edit_f0`: exact, but only a pitch-driven
-   vocoder such as "source-filter" voices it, and the mel does not follow), other knobs are
-   marked unavailable. On the demo model pitch range is such a knob (benchmarks/README.md).
+3. Choose a path. A knob whose fit explains little (held-out r2 < `MIN_R2`: the latent does not
+   carry the quantity, so the direction is mostly noise) or whose direction barely moves the
+   output (realised gain < `MIN_GAIN`) is not offered in z. Energy then scales the predicted
+   mel's level (`edit_level`: every vocoder hears it); the pitch knobs of a model with a pitch
+   head edit its predicted F0 (`edit_f0`: exact, but only a pitch-driven vocoder such as
+   "source-filter" voices it, and the mel does not follow), or are marked unavailable. On the
+   demo model pitch range and energy are such knobs (benchmarks/README.md).
 
 A knob's range is the spread of its quantity over the calibration corpus (5th to 95th
 percentile, relative to the median); requests outside it are refused, as are unknown names and a
@@ -55,6 +62,7 @@ RIDGE = 1e-2  # relative to the mean latent variance: only steadies near-collaps
 # a direction below the bound does not carry its quantity: the knob falls back to the F0
 # path (pitch knobs on a model with a pitch head) or is marked unavailable
 MIN_R2, MIN_GAIN = 0.3, 0.3
+MAX_END_ERROR = 0.3  # a range end where the realised change is off the halfway slope by more is halved
 PITCH_KNOBS = ("pitch", "pitch_range")
 REFINE_TEXTS = ("The farmer carried a heavy basket across the river.", "Did you find the little map?",
                 "Later that evening, my neighbor painted the old boat by the lake.",
@@ -98,7 +106,7 @@ class KnobCalibration:
     maximum: float
     r2: float  # of the ridge fit on the posterior means, held-out folds
     realised_gain: float  # target change per unit along the fitted direction, before rescaling (1: not refined)
-    path: str  # "z": moves z; "f0": edits the predicted F0 (pitch knobs); "none": this model cannot do it
+    path: str  # "z": moves z; "f0": edits the predicted F0 (pitch knobs); "mel": the mel's level (energy); "none"
 
     def check(self, value: float) -> None:
         """A ControlError unless `value` is a finite number in the calibrated range."""
@@ -165,6 +173,11 @@ def edit_f0(f0: torch.Tensor, pitch: float = 0.0, pitch_range: float = 1.0) -> t
     return torch.where(voiced, edited.exp(), f0)
 
 
+def edit_level(mel: torch.Tensor, energy_db: float) -> torch.Tensor:
+    """A log-mel (T, n_mels) of natural-log magnitudes made `energy_db` louder (20 log10 of magnitude)."""
+    return mel + energy_db * math.log(10.0) / 20.0
+
+
 def uncalibrated_error(names: Sequence[str], checkpoint: str | os.PathLike | None) -> ControlError:
     command = f"prosody-vae calibrate --checkpoint {checkpoint or 'CHECKPOINT'} --data TRAINING_DATA"
     return ControlError(f"control(s) {', '.join(map(repr, names))}: this model has no knob calibration; "
@@ -173,8 +186,9 @@ def uncalibrated_error(names: Sequence[str], checkpoint: str | os.PathLike | Non
 
 # ------------------------------------------------------------------------------------------ fit
 def statistic_targets(rows) -> np.ndarray:
-    """(N, 4) fitted targets of `stats.UtteranceStats` rows, knob order; NaN where undefined."""
-    values = np.array([[getattr(row, knob.statistic) for knob in KNOBS.values()] for row in rows], dtype=np.float64)
+    """(N, 4) fitted targets of `stats.UtteranceStats` rows (or dicts), knob order; NaN where undefined."""
+    get = lambda row, name: row[name] if isinstance(row, Mapping) else getattr(row, name)
+    values = np.array([[get(row, knob.statistic) for knob in KNOBS.values()] for row in rows], dtype=np.float64)
     logs = np.array([knob.log for knob in KNOBS.values()])
     with np.errstate(divide="ignore", invalid="ignore"):
         values[:, logs] = np.log(np.where(values[:, logs] > 0, values[:, logs], np.nan))
@@ -226,36 +240,36 @@ def output_prosody(mel: torch.Tensor, f0: Optional[torch.Tensor], text: str, fra
         voiced = semitones(f0[f0 > 0].double().numpy())
         low, high = np.percentile(voiced, [5, 95])
         f0_mean, f0_range = float(voiced.mean()), float(high - low)
-    return statistic_targets([_Row(f0_mean, f0_range, rate, energy)])[0]
+    return prosody_targets(f0_mean, f0_range, rate, energy)
 
 
-@dataclass
-class _Row:
-    f0_mean_st: float
-    f0_range_st: float
-    speaking_rate: float
-    energy_db: float
+def prosody_targets(f0_mean_st: float, f0_range_st: float, speaking_rate: float, energy_db: float) -> np.ndarray:
+    """(4,) fitted targets, knob order, of one utterance's statistics (NaN where undefined)."""
+    values = dict(f0_mean_st=f0_mean_st, f0_range_st=f0_range_st, speaking_rate=speaking_rate, energy_db=energy_db)
+    return statistic_targets([values])[0]
 
 
-def realised_gains(synth: "Synthesizer", anchors: torch.Tensor, directions: np.ndarray, steps: np.ndarray,
-                   texts: Sequence[str] = REFINE_TEXTS, seed: int = 0) -> np.ndarray:
-    """(4,) mean realised change of each knob's target per unit along its direction, from
-    anchors (M, latent) moved by -steps[k] and +steps[k] on every text."""
+def realised_changes(synth: "Synthesizer", anchors: torch.Tensor, directions: np.ndarray, offsets: np.ndarray,
+                     texts: Sequence[str] = REFINE_TEXTS, seed: int = 0) -> np.ndarray:
+    """(4, S) mean realised change of each knob's own target when anchors (M, latent) move by
+    offsets[k] (4, S) along direction k, on every text, against the anchors unmoved."""
     frame_seconds = synth.audio.hop_length / synth.audio.sample_rate
-    gains = np.full(len(KNOBS), math.nan)
+    items = list(texts) * len(anchors)
+
+    def measure(z: torch.Tensor) -> np.ndarray:  # (M * texts, 4)
+        out = synth.tts(items, z=z.repeat_interleave(len(texts), dim=0), seed=seed, vocode=False)
+        return np.array([output_prosody(m, f, t, frame_seconds)
+                         for m, f, t in zip(out.mel, out.f0 or [None] * len(items), items)])
+
+    base = measure(anchors)
+    changes = np.full(offsets.shape, math.nan)
     for k in range(len(KNOBS)):
-        measured = []
-        for sign in (-1.0, 1.0):
-            z = anchors + sign * steps[k] * torch.as_tensor(directions[:, k], dtype=torch.float32)  # (M, latent)
-            z = z.repeat_interleave(len(texts), dim=0)  # (M * texts, latent)
-            out = synth.tts(list(texts) * len(anchors), z=z, seed=seed, vocode=False)
-            f0 = out.f0 or [None] * len(out.mel)
-            measured.append(np.array([output_prosody(m, f, t, frame_seconds)[k]
-                                      for m, f, t in zip(out.mel, f0, list(texts) * len(anchors))]))
-        change = (measured[1] - measured[0]) / (2 * steps[k])
-        if np.isfinite(change).any():
-            gains[k] = float(np.nanmean(change))
-    return gains
+        direction = torch.as_tensor(directions[:, k], dtype=torch.float32)
+        for s, offset in enumerate(offsets[k]):
+            change = measure(anchors + float(offset) * direction)[:, k] - base[:, k]
+            if np.isfinite(change).any():
+                changes[k, s] = float(np.nanmean(change))
+    return changes
 
 
 # ------------------------------------------------------------------------------------------ calibrate
@@ -280,20 +294,28 @@ def calibrate(synth: "Synthesizer", data_dir: str | os.PathLike, cache_dir: str 
     targets = statistic_targets(rows)  # (N, 4)
     directions, r2 = fit_directions(means_np, targets)
     low, median, high = np.nanpercentile(targets, [5, 50, 95], axis=0)  # (4,) each
+    limits = np.stack([low - median, high - median], axis=1)  # (4, 2) the range, in target units
     gains = np.ones(len(KNOBS))
     refined = refine and synth.model.config.pitch_head
     if refined:  # the pitch knobs need the predicted F0 to be measured without a vocoder
         spread = np.random.default_rng(0).choice(len(means_np), n_refine_references, replace=False)
         anchors = torch.as_tensor(means_np[spread], dtype=torch.float32)
-        gains = realised_gains(synth, anchors, directions, steps=(high - low) / 4)
+        halfway = realised_changes(synth, anchors, directions, limits / 2)  # (4, 2)
+        gains = (halfway[:, 1] - halfway[:, 0]) / (limits[:, 1] - limits[:, 0]) * 2
+        scale = np.where(gains >= MIN_GAIN, gains, 1.0)
+        ends = realised_changes(synth, anchors, directions / scale, limits)  # at the knob's own range ends
+        with np.errstate(invalid="ignore"):
+            followed = np.abs(ends / limits - 1) <= MAX_END_ERROR
+        limits = np.where(followed, limits, limits / 2)
     knobs = {}
     for k, (name, knob) in enumerate(KNOBS.items()):
-        # where the model was run, its response decides; a fit alone is all an unrefined model has
-        usable = gains[k] >= MIN_GAIN if refined else r2[k] >= MIN_R2
-        fallback = "f0" if name in PITCH_KNOBS and synth.model.config.pitch_head else "none"
+        usable = r2[k] >= MIN_R2 and (gains[k] >= MIN_GAIN if refined else True)
+        fallback = "mel" if name == "energy" else "f0" if synth.model.config.pitch_head else "none"
+        if not usable:  # the exact paths reach the corpus's whole range
+            limits[k] = (low[k] - median[k], high[k] - median[k])
         knobs[name] = KnobCalibration(
             name=name, unit=knob.unit, direction=(directions[:, k] / (gains[k] if usable else 1.0)).tolist(),
-            minimum=knob.from_target(float(low[k] - median[k])), maximum=knob.from_target(float(high[k] - median[k])),
+            minimum=knob.from_target(float(limits[k, 0])), maximum=knob.from_target(float(limits[k, 1])),
             r2=float(r2[k]), realised_gain=float(gains[k]), path="z" if usable else fallback)
     return Calibration(knobs=knobs, data=str(data_dir), n_utterances=len(means_np),
                        kl_per_dim=np.concatenate(kls).mean(axis=0).tolist(), refined=bool(refined))
@@ -310,5 +332,6 @@ def calibrate_checkpoint(checkpoint: str | os.PathLike, data_dir: str | os.PathL
     state = load_checkpoint(checkpoint)
     synth = Synthesizer.from_checkpoint(checkpoint)
     calibration = calibrate(synth, data_dir, cache_dir=cache_dir, refine=refine)
-    save_checkpoint(out or checkpoint, {**state, "calibration": calibration.to_dict()})
+    # in place means into the file itself: writing over a link (a run's last.pt) would replace the link
+    save_checkpoint(out or Path(checkpoint).resolve(), {**state, "calibration": calibration.to_dict()})
     return calibration

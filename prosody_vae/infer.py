@@ -31,8 +31,8 @@ is added after it. `controls={"pitch": +2, "pitch_range": 1.5, "rate": 0.8, "ene
 `prosody-vae calibrate`); `Synthesizer.controls` lists them with their ranges. Each knob takes the
 path its calibration chose: in z where the latent carries the quantity (the mel follows, any
 vocoder hears it), else, for the pitch knobs of a model with a pitch head, an edit of the
-predicted F0 (voiced by a pitch-driven vocoder such as "source-filter"). `pitch_path = "z"` or
-`"f0"` forces one path for both pitch knobs.
+predicted F0 (voiced by a pitch-driven vocoder such as "source-filter"), and for energy a gain
+on the predicted mel. `pitch_path = "z"` or `"f0"` forces one path for both pitch knobs.
 
 Precision: `precision="int8"` (CPU) or `"bf16"` runs the decoder's per-step matmuls with int8 or
 bfloat16 weights (quantize.py): at batch 1 a decoder step streams ~19 M weights from memory, so
@@ -57,7 +57,7 @@ import numpy as np
 import torch
 
 from .audio import MelSpectrogram, check_not_silent, griffin_lim, load_wav
-from .controls import KNOBS, PITCH_KNOBS, Calibration, KnobCalibration, edit_f0, uncalibrated_error
+from .controls import KNOBS, PITCH_KNOBS, Calibration, KnobCalibration, edit_f0, edit_level, uncalibrated_error
 from .errors import ConfigError, ControlError, ReferenceInputError, TextError
 from .quantize import Precision, reduce_precision
 from .reference import Posterior
@@ -266,11 +266,11 @@ class Synthesizer:
         return z if shift is None else z + shift.to(self.device)
 
     def _control_paths(self, controls: Optional[Mapping[str, float]]) -> dict[str, dict[str, float]]:
-        """The controls that ask for a change, checked, by the path they take: {"z": {...}, "f0": {...}}."""
+        """The controls that ask for a change, checked, by the path they take: {"z"|"f0"|"mel": {name: value}}."""
         moved = _moved_controls(controls)
         if moved and self.calibration is None:
             raise uncalibrated_error(list(moved), self.checkpoint)
-        paths: dict[str, dict[str, float]] = {"z": {}, "f0": {}}
+        paths: dict[str, dict[str, float]] = {"z": {}, "f0": {}, "mel": {}}
         for name, value in moved.items():
             knob = self.calibration.knob(name)
             knob.check(value)
@@ -324,7 +324,10 @@ class Synthesizer:
         mels = [out.mel_postnet[i, :n].float() for i, n in enumerate(lengths)]
         f0 = [] if out.log_f0 is None else [torch.where(out.voiced[i, :n], out.log_f0[i, :n].exp(), 0.0).float()
                                             for i, n in enumerate(lengths)]
-        on_f0 = self._control_paths(controls)["f0"]
+        paths = self._control_paths(controls)
+        if "energy" in paths["mel"]:
+            mels = [edit_level(mel, paths["mel"]["energy"]) for mel in mels]
+        on_f0 = paths["f0"]
         if on_f0:
             f0 = [edit_f0(track, on_f0.get("pitch", 0.0), on_f0.get("pitch_range", 1.0)) for track in f0]
         return SynthesisResult(

@@ -27,7 +27,7 @@ class KnobRange:
     unit: str
     minimum: float
     maximum: float
-    path: str  # "z", "f0" or "none" (controls.KnobCalibration)
+    path: str  # "z", "f0", "mel" or "none" (controls.KnobCalibration)
     r2: float
 
 
@@ -74,7 +74,7 @@ class ModelCard:
                      + f"  (nats, over {self.calibration['n_utterances']} utterances)")
         lines.append(f"  knobs         calibrated on {self.calibration['data']} (version {self.calibration['version']})")
         for knob in self.knobs:
-            where = {"z": "in z", "f0": "on the predicted F0", "none": "not available"}[knob.path]
+            where = {"z": "in z", "f0": "on the predicted F0", "mel": "as a gain on the mel", "none": "not available"}[knob.path]
             lines.append(f"    {knob.name:<12}{knob.minimum:>+8.3g} .. {knob.maximum:<+8.3g}{knob.unit:<10}"
                          f"{where} (fit r2 {knob.r2:.2f})")
         return "\n".join(lines)
