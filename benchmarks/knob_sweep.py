@@ -41,7 +41,7 @@ def sweep_values(synth: Synthesizer, name: str) -> list[float]:
     knob, calibrated = KNOBS[name], synth.controls[name]
     low = max(knob.to_target(calibrated.minimum), -EXTENT[name])
     high = min(knob.to_target(calibrated.maximum), EXTENT[name])
-    return [round(knob.from_target(t), 4) for t in (low, low / 2, 0.0, high / 2, high)]
+    return [knob.from_target(t) for t in (low, low / 2, 0.0, high / 2, high)]
 
 
 def measure(wav: np.ndarray, text: str, sample_rate: int, hop: int) -> np.ndarray:
@@ -119,8 +119,8 @@ def main() -> None:
     monotone = {q: f"{int(((steps[:, :, j] >= 0).all(axis=0) & moved[:, j]).sum())} of {int(moved[:, j].sum())}"
                 for j, q in ((0, "f0_mean"), (2, "rate"))}
     means = by_strength.mean(axis=1)
-    report["strength"] = {"strengths": strengths, "mean_f0_st": means[:, 0].tolist(),
-                          "mean_ln_rate": means[:, 2].tolist(), "items_monotone_of_items_that_move": monotone, "per_item": by_strength.tolist(),
+    report["strength"] = {"strengths": strengths, "mean_f0_st": means[:, 0].tolist(), "mean_ln_rate": means[:, 2].tolist(),
+                          "items_monotone_of_items_that_move": monotone,
                           "mean_abs_distance_to_reference": np.abs(by_strength - by_strength[-1]).mean(axis=1).tolist()}
 
     samples = synth.tts(texts[0], temperature=1.0, n_samples=20, seed=0)
@@ -129,15 +129,17 @@ def main() -> None:
     corpus = statistic_targets(corpus_stats(args.data, cache_dir=args.cache_dir))
     low, high = np.nanpercentile(corpus, [5, 95], axis=0)
     report["n_samples"] = {
-        "distinct_outputs": len({w.tobytes() for w in samples.wav}), "distinct_durations": len(set(durations.round(4))), "duration_s": [float(durations.min()), float(durations.max())],
+        "distinct_outputs": len({w.tobytes() for w in samples.wav}), "distinct_durations": len(set(durations.round(4))),
+        "duration_s": [float(durations.min()), float(durations.max())],
         "f0_mean_st": [float(np.nanmin(measured[:, 0])), float(np.nanmax(measured[:, 0]))],
         "rate": [float(np.exp(measured[:, 2].min())), float(np.exp(measured[:, 2].max()))],
         "corpus_f0_mean_st_p5_p95": [float(low[0]), float(high[0])],
         "corpus_rate_p5_p95": [float(np.exp(low[2])), float(np.exp(high[2]))]}
 
     args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "knob_sweep.json").write_text(json.dumps(report, indent=1))
-    print("\n| knob | slope | r | d F0 mean (st) | d ln range | d ln rate | d energy (dB) |\n|---|---|---|---|---|---|---|")
+    (args.out / "knob_sweep.json").write_text(json.dumps({**report, "strength_per_item": by_strength.tolist()}, indent=1))
+    print("\n| knob | slope | r | d F0 mean (st) | d ln range | d ln rate | d energy (dB) |")
+    print("|---|---|---|---|---|---|---|")
     for label, slope, r, cross in rows:
         print(f"| {label} | {slope:.2f} | {r:.3f} | " + " | ".join(f"{c:+.2f}" for c in cross) + " |")
     print("\nstrength:", json.dumps(report["strength"], indent=None))

@@ -202,7 +202,10 @@ class Synthesizer:
     @staticmethod
     def _seeds(seed: Seed, batch: int) -> list[int]:
         """One seed per item from `seed`: None (0), an int, or a sequence of `batch` ints."""
-        seeds = [0 if seed is None else seed] * batch if seed is None or isinstance(seed, (int, np.integer)) else list(seed)
+        if seed is None or isinstance(seed, (int, np.integer)):
+            seeds = [0 if seed is None else seed] * batch
+        else:
+            seeds = list(seed) if isinstance(seed, Sequence) else [seed]
         if len(seeds) != batch or not all(isinstance(s, (int, np.integer)) and not isinstance(s, bool) for s in seeds):
             raise ReferenceInputError(f"seed must be an int or {batch} ints (one per text), got {seed!r}")
         return [int(s) for s in seeds]

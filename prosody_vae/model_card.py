@@ -12,13 +12,15 @@ the one the Synthesizer would use.
 
 from __future__ import annotations
 
-import dataclasses
 import os
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Optional
 
 if TYPE_CHECKING:
     from .infer import Synthesizer
+
+
+_PATHS = {"z": "in z", "f0": "on the predicted F0", "mel": "as a gain on the mel", "none": "not available"}
 
 
 @dataclass
@@ -70,13 +72,13 @@ class ModelCard:
             lines.append("  knobs         none: run `prosody-vae calibrate --checkpoint "
                          f"{self.checkpoint} --data TRAINING_DATA`")
             return "\n".join(lines)
-        lines.append(f"  KL per dim    " + " ".join(f"{v:.2f}" for v in self.kl_per_dim)
+        lines.append("  KL per dim    " + " ".join(f"{v:.2f}" for v in self.kl_per_dim)
                      + f"  (nats, over {self.calibration['n_utterances']} utterances)")
-        lines.append(f"  knobs         calibrated on {self.calibration['data']} (version {self.calibration['version']})")
+        calibration = self.calibration
+        lines.append(f"  knobs         calibrated on {calibration['data']} (version {calibration['version']})")
         for knob in self.knobs:
-            where = {"z": "in z", "f0": "on the predicted F0", "mel": "as a gain on the mel", "none": "not available"}[knob.path]
             lines.append(f"    {knob.name:<12}{knob.minimum:>+8.3g} .. {knob.maximum:<+8.3g}{knob.unit:<10}"
-                         f"{where} (fit r2 {knob.r2:.2f})")
+                         f"{_PATHS[knob.path]} (fit r2 {knob.r2:.2f})")
         return "\n".join(lines)
 
 
