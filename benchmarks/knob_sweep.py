@@ -126,8 +126,8 @@ def main() -> None:
     samples = synth.tts(texts[0], temperature=1.0, n_samples=20, seed=0)
     measured = np.array([measure(w, texts[0], synth.audio.sample_rate, synth.audio.hop_length) for w in samples.wav])
     durations = np.array([len(w) / synth.audio.sample_rate for w in samples.wav])
-    corpus = statistic_targets(corpus_stats(args.data, cache_dir=args.cache_dir))
-    low, high = np.nanpercentile(corpus, [5, 95], axis=0)
+    low, high = np.nanpercentile(statistic_targets(corpus_stats(args.data, cache_dir=args.cache_dir)), [5, 95], axis=0)
+    spread = high - low  # (4,) the corpus's 5-95 percentile spread of each quantity, fitted units
     report["n_samples"] = {
         "distinct_outputs": len({w.tobytes() for w in samples.wav}), "distinct_durations": len(set(durations.round(4))),
         "duration_s": [float(durations.min()), float(durations.max())],
@@ -136,14 +136,20 @@ def main() -> None:
         "corpus_f0_mean_st_p5_p95": [float(low[0]), float(high[0])],
         "corpus_rate_p5_p95": [float(np.exp(low[2])), float(np.exp(high[2]))]}
 
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "knob_sweep.json").write_text(json.dumps({**report, "strength_per_item": by_strength.tolist()}, indent=1))
     print("\n| knob | slope | r | d F0 mean (st) | d ln range | d ln rate | d energy (dB) |")
     print("|---|---|---|---|---|---|---|")
     for label, slope, r, cross in rows:
         print(f"| {label} | {slope:.2f} | {r:.3f} | " + " | ".join(f"{c:+.2f}" for c in cross) + " |")
+    print("\nThe same slopes in corpus spreads (a change of the knob by its quantity's 5-95 % corpus spread, "
+          "in each quantity's spread):\n\n| knob | F0 mean | F0 range | rate | energy |\n|---|---|---|---|---|")
+    for label, _, _, cross in rows:
+        k = list(KNOBS).index(label.split()[0])
+        print(f"| {label} | " + " | ".join(f"{c * spread[k] / spread[j]:+.2f}" for j, c in enumerate(cross)) + " |")
+    report["corpus_spread"] = spread.tolist()
     print("\nstrength:", json.dumps(report["strength"], indent=None))
     print("n_samples=20:", json.dumps(report["n_samples"]))
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "knob_sweep.json").write_text(json.dumps({**report, "strength_per_item": by_strength.tolist()}, indent=1))
 
 
 if __name__ == "__main__":

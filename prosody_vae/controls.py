@@ -59,8 +59,8 @@ if TYPE_CHECKING:
 
 CALIBRATION_VERSION = 1
 RIDGE = 1e-2  # relative to the mean latent variance: only steadies near-collapsed dims
-# a direction below the bound does not carry its quantity: the knob falls back to the F0
-# path (pitch knobs on a model with a pitch head) or is marked unavailable
+# a direction below either bound does not carry its quantity: the knob falls back to an exact
+# path (the predicted F0 for the pitch knobs, a mel gain for energy) or is marked unavailable
 MIN_R2, MIN_GAIN = 0.3, 0.3
 MAX_END_ERROR = 0.3  # a range end where the realised change is off the halfway slope by more is halved
 PITCH_KNOBS = ("pitch", "pitch_range")
@@ -326,11 +326,11 @@ def calibrate_checkpoint(checkpoint: str | os.PathLike, data_dir: str | os.PathL
                          refine: bool = True) -> Calibration:
     """Calibrate a checkpoint's knobs on `data_dir` and store them in `out` (default: in place,
     written atomically; everything else in the file is kept)."""
-    from .checkpoint import load_checkpoint, save_checkpoint
+    from .checkpoint import load_model_and_state, save_checkpoint
     from .infer import Synthesizer
 
-    state = load_checkpoint(checkpoint)
-    synth = Synthesizer.from_checkpoint(checkpoint)
+    model, config, state = load_model_and_state(checkpoint)
+    synth = Synthesizer(model, config)
     calibration = calibrate(synth, data_dir, cache_dir=cache_dir, refine=refine)
     # in place means into the file itself: writing over a link (a run's last.pt) would replace the link
     save_checkpoint(out or Path(checkpoint).resolve(), {**state, "calibration": calibration.to_dict()})
