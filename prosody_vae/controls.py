@@ -153,12 +153,28 @@ class Calibration:
         return shift
 
     def knob(self, name: str) -> KnobCalibration:
-        if name not in KNOBS:
-            raise ControlError(f"unknown control {name!r}; the knobs are {', '.join(KNOBS)}")
+        _check_name(name)
         if name not in self.knobs:
             raise ControlError(f"control {name!r} is not calibrated on this model (calibrated: "
                                f"{', '.join(self.knobs) or 'none'})")
         return self.knobs[name]
+
+
+def _check_name(name: str) -> None:
+    if name not in KNOBS:
+        raise ControlError(f"unknown control {name!r}; the knobs are {', '.join(KNOBS)}")
+
+
+def requested_changes(controls: Optional[Mapping[str, float]]) -> dict[str, float]:
+    """The controls that ask for a change: a neutral value (0 st, ratio 1, 0 dB) is the same as
+    leaving the knob out, also on a model without calibration. Names are checked here."""
+    if controls is None:
+        return {}
+    if not isinstance(controls, Mapping):
+        raise ControlError(f"controls must be a mapping of knob name to value, got {type(controls).__name__}")
+    for name in controls:
+        _check_name(name)
+    return {name: value for name, value in controls.items() if value != KNOBS[name].neutral}
 
 
 def edit_f0(f0: torch.Tensor, pitch: float = 0.0, pitch_range: float = 1.0) -> torch.Tensor:

@@ -57,7 +57,8 @@ import numpy as np
 import torch
 
 from .audio import MelSpectrogram, check_not_silent, griffin_lim, load_wav
-from .controls import KNOBS, PITCH_KNOBS, Calibration, KnobCalibration, edit_f0, edit_level, uncalibrated_error
+from .controls import (PITCH_KNOBS, Calibration, KnobCalibration, edit_f0, edit_level, requested_changes,
+                       uncalibrated_error)
 from .errors import ConfigError, ControlError, ReferenceInputError, TextError
 from .quantize import Precision, reduce_precision
 from .reference import Posterior
@@ -270,7 +271,7 @@ class Synthesizer:
 
     def _control_paths(self, controls: Optional[Mapping[str, float]]) -> dict[str, dict[str, float]]:
         """The controls that ask for a change, checked, by the path they take: {"z"|"f0"|"mel": {name: value}}."""
-        moved = _moved_controls(controls)
+        moved = requested_changes(controls)
         if moved and self.calibration is None:
             raise uncalibrated_error(list(moved), self.checkpoint)
         paths: dict[str, dict[str, float]] = {"z": {}, "f0": {}, "mel": {}}
@@ -370,19 +371,6 @@ class Synthesizer:
         z = z.clone()
         z[..., dim] = z[..., dim] * scale + shift
         return z
-
-
-def _moved_controls(controls: Optional[Mapping[str, float]]) -> dict[str, float]:
-    """The controls that ask for a change: a neutral value (0 st, ratio 1, 0 dB) is the same as
-    leaving the knob out, also on a model without calibration. Names are checked here."""
-    if controls is None:
-        return {}
-    if not isinstance(controls, Mapping):
-        raise ControlError(f"controls must be a mapping of knob name to value, got {type(controls).__name__}")
-    for name in controls:
-        if name not in KNOBS:
-            raise ControlError(f"unknown control {name!r}; the knobs are {', '.join(KNOBS)}")
-    return {name: value for name, value in controls.items() if value != KNOBS[name].neutral}
 
 
 def save_result(result: SynthesisResult, paths: Sequence[str | os.PathLike], sample_rate: int) -> list[Path]:
