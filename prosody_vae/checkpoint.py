@@ -24,7 +24,7 @@ import random
 import re
 import warnings
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -34,6 +34,9 @@ from .atomic import atomic_write
 from .config import TrainConfig, config_from_dict
 from .errors import CheckpointError, ConfigError
 from .tacotron import ProsodyTacotron
+
+if TYPE_CHECKING:
+    from .controls import Calibration
 
 FORMAT_VERSION = 1  # bump when the layout of a checkpoint changes
 _STEP_FILE = re.compile(r"step-(\d+)\.pt")
@@ -95,7 +98,7 @@ def load_model_and_state(path: str | os.PathLike, device: str | torch.device = "
     return model.to(device).eval(), config, state
 
 
-def read_calibration(state: dict[str, Any], path: str | os.PathLike):
+def read_calibration(state: dict[str, Any], path: str | os.PathLike) -> "Calibration | None":
     """The checkpoint's knob calibration (controls.Calibration), or None if it was never calibrated
     (every checkpoint written before knobs existed)."""
     from .controls import Calibration
