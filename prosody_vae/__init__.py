@@ -23,6 +23,7 @@ _EXPORTS = {
     "CheckpointError": "errors",
     "CorpusError": "errors",
     "RunLockedError": "errors",
+    "ControlError": "errors",
     # audio
     "AudioConfig": "audio",
     "MelSpectrogram": "audio",
@@ -77,6 +78,11 @@ _EXPORTS = {
     # inference and evaluation
     "Synthesizer": "infer",
     "SynthesisResult": "infer",
+    "Calibration": "controls",
+    "calibrate_checkpoint": "controls",
+    "KNOBS": "controls",
+    "ModelCard": "model_card",
+    "model_card": "model_card",
     "reduce_precision": "quantize",
     # deployment
     "export_reference_encoder_onnx": "export",
@@ -114,7 +120,7 @@ if TYPE_CHECKING:  # let type checkers and IDEs see the real names
                        read_metadata, split_train_val)
     from .checkpoint import load_model
     from .config import TrainConfig, load_config
-    from .errors import (AudioError, CheckpointError, ConfigError, CorpusError, DataError,
+    from .errors import (AudioError, CheckpointError, ConfigError, ControlError, CorpusError, DataError,
                          ProsodyVAEError, ReferenceInputError, RunLockedError, TextError, TrainingError)
     from .trainer import TrainResult, train
     from .reference import (MeanEncoder, Posterior, ReferenceEncoder, VariationalReferenceEncoder, ZConditioner,
@@ -124,6 +130,8 @@ if TYPE_CHECKING:  # let type checkers and IDEs see the real names
     from .export_synth import ExportedSynthesizer
     from .serve import ServeConfig
     from .infer import SynthesisResult, Synthesizer
+    from .controls import KNOBS, Calibration, calibrate_checkpoint
+    from .model_card import ModelCard, model_card
     from .quantize import reduce_precision
     from .losses import LossConfig, LossTerms, TacotronLoss
     from .metrics import compare_f0, f0_track, mel_cepstral_distortion, prosody_summary

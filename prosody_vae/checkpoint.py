@@ -2,7 +2,9 @@
 
 A checkpoint is one `torch.save` file of plain containers and tensors, read back with
 `weights_only=True` (so opening a checkpoint never runs code from it). What the trainer puts in
-it is listed in trainer.py; this module only requires `format_version` and `config`.
+it is listed in trainer.py; this module only requires `format_version` and `config`. An optional
+"calibration" entry holds the prosody knobs (controls.py, versioned on its own), added after
+training by `prosody-vae calibrate`; a checkpoint without it loads as before.
 
 Writes are atomic (atomic.py): a crash or a full disk leaves the old file or the new one, never
 half of one.
@@ -22,7 +24,7 @@ import random
 import re
 import warnings
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -32,6 +34,9 @@ from .atomic import atomic_write
 from .config import TrainConfig, config_from_dict
 from .errors import CheckpointError, ConfigError
 from .tacotron import ProsodyTacotron
+
+if TYPE_CHECKING:
+    from .controls import Calibration
 
 FORMAT_VERSION = 1  # bump when the layout of a checkpoint changes
 _STEP_FILE = re.compile(r"step-(\d+)\.pt")
@@ -67,13 +72,15 @@ def load_model(path: str | os.PathLike, device: str | torch.device = "cpu",
     instead: the tensors that fit are loaded, the rest keep their initial values, and a
     RuntimeWarning lists them.
     """
+    model, config, _ = load_model_and_state(path, device, strict)
+    return model, config
+
+
+def load_model_and_state(path: str | os.PathLike, device: str | torch.device = "cpu",
+                         strict: bool = True) -> tuple[ProsodyTacotron, TrainConfig, dict[str, Any]]:
+    """`load_model`, and the whole checkpoint dict beside it (step, speakers, calibration, ...)."""
     path = Path(path)
-    return model_from_state(load_checkpoint(path), path, device, strict)
-
-
-def model_from_state(state: dict[str, Any], path: Path, device: str | torch.device = "cpu",
-                     strict: bool = True) -> tuple[ProsodyTacotron, TrainConfig]:
-    """`load_model` for a checkpoint already read (`path` names it in errors)."""
+    state = load_checkpoint(path)
     config = checkpoint_config(state, path)
     model = ProsodyTacotron(config.model)
     weights = state.get("model")
@@ -88,7 +95,16 @@ def model_from_state(state: dict[str, Any], path: Path, device: str | torch.devi
         warnings.warn(f"{path}: partial load, left at initial values or ignored: {misfits}", RuntimeWarning,
                       stacklevel=2)
     model.load_state_dict({k: v for k, v in weights.items() if k in own and _fits(v, own[k])}, strict=False)
-    return model.to(device).eval(), config
+    return model.to(device).eval(), config, state
+
+
+def read_calibration(state: dict[str, Any], path: str | os.PathLike) -> "Calibration | None":
+    """The checkpoint's knob calibration (controls.Calibration), or None if it was never calibrated
+    (every checkpoint written before knobs existed)."""
+    from .controls import Calibration
+
+    stored = state.get("calibration")
+    return None if stored is None else Calibration.from_dict(stored, f"{path} (calibration)")
 
 
 def _fits(tensor: Any, target: torch.Tensor) -> bool:

@@ -114,13 +114,36 @@ def cmd_synthesize(args: argparse.Namespace) -> None:
     _check_text(synth, args.text, "--text")
     if args.reference_text is not None:
         _check_text(synth, args.reference_text, "--reference-text")
+    controls = {name: value for name in ("pitch", "pitch_range", "rate", "energy")
+                if (value := getattr(args, name)) is not None}
     result = synth.tts(args.text, reference=args.reference, reference_text=args.reference_text, mode=args.mode,
-                       temperature=args.temperature, seed=args.seed)
+                       temperature=args.temperature, seed=args.seed, n_samples=args.n_samples,
+                       strength=args.strength, controls=controls)
     from .audio import save_wav
 
-    save_wav(args.out, result.wav[0], synth.audio.sample_rate)
-    stop = "no stop token (max steps)" if result.hit_max_steps[0] else f"stopped at decoder step {result.stop_step[0]}"
-    print(f"wrote {args.out}: {len(result.wav[0]) / synth.audio.sample_rate:.2f} s, {stop}")
+    outs = [args.out] if args.n_samples == 1 else [args.out.with_name(f"{args.out.stem}_{i:02d}{args.out.suffix}")
+                                                   for i in range(args.n_samples)]
+    for i, out in enumerate(outs):
+        save_wav(out, result.wav[i], synth.audio.sample_rate)
+        stop = "no stop token (max steps)" if result.hit_max_steps[i] else f"stopped at decoder step {result.stop_step[i]}"
+        print(f"wrote {out}: {len(result.wav[i]) / synth.audio.sample_rate:.2f} s, {stop}")
+
+
+def cmd_calibrate(args: argparse.Namespace) -> None:
+    from .controls import calibrate_checkpoint
+
+    calibration = calibrate_checkpoint(args.checkpoint, args.data, out=args.out, cache_dir=args.cache_dir)
+    for knob in calibration.knobs.values():
+        print(f"{knob.name:<12} {knob.minimum:+.3g} .. {knob.maximum:+.3g} {knob.unit}, path {knob.path} "
+              f"(fit r2 {knob.r2:.2f}, realised gain {knob.realised_gain:.2f})")
+    print(f"wrote the calibration into {args.out or args.checkpoint}")
+
+
+def cmd_inspect(args: argparse.Namespace) -> None:
+    import json
+
+    card = _synthesizer(args).model_card()
+    print(json.dumps(card.to_dict(), indent=1) if args.json else card.format())
 
 
 def cmd_transfer(args: argparse.Namespace) -> None:
@@ -268,8 +291,28 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--reference", type=Path, help="a wav whose prosody to transfer (none: sample the prior)")
     p.add_argument("--reference-text", help="the reference's transcript (optional, also for V+T models)")
     _add_prosody_options(p)
+    p.add_argument("--strength", type=float, default=1.0,
+                   help="0: the prior mean, 1: the reference's posterior mean, 1.5: exaggerated")
+    p.add_argument("--n-samples", type=_positive_int, default=1, help="different draws, written as OUT_NN.wav")
+    knobs = p.add_argument_group("knobs (need `prosody-vae calibrate`; `inspect` shows their ranges)")
+    knobs.add_argument("--pitch", type=float, help="semitones, e.g. +2")
+    knobs.add_argument("--pitch-range", type=float, help="ratio of the F0 range, e.g. 1.5")
+    knobs.add_argument("--rate", type=float, help="ratio of the speaking rate, e.g. 0.8")
+    knobs.add_argument("--energy", type=float, help="dB, e.g. -3")
     p.add_argument("--out", type=Path, required=True, help="output wav")
     p.set_defaults(func=cmd_synthesize)
+
+    p = commands.add_parser("calibrate", help="fit the pitch, range, rate and energy knobs of a checkpoint")
+    p.add_argument("--checkpoint", type=Path, required=True, help="a training checkpoint")
+    p.add_argument("--data", type=Path, required=True, help="its training data (LJSpeech-format folder)")
+    p.add_argument("--out", type=Path, help="checkpoint to write (default: the checkpoint itself, atomically)")
+    p.add_argument("--cache-dir", type=Path, help="feature cache (default DATA/.mel_cache, shared with training)")
+    p.set_defaults(func=cmd_calibrate)
+
+    p = commands.add_parser("inspect", help="print a checkpoint's model card: sizes, KL per dim, knobs, training")
+    _add_checkpoint(p)
+    p.add_argument("--json", action="store_true", help="the card as JSON")
+    p.set_defaults(func=cmd_inspect)
 
     p = commands.add_parser("transfer", help="speak every line of a text file in the prosody of each reference")
     _add_checkpoint(p)

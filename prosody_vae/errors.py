@@ -56,3 +56,7 @@ class RequestError(ProsodyVAEError, ValueError):
     def __init__(self, field: str, message: str, status: int = 422):
         super().__init__(f"{field}: {message}")
         self.field, self.message, self.status = field, message, status
+
+
+class ControlError(ProsodyVAEError, ValueError):
+    """A prosody control is unknown, out of its calibrated range, or the model has no calibration."""

@@ -17,9 +17,22 @@ the wanted prosody is the user's choice; trim it, or raise the limit (None: no l
 
 Randomness is explicit and per item. Every item draws its noise (posterior or prior sample, and
 the prenet dropout that Tacotron keeps on at inference) from its own generator, seeded by
-(`seed`, the item's text); `seed=None` means seed 0. So the
-same call always gives the same audio, and a text synthesised in a batch equals the same text
-synthesised alone.
+(its seed, its text, its sample index); `seed` is one int for all items or one per text, and None
+means 0. So the same call always gives the same audio, and a text synthesised in a batch equals
+the same text with the same seed synthesised alone. `n_samples=K` speaks each text K times with
+sample indices 0..K-1, so K different draws (of the prior, of the posterior with
+`mode="sample"`, and of the prenet dropout); sample 0 is what `n_samples=1` gives. The same text
+twice in one list with one seed gives the same audio twice: ask for `n_samples` instead.
+
+Strength and knobs. `strength` scales the prosody's offset from the prior mean (0): 0 is the
+prior mean, 1 the reference's posterior mean (or the given z), 1.5 exaggerates; sampling noise
+is added after it. `controls={"pitch": +2, "pitch_range": 1.5, "rate": 0.8, "energy": -3}`
+(semitones, ratios, dB) then move z along the model's calibrated directions (controls.py; made by
+`prosody-vae calibrate`); `Synthesizer.controls` lists them with their ranges. Each knob takes the
+path its calibration chose: in z where the latent carries the quantity (the mel follows, any
+vocoder hears it), else, for the pitch knobs of a model with a pitch head, an edit of the
+predicted F0 (voiced by a pitch-driven vocoder such as "source-filter"), and for energy a gain
+on the predicted mel. `pitch_path = "z"` or `"f0"` forces one path for both pitch knobs.
 
 Precision: `precision="int8"` (CPU) or `"bf16"` runs the decoder's per-step matmuls with int8 or
 bfloat16 weights (quantize.py): at batch 1 a decoder step streams ~19 M weights from memory, so
@@ -43,13 +56,15 @@ import hashlib
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Literal, Optional, Sequence, Union
+from typing import Callable, Literal, Mapping, Optional, Sequence, Union
 
 import numpy as np
 import torch
 
 from .audio import MelSpectrogram, check_not_silent, griffin_lim, load_wav
-from .errors import ConfigError, ReferenceInputError, TextError
+from .controls import (PITCH_KNOBS, Calibration, KnobCalibration, edit_f0, edit_level, requested_changes,
+                       uncalibrated_error)
+from .errors import ConfigError, ControlError, ReferenceInputError, TextError
 from .postfilter import GlobalVariance
 from .quantize import Precision, reduce_precision
 from .reference import Posterior
@@ -57,6 +72,7 @@ from .vocoders import best_available_vocoder, load_vocoder, run_vocoder
 
 Reference = Union[str, os.PathLike, np.ndarray, torch.Tensor]
 Vocoder = Callable[[torch.Tensor], torch.Tensor]
+Seed = Union[int, Sequence[int], None]
 
 
 @dataclass
@@ -74,6 +90,8 @@ class SynthesisResult:
 
 
 class Synthesizer:
+    pitch_path: Literal["auto", "z", "f0"] = "auto"  # where the pitch knobs act (module docstring)
+
     def __init__(self, model, config, device: str | torch.device = "cpu", precision: Precision = "fp32",
                  vocoder: Optional[Vocoder | str] = None, griffin_lim_iterations: int = 60,
                  max_reference_seconds: Optional[float] = 30.0, postfilter: Optional[GlobalVariance] = None):
@@ -104,6 +122,9 @@ class Synthesizer:
         self.griffin_lim_iterations = griffin_lim_iterations
         self.max_reference_seconds = max_reference_seconds
         self.postfilter = postfilter
+        self.calibration: Optional[Calibration] = None  # knob directions; from_checkpoint reads them
+        self.checkpoint: Optional[Path] = None
+        self.checkpoint_state: dict = {}  # the checkpoint's bookkeeping (step, speakers, ...), no weights
 
     @classmethod
     def from_checkpoint(cls, path: str | os.PathLike, device: str | torch.device = "cpu",
@@ -112,13 +133,27 @@ class Synthesizer:
                         postfilter: bool = True) -> "Synthesizer":
         """`strict=False` allows a partial load of weights that do not fit (checkpoint.load_model);
         `postfilter=False` leaves the checkpoint's global-variance postfilter off."""
-        from .checkpoint import load_checkpoint, model_from_state
+        from .checkpoint import load_model_and_state, read_calibration
 
-        state = load_checkpoint(path)
-        model, config = model_from_state(state, Path(path), strict=strict)
+        model, config, state = load_model_and_state(path, strict=strict)
         variance = state.get("mel_variance")  # absent from checkpoints older than the postfilter
-        return cls(model, config, device, precision, vocoder, max_reference_seconds=max_reference_seconds,
-                   postfilter=GlobalVariance.from_state_dict(variance) if postfilter and variance else None)
+        synth = cls(model, config, device, precision, vocoder, max_reference_seconds=max_reference_seconds,
+                    postfilter=GlobalVariance.from_state_dict(variance) if postfilter and variance else None)
+        synth.calibration = read_calibration(state, path)
+        synth.checkpoint = Path(path)
+        synth.checkpoint_state = {k: v for k, v in state.items() if k in ("step", "epoch", "trainer", "speakers")}
+        return synth
+
+    @property
+    def controls(self) -> dict[str, KnobCalibration]:
+        """The calibrated knobs by name, each with its unit and [minimum, maximum]; {} if none."""
+        return dict(self.calibration.knobs) if self.calibration else {}
+
+    def model_card(self):
+        """This model's `ModelCard` (model_card.py): sizes, capacity, KL per dim, knobs, vocoder, training."""
+        from .model_card import card_of
+
+        return card_of(self)
 
     # ----------------------------------------------------------------------------- inputs
     def reference_mel(self, reference: Reference) -> torch.Tensor:
@@ -177,11 +212,26 @@ class Synthesizer:
         padded = torch.nn.utils.rnn.pad_sequence(ids, batch_first=True, padding_value=self.text.pad_id)
         return padded.to(self.device), torch.tensor([len(i) for i in ids], device=self.device)
 
-    def _generators(self, seed: Optional[int], texts: Sequence[str]) -> list[torch.Generator]:
-        """One generator per item, from (seed, text): batching never changes an item's noise."""
-        seed = 0 if seed is None else int(seed)
-        return [torch.Generator().manual_seed(int.from_bytes(
-            hashlib.sha256(f"{seed}\x00{text}".encode()).digest()[:8], "little") >> 1) for text in texts]
+    @staticmethod
+    def _seeds(seed: Seed, batch: int) -> list[int]:
+        """One seed per item from `seed`: None (0), an int, or a sequence of `batch` ints."""
+        if seed is None or isinstance(seed, (int, np.integer)):
+            seeds = [0 if seed is None else seed] * batch
+        else:
+            seeds = list(seed) if isinstance(seed, Sequence) else [seed]
+        if len(seeds) != batch or not all(isinstance(s, (int, np.integer)) and not isinstance(s, bool) for s in seeds):
+            raise ReferenceInputError(f"seed must be an int or {batch} ints (one per text), got {seed!r}")
+        return [int(s) for s in seeds]
+
+    def _generators(self, seed: Seed, texts: Sequence[str],
+                    sample_indices: Optional[Sequence[int]] = None) -> list[torch.Generator]:
+        """One generator per item, from (its seed, its text, its sample index): batching never changes
+        an item's noise. Sample 0 keys on (seed, text) alone, as before samples existed."""
+        seeds = self._seeds(seed, len(texts))
+        indices = sample_indices or [0] * len(texts)
+        keys = [f"{s}\x00{text}" + (f"\x00{j}" if j else "") for s, text, j in zip(seeds, texts, indices)]
+        return [torch.Generator().manual_seed(int.from_bytes(hashlib.sha256(key.encode()).digest()[:8], "little") >> 1)
+                for key in keys]
 
     # ----------------------------------------------------------------------------- prosody
     @torch.no_grad()
@@ -202,52 +252,102 @@ class Synthesizer:
 
     def prosody(self, texts: Sequence[str], reference=None, reference_text=None, z=None,
                 mode: Literal["mean", "sample"] = "mean", temperature: float = 1.0,
-                seed: Optional[int] = None) -> torch.Tensor:
-        """The z (B, latent) that `tts` would use for these texts."""
+                seed: Seed = None, strength: float = 1.0, controls: Optional[Mapping[str, float]] = None,
+                sample_indices: Optional[Sequence[int]] = None) -> torch.Tensor:
+        """The z (B, latent) that `tts` would use for these texts (`sample_indices` (B,): see `tts`)."""
         if mode not in ("mean", "sample"):
             raise ReferenceInputError(f"mode must be 'mean' or 'sample', got {mode!r}")
-        if not (isinstance(temperature, (int, float)) and np.isfinite(temperature) and temperature >= 0):
-            raise ReferenceInputError(f"temperature must be a finite number >= 0, got {temperature!r}")
+        for name, value in (("temperature", temperature), ("strength", strength)):
+            if not (isinstance(value, (int, float)) and np.isfinite(value) and value >= 0):
+                raise ReferenceInputError(f"{name} must be a finite number >= 0, got {value!r}")
         batch, latent = len(texts), self.model.config.latent_dim
-        generators = self._generators(seed, texts)
+        shift = self._control_offset(controls)  # checked before any encoding
+        generators = self._generators(seed, texts, sample_indices)
         noise = torch.stack([torch.randn(latent, generator=g) for g in generators]).to(self.device)
         if z is not None:
             z = torch.as_tensor(z, dtype=torch.float32, device=self.device)
             z = z.expand(batch, -1) if z.dim() == 1 else z
             if z.shape != (batch, latent):
                 raise ReferenceInputError(f"z must be ({latent},) or ({batch}, {latent}), got {tuple(z.shape)}")
-            return z
-        if reference is None:
-            return temperature * noise  # the prior N(0, I) at this temperature
-        references = list(reference) if isinstance(reference, (list, tuple)) else [reference]
-        if len(references) not in (1, batch):
-            raise ReferenceInputError(f"got {len(references)} references for {batch} texts (give 1 or {batch})")
-        posterior = self.encode(references, reference_text)
-        mean, std = posterior.mean.expand(batch, -1), posterior.std.expand(batch, -1)
-        return mean if mode == "mean" else mean + temperature * std * noise
+            z = strength * z
+        elif reference is None:
+            z = temperature * noise  # the prior N(0, I) at this temperature
+        else:
+            references = list(reference) if isinstance(reference, (list, tuple)) else [reference]
+            if len(references) not in (1, batch):
+                raise ReferenceInputError(f"got {len(references)} references for {batch} texts (give 1 or {batch})")
+            posterior = self.encode(references, reference_text)
+            mean, std = strength * posterior.mean.expand(batch, -1), posterior.std.expand(batch, -1)
+            z = mean if mode == "mean" else mean + temperature * std * noise
+        return z if shift is None else z + shift.to(self.device)
+
+    def _control_paths(self, controls: Optional[Mapping[str, float]]) -> dict[str, dict[str, float]]:
+        """The controls that ask for a change, checked, by the path they take: {"z"|"f0"|"mel": {name: value}}."""
+        moved = requested_changes(controls)
+        if moved and self.calibration is None:
+            raise uncalibrated_error(list(moved), self.checkpoint)
+        paths: dict[str, dict[str, float]] = {"z": {}, "f0": {}, "mel": {}}
+        for name, value in moved.items():
+            knob = self.calibration.knob(name)
+            knob.check(value)
+            path = self.pitch_path if self.pitch_path != "auto" and name in PITCH_KNOBS else knob.path
+            if path == "none":
+                raise ControlError(f"control {name!r} is not available on this model: its latent does not encode "
+                                   f"it (held-out r2 {knob.r2:.2f}, realised gain {knob.realised_gain:.2f})")
+            paths[path][name] = value
+        if paths["f0"] and not self.model.config.pitch_head:
+            raise ControlError(f"control(s) {', '.join(paths['f0'])} on the F0 path need a model with a pitch head")
+        return paths
+
+    def _control_offset(self, controls: Optional[Mapping[str, float]]) -> Optional[torch.Tensor]:
+        """The z shift (latent,) of the knobs that act in z; None when none does."""
+        in_z = self._control_paths(controls)["z"]
+        return self.calibration.offset(in_z) if in_z else None
 
     # ----------------------------------------------------------------------------- synthesis
     @torch.no_grad()
     def tts(self, texts: str | Sequence[str], reference=None, reference_text=None, z=None,
-            mode: Literal["mean", "sample"] = "mean", temperature: float = 1.0, seed: Optional[int] = None,
+            mode: Literal["mean", "sample"] = "mean", temperature: float = 1.0, seed: Seed = None,
+            n_samples: int = 1, strength: float = 1.0, controls: Optional[Mapping[str, float]] = None,
             vocode: bool = True, max_decoder_steps: Optional[int] = None) -> SynthesisResult:
-        """Synthesise one text or a batch (see the module docstring for the prosody choices).
-        `max_decoder_steps` bounds the free-running decoder (default: the model config's)."""
+        """Synthesise one text or a batch (see the module docstring for the prosody choices, seeds,
+        `n_samples`, `strength` and `controls`). With `n_samples=K` the result holds K items per
+        text, text by text. `max_decoder_steps` bounds the free-running decoder (default: the
+        model config's)."""
         if not isinstance(texts, (str, list, tuple)):
             raise TextError(f"texts must be a str or a list of str, got {type(texts).__name__}")
         texts = [texts] if isinstance(texts, str) else list(texts)
         if not texts:
             raise TextError("texts: no text to synthesise")
+        if not (isinstance(n_samples, (int, np.integer)) and n_samples >= 1):
+            raise ReferenceInputError(f"n_samples must be an int >= 1, got {n_samples!r}")
+        seeds = self._seeds(seed, len(texts))
+        if n_samples > 1:  # each text's K samples side by side; per-text inputs follow their text
+            repeat = lambda items: [item for item in items for _ in range(n_samples)]
+            if isinstance(reference, (list, tuple)) and len(reference) == len(texts) > 1:
+                reference = repeat(reference)
+                reference_text = repeat(reference_text) if isinstance(reference_text, (list, tuple)) else reference_text
+            if z is not None and torch.as_tensor(z).dim() == 2:
+                z = torch.as_tensor(z).repeat_interleave(n_samples, dim=0)
+            texts, seeds = repeat(texts), repeat(seeds)
+        sample_indices = list(range(n_samples)) * (len(texts) // n_samples)
         text, text_lengths = self._encode_texts(texts)  # first: a bad text fails before any encoding
-        z = self.prosody(texts, reference, reference_text, z, mode, temperature, seed)
-        out = self.model.infer(text, text_lengths, z=z, generator=self._generators(seed, texts),
+        z = self.prosody(texts, reference, reference_text, z, mode, temperature, seeds, strength, controls,
+                         sample_indices)
+        out = self.model.infer(text, text_lengths, z=z, generator=self._generators(seeds, texts, sample_indices),
                                max_decoder_steps=max_decoder_steps)
         lengths = out.mel_lengths.tolist()
         mels = [out.mel_postnet[i, :n].float() for i, n in enumerate(lengths)]
-        if self.postfilter is not None:
-            mels = [self.postfilter(mel) for mel in mels]
         f0 = [] if out.log_f0 is None else [torch.where(out.voiced[i, :n], out.log_f0[i, :n].exp(), 0.0).float()
                                             for i, n in enumerate(lengths)]
+        paths = self._control_paths(controls)
+        if "energy" in paths["mel"]:
+            mels = [edit_level(mel, paths["mel"]["energy"]) for mel in mels]
+        if self.postfilter is not None:  # last: its floor also bounds a quieter mel
+            mels = [self.postfilter(mel) for mel in mels]
+        on_f0 = paths["f0"]
+        if on_f0:
+            f0 = [edit_f0(track, on_f0.get("pitch", 0.0), on_f0.get("pitch_range", 1.0)) for track in f0]
         return SynthesisResult(
             mel=mels, wav=[self.vocode(m, f) for m, f in zip(mels, f0 or [None] * len(mels))] if vocode else [],
             alignment=[out.alignments[i, : int(out.stop_steps[i]), : int(text_lengths[i])] for i in range(len(texts))],
