@@ -194,10 +194,14 @@ def edit_level(mel: torch.Tensor, energy_db: float) -> torch.Tensor:
     return mel + energy_db * math.log(10.0) / 20.0
 
 
+def calibrate_command(checkpoint: str | os.PathLike | None) -> str:
+    """The shell command that calibrates `checkpoint` (on its training data)."""
+    return f"prosody-vae calibrate --checkpoint {checkpoint or 'CHECKPOINT'} --data TRAINING_DATA"
+
+
 def uncalibrated_error(names: Sequence[str], checkpoint: str | os.PathLike | None) -> ControlError:
-    command = f"prosody-vae calibrate --checkpoint {checkpoint or 'CHECKPOINT'} --data TRAINING_DATA"
     return ControlError(f"control(s) {', '.join(map(repr, names))}: this model has no knob calibration; "
-                        f"make one with `{command}`")
+                        f"make one with `{calibrate_command(checkpoint)}`")
 
 
 # ------------------------------------------------------------------------------------------ fit

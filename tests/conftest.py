@@ -1,4 +1,5 @@
-"""Shared tiny fixtures: a few-second LJSpeech-format corpus made of synthetic voiced signals."""
+"""Shared fixtures: a few-second LJSpeech-format corpus made of synthetic voiced signals, and the
+session's trained models (tests/trained_models.py: one training, shared by every test that needs one)."""
 
 from __future__ import annotations
 
@@ -7,6 +8,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import soundfile as sf
+
+from trained_models import calibrate_copy, make_transfer_corpus, train_demo_models
 
 SR = 22050
 
@@ -47,3 +50,22 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="session")
+def transfer_corpus(tmp_path_factory) -> Path:
+    """240 utterances of one espeak-ng voice, rate and pitch varied (trained_models.py)."""
+    return make_transfer_corpus(tmp_path_factory.mktemp("transfer") / "corpus")
+
+
+@pytest.fixture(scope="session")
+def demo_checkpoints(transfer_corpus) -> dict[str, Path]:
+    """{"demo": the demo recipe trained briefly on transfer_corpus, "collapsed": its C = 0 control}."""
+    return train_demo_models(transfer_corpus)
+
+
+@pytest.fixture(scope="session")
+def calibrated_demo_checkpoint(demo_checkpoints, transfer_corpus, tmp_path_factory) -> Path:
+    """A copy of the session's demo model with its knobs calibrated on its training corpus."""
+    return calibrate_copy(demo_checkpoints["demo"], transfer_corpus,
+                          tmp_path_factory.mktemp("calibrated") / "demo.pt")

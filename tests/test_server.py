@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import inspect
 import io
 import socket
@@ -39,6 +40,16 @@ def tts_takes(argument: str) -> bool:
 
 def needs(argument: str):
     return pytest.mark.skipif(not tts_takes(argument), reason=f"Synthesizer.tts has no `{argument}` argument yet")
+
+
+def decoded(result: dict) -> np.ndarray:
+    """The audio (N,) of one JSON result."""
+    return sf.read(io.BytesIO(base64.b64decode(result["audio_wav_base64"])), dtype="float32")[0]
+
+
+def duration(response) -> float:
+    assert response.status_code == 200, response.text
+    return float(response.headers["X-Duration-Seconds"])
 
 
 def wav_file(wav: np.ndarray, sample_rate: int = SR) -> bytes:
@@ -84,6 +95,9 @@ def test_health_model_card_and_openapi(client):
     assert health["status"] == "ok" and health["queue_length"] == 0
     card = client.get("/v1/model").json()
     assert card["latent_dim"] == 4 and card["speakers"] == [] and card["server"]["sample_rate"] == SR
+    # an uncalibrated model offers no knobs, and says how to calibrate it
+    assert card["calibration"] is None and card["server"]["knobs"] == {}
+    assert card["server"]["calibrate_command"].startswith("prosody-vae calibrate --checkpoint")
     assert card["server"]["vocoder"] == "griffin-lim" and "griffin-lim" in card["server"]["vocoders"]
     # 20 mels are not the HiFi-GAN convention, and there is no pitch head for the source-filter vocoder
     assert not any(name.startswith("hifigan") or name == "source-filter" for name in card["server"]["vocoders"])
@@ -112,8 +126,7 @@ def test_json_answer_carries_the_extras_asked_for(client, reference_id):
         mel = np.array(result["mel"])
         assert mel.shape[1] == 20 and len(result["z"]) == 4 and result["f0_hz"] is None  # no pitch head
         assert np.array(result["alignment"]).shape[0] == result["stop_step"]
-        wav, _ = sf.read(io.BytesIO(__import__("base64").b64decode(result["audio_wav_base64"])))
-        assert abs(len(wav) / SR - result["duration_s"]) < 1e-6
+        assert abs(len(decoded(result)) / SR - result["duration_s"]) < 1e-6
 
 
 def test_seeds_give_one_result_each(client):
@@ -172,6 +185,8 @@ TOO_LONG = wav_file(0.1 * np.sin(np.arange(31 * SR) / 10).astype(np.float32))
     ("/v1/synthesize", dict(json={"text": "Hi.", "n_samples": 99}), 422, "n_samples"),
     ("/v1/synthesize", dict(json={"text": "Hi.", "strength": -1}), 422, "strength"),
     ("/v1/synthesize", dict(json={"text": "Hi.", "controls": {"rate": "fast"}}), 422, "controls.rate"),
+    ("/v1/synthesize", dict(json={"text": "Hi.", "controls": {"tempo": 1.0}}), 422, "controls.tempo"),
+    ("/v1/synthesize", dict(json={"text": "Hi.", "controls": {"rate": 1.2}}), 422, "controls.rate"),  # uncalibrated
     ("/v1/synthesize", dict(json={"text": "Hi.", "mode": "median"}), 422, "mode"),
     ("/v1/synthesize", dict(json={"text": "Hi.", "reference_id": "nope"}), 404, "reference_id"),
     ("/v1/synthesize", dict(json={"text": "Hi.", "reference_text": "Hello."}), 422, "reference_text"),
@@ -196,11 +211,18 @@ def test_bad_input_is_a_4xx_naming_the_field(client, path, request_kwargs, statu
     assert_refused(client.post(path, **request_kwargs), status, field)
 
 
-@pytest.mark.skipif(tts_takes("controls") and tts_takes("speaker"), reason="the Synthesizer takes them")
-@pytest.mark.parametrize("body, field", [({"controls": {"rate": 1.2}}, "controls"), ({"speaker": "p225"}, "speaker"),
-                                         ({"strength": 0.5}, "strength"), ({"n_samples": 2}, "n_samples")])
-def test_arguments_this_synthesizer_lacks_are_refused_by_name(client, body, field):
-    assert_refused(client.post("/v1/synthesize", json={"text": "Hi.", **body}), 422, field)
+@pytest.mark.skipif(tts_takes("speaker"), reason="the Synthesizer takes it")
+def test_speaker_is_refused_while_the_synthesizer_lacks_it(client):
+    assert_refused(client.post("/v1/synthesize", json={"text": "Hi.", "speaker": "p225"}), 422, "speaker")
+
+
+def test_a_knob_on_an_uncalibrated_model_names_the_calibrate_command(client):
+    response = client.post("/v1/synthesize", json={"text": "Hi.", "controls": {"pitch": 2}})
+    assert_refused(response, 422, "controls.pitch")
+    assert "prosody-vae calibrate --checkpoint" in response.json()["error"]["message"]
+    # a neutral knob asks for no change: allowed, and the same audio as leaving it out
+    neutral = client.post("/v1/synthesize", json={"text": "Hi.", "controls": {"rate": 1.0, "energy": 0}})
+    assert neutral.status_code == 200 and neutral.content == client.post("/v1/synthesize", json={"text": "Hi."}).content
 
 
 def test_the_size_limit_is_checked_before_reading_the_body():
@@ -223,31 +245,75 @@ def test_the_size_limit_is_checked_before_reading_the_body():
     assert sent[0]["status"] == 413 and b'"field":"reference"' in sent[1]["body"]
 
 
-# ------------------------------------------------------------------------------------ contract arguments
-@needs("controls")
-def test_unknown_and_out_of_range_controls_are_refused(client):
-    assert_refused(client.post("/v1/synthesize", json={"text": "Hi.", "controls": {"tempo": 1.0}}), 422, "controls.tempo")
-    response = client.post("/v1/synthesize", json={"text": "Hi.", "controls": {"rate": 1e6}})
-    assert 400 <= response.status_code < 500 and response.json()["error"]["field"] == "controls.rate", response.text
-
-
+# ------------------------------------------------------------------------------------ strength, n_samples, knobs
 @needs("speaker")
 def test_unknown_speaker_is_refused(client):
     assert_refused(client.post("/v1/synthesize", json={"text": "Hi.", "speaker": "nobody"}), 422, "speaker")
 
 
-@needs("n_samples")
-def test_n_samples_gives_different_draws(client):
-    body = client.post("/v1/synthesize", json={"text": "Hi.", "n_samples": 3, "temperature": 1.0,
-                                               "format": "json"}).json()
-    assert len({r["audio_wav_base64"] for r in body["results"]}) == 3
+def test_n_samples_gives_different_draws_the_first_as_without_it(client):
+    ask = lambda **kw: client.post("/v1/synthesize", json={"text": "Hi.", "seed": 5, "format": "json", **kw}).json()
+    results = ask(n_samples=3)["results"]
+    assert len(results) == 3 and len({r["audio_wav_base64"] for r in results}) == 3
+    first, alone = decoded(results[0]), decoded(ask()["results"][0])
+    # equal up to float rounding: three items run as one batch (as in test_batched_results_equal_unbatched_ones)
+    assert first.shape == alone.shape and np.abs(first - alone).max() < 2e-3
 
 
-@needs("strength")
-def test_strength_is_passed_on(client, reference_id):
-    ask = lambda s: client.post("/v1/synthesize", json={"text": "Hi.", "reference_id": reference_id, "strength": s,
-                                                        "format": "json", "include": ["z"]}).json()["results"][0]["z"]
-    assert ask(0.0) != ask(1.0)
+def test_strength_zero_gives_the_prior_means_output(client, reference_id):
+    def ask(**kw):
+        body = client.post("/v1/synthesize", json={"text": "Hi.", "seed": 2, "format": "json", "include": ["z"],
+                                                   **kw}).json()
+        return body["results"][0]
+    reference = lambda strength: ask(reference_id=reference_id, strength=strength)
+    prior_mean = ask(temperature=0.0)  # no reference, no noise: z = 0
+    assert prior_mean["z"] == [0.0] * 4
+    assert reference(0.0)["z"] == [0.0] * 4
+    assert reference(0.0)["audio_wav_base64"] == prior_mean["audio_wav_base64"]
+    assert reference(1.0)["z"] != prior_mean["z"]
+    half, full = np.array(reference(0.5)["z"]), np.array(reference(1.0)["z"])
+    assert np.allclose(half, full / 2, atol=2e-5)
+
+
+@pytest.fixture(scope="module")
+def calibrated_client(calibrated_demo_checkpoint):
+    synth = Synthesizer.from_checkpoint(calibrated_demo_checkpoint, vocoder="source-filter")
+    with app_client(ServeConfig(), synth) as c:
+        yield c
+
+
+@pytest.mark.slow
+def test_a_calibrated_model_offers_its_knobs_with_ranges(calibrated_client):
+    card = calibrated_client.get("/v1/model").json()
+    synth = calibrated_client.app.state.engine.synth
+    assert card["calibration"]["n_utterances"] > 0 and card["server"]["calibrate_command"] is None
+    knobs = card["server"]["knobs"]
+    assert set(knobs) == {name for name, knob in synth.controls.items() if knob.path != "none"}
+    rate = knobs["rate"]
+    assert rate["path"] == "z" and rate["unit"] == "ratio" and rate["min"] < 1.0 == rate["default"] < rate["max"]
+    assert rate["min"] < 0.9 and rate["max"] > 1.1  # a usable range
+
+
+@pytest.mark.slow
+def test_the_rate_knob_changes_the_duration_the_right_way(calibrated_client):
+    rate = calibrated_client.get("/v1/model").json()["server"]["knobs"]["rate"]
+    text = "Please bring the blue box to the kitchen tomorrow."
+    ask = lambda **controls: duration(calibrated_client.post("/v1/synthesize", json={"text": text,
+                                                                                     "controls": controls}))
+    slower, neutral, faster = ask(rate=rate["min"]), ask(), ask(rate=rate["max"])
+    assert slower > neutral > faster, (slower, neutral, faster)
+
+
+@pytest.mark.slow
+def test_unknown_and_out_of_range_controls_are_refused(calibrated_client):
+    rate = calibrated_client.get("/v1/model").json()["server"]["knobs"]["rate"]
+    ask = lambda controls: calibrated_client.post("/v1/synthesize", json={"text": "Hi.", "controls": controls})
+    assert_refused(ask({"tempo": 1.0}), 422, "controls.tempo")
+    for value in (rate["max"] * 1.05, rate["min"] * 0.95):
+        response = ask({"pitch": 0.0, "rate": value})
+        assert_refused(response, 422, "controls.rate")
+        assert "outside its calibrated range" in response.json()["error"]["message"]
+    assert ask({"rate": rate["max"]}).status_code == 200  # the range's ends are in it
 
 
 # ------------------------------------------------------------------------------------ batching and the queue

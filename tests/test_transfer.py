@@ -9,68 +9,34 @@ vocoder, which voices the model's predicted F0 with its (still blurred) mel as t
 The control is the C = 0 limit, a posterior collapsed by a very large fixed beta: there the
 reference changes nothing systematic.
 
-Both models train at once in two processes of one thread each, a few minutes on two cores.
+Both models train at once in two processes of one thread each, a few minutes on two cores, once
+per session (tests/trained_models.py; the server's knob tests use the same demo model).
 """
 
 from __future__ import annotations
 
 import csv
-import dataclasses
-import multiprocessing
 from dataclasses import dataclass
-from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from prosody_vae import Synthesizer
-from prosody_vae.capacity import ControllerConfig
-from prosody_vae.config import load_config
-from prosody_vae.corpus import CorpusConfig, make_corpus
 from prosody_vae.metrics import f0_track
-from prosody_vae.trainer import train
 
 # the collapsed model may not have learned to stop on every text yet; that is what it does with
 # either reference alike, and the control test checks exactly that
 pytestmark = [pytest.mark.slow, pytest.mark.filterwarnings("ignore:.*reached max_decoder_steps:RuntimeWarning")]
 
-RECIPE = Path(__file__).resolve().parents[1] / "recipes" / "demo" / "config.toml"
-STEPS = 300
-# The KL term is beta * KL / (T * n_mels) next to a per-element L1 (README, "Units"), so with
-# T ~ 300 frames beta = 1e5 costs ~4 per nat: the posterior collapses (KL < 0.01 nats in a trial).
-COLLAPSING_BETA = 1e5
 TEXTS = ["The quick brown fox jumps over the lazy dog.", "Please bring the blue box to the kitchen tomorrow.",
          "Where did you leave the old green bicycle?", "We still need apples and bread for the picnic."]
 
 
 @pytest.fixture(scope="module")
-def corpus(tmp_path_factory) -> Path:
-    # One voice, so rate and pitch are the only things that differ between the references.
-    out = tmp_path_factory.mktemp("transfer") / "corpus"
-    make_corpus(out, CorpusConfig(n=240, voices=("en-us",), rate=(100, 280), pitch=(10, 90), workers=2))
-    return out
-
-
-@pytest.fixture(scope="module")
-def checkpoints(corpus) -> dict[str, Path]:
-    demo = load_config(RECIPE)
-    demo = dataclasses.replace(demo, max_steps=STEPS, threads=1, val_every=STEPS, checkpoint_every=STEPS,
-                               data=dataclasses.replace(demo.data, n_val=8))
-    collapsing = ControllerConfig(kind="fixed", beta=COLLAPSING_BETA)
-    configs = {"demo": demo, "collapsed": dataclasses.replace(demo, controller=collapsing)}
-    runs = {name: corpus.parent / f"run_{name}" for name in configs}
-    with ProcessPoolExecutor(2, mp_context=multiprocessing.get_context("spawn")) as pool:
-        results = {name: pool.submit(train, configs[name], corpus, runs[name]) for name in configs}
-        finished = {name: result.result() for name, result in results.items()}
-    assert all(r.step == STEPS for r in finished.values())
-    return {name: runs[name] / "checkpoints" / "last.pt" for name in configs}
-
-
-@pytest.fixture(scope="module")
-def references(corpus) -> tuple[dict[str, str], dict[str, str]]:
+def references(transfer_corpus) -> tuple[dict[str, str], dict[str, str]]:
     """(slow and low, fast and high): the corpus's two extremes of requested rate + pitch."""
-    with open(corpus / "factors.csv", newline="") as f:
+    with open(transfer_corpus / "factors.csv", newline="") as f:
         rows = list(csv.DictReader(f))
     score = lambda row: int(row["pitch"]) / 80 + int(row["rate"]) / 180
     slow_low, fast_high = min(rows, key=score), max(rows, key=score)
@@ -109,11 +75,11 @@ def synthesise(checkpoint: Path, reference: Path) -> Output:
 
 
 @pytest.fixture(scope="module")
-def outputs(checkpoints, corpus, references) -> dict[str, dict[str, Output]]:
+def outputs(demo_checkpoints, transfer_corpus, references) -> dict[str, dict[str, Output]]:
     """Per model and reference ("slow", "fast")."""
-    wavs = {name: corpus / "wavs" / f"{row['id']}.wav" for name, row in zip(("slow", "fast"), references)}
+    wavs = {name: transfer_corpus / "wavs" / f"{row['id']}.wav" for name, row in zip(("slow", "fast"), references)}
     return {model: {name: synthesise(checkpoint, wav) for name, wav in wavs.items()}
-            for model, checkpoint in checkpoints.items()}
+            for model, checkpoint in demo_checkpoints.items()}
 
 
 def log_duration_ratios(outputs: dict[str, Output]) -> np.ndarray:
@@ -133,14 +99,14 @@ def test_transfer_orders_output_durations_like_the_references(outputs):
     assert ratios.mean() > np.log(4 / 3), ratios
 
 
-def test_a_collapsed_posterior_transfers_nothing(outputs, checkpoints, corpus):
+def test_a_collapsed_posterior_transfers_nothing(outputs, demo_checkpoints, transfer_corpus):
     ratios, transferred = log_duration_ratios(outputs["collapsed"]), log_duration_ratios(outputs["demo"])
     # z no longer depends on the reference, so both references give (nearly) the same outputs,
     # stop token and all: an effect a tenth of the trained model's at most
     assert np.abs(ratios).mean() < 0.1 * transferred.mean(), (ratios, transferred)
     assert outputs["collapsed"]["slow"].hit_max == outputs["collapsed"]["fast"].hit_max
-    references = sorted((corpus / "wavs").glob("*.wav"))[:8]
-    posterior = Synthesizer.from_checkpoint(checkpoints["collapsed"]).encode(references)
+    references = sorted((transfer_corpus / "wavs").glob("*.wav"))[:8]
+    posterior = Synthesizer.from_checkpoint(demo_checkpoints["collapsed"]).encode(references)
     assert float(posterior.kl.mean()) < 0.1  # nats: collapsed indeed
 
 
@@ -164,10 +130,10 @@ def test_rendered_pitch_follows_the_predicted_track(outputs):
 SHORT_TEXTS = {1: ["Yes.", "Hello."], 2: ["Thank you.", "Seven eggs."], 3: ["Good morning, Anna.", "See you, Tom."]}
 
 
-def test_short_texts_are_spoken_in_proportion_to_their_length(checkpoints):
+def test_short_texts_are_spoken_in_proportion_to_their_length(demo_checkpoints):
     """One-, two- and three-word texts neither stop after a step nor run on: they stop, and their
     durations grow with their word count at about the pace of full sentences."""
-    synth = Synthesizer.from_checkpoint(checkpoints["demo"])
+    synth = Synthesizer.from_checkpoint(demo_checkpoints["demo"])
     texts = [text for group in SHORT_TEXTS.values() for text in group]
     short = synth.tts(texts, vocode=False, max_decoder_steps=200)
     long = synth.tts(TEXTS, vocode=False, max_decoder_steps=200)

@@ -5,9 +5,10 @@ so the worker may run them as one `Synthesizer.tts` batch; since every item draw
 its own (seed, text) generator, an item's audio is the same alone or in any batch. Requests that
 ask for `n_samples` run alone: their results come back in the order `tts` gives them.
 
-Arguments newer than some Synthesizers (`n_samples`, `strength`, `controls`, `speaker`) are passed
-on only when a request sets them, and refused with a 422 naming the argument when this server's
-`Synthesizer.tts` does not take them.
+Knobs come from the model's calibration (`Synthesizer.controls`): the model card lists each
+usable knob with its unit and range, for the page's sliders, and a request's controls are checked
+against them before queueing. `speaker` is passed on only when a request sets it, and refused with
+a 422 when this server's `Synthesizer.tts` does not take it.
 
 Audio is vocoded per item after `tts(vocode=False)`, outside the model worker (`vocode`, called
 from the request's own thread): by the Synthesizer's own vocoder, or by the one a request names
@@ -27,16 +28,13 @@ import numpy as np
 import torch
 
 from ..audio import AudioConfig
-from ..errors import ConfigError, ProsodyVAEError, ReferenceInputError, RequestError, TextError
+from ..controls import KNOBS, calibrate_command
+from ..errors import ConfigError, ControlError, ProsodyVAEError, ReferenceInputError, RequestError, TextError
 from ..vocoders import available_vocoders, load_vocoder, run_vocoder
 from .batching import BatchWorker
-from .schemas import CONTROL_NAMES, InterpolateRequest, SynthesizeRequest
+from .schemas import InterpolateRequest, SynthesizeRequest
 from .uploads import ReferenceStore
 
-NEW_TTS_ARGUMENTS = ("n_samples", "strength", "controls", "speaker")
-# slider ranges for a model card that lists its knobs without ranges
-DEFAULT_KNOB_RANGES = {"pitch": (-6.0, 6.0, 0.0), "pitch_range": (0.5, 2.0, 1.0), "rate": (0.5, 2.0, 1.0),
-                       "energy": (-12.0, 12.0, 0.0)}
 WARM_UP_TEXT = "Warm up the model."
 
 
@@ -92,7 +90,7 @@ class SynthesisEngine:
     def __init__(self, synth, config: ServeConfig | None = None):
         self.synth = synth
         self.config = config or ServeConfig()
-        self.tts_arguments = set(inspect.signature(synth.tts).parameters)
+        self.takes_speaker = "speaker" in inspect.signature(synth.tts).parameters
         self.references = ReferenceStore(self.config.max_references)
         self._vocoders: dict[str, Any] = {}
         self._vocoder_lock = threading.Lock()
@@ -111,45 +109,25 @@ class SynthesisEngine:
 
     # ----------------------------------------------------------------------------- the model card
     def model_card(self) -> dict[str, Any]:
-        """`Synthesizer.model_card()` where there is one, else the basics from its config; plus
-        what this server offers (vocoders, arguments, limits, knob ranges for sliders)."""
-        if hasattr(self.synth, "model_card"):
-            card = self.synth.model_card().to_dict()
-        else:
-            model = self.synth.config.model
-            card = {"latent_dim": model.latent_dim, "posterior": model.posterior, "pitch_head": model.pitch_head,
-                    "n_mels": self.synth.audio.n_mels, "parameters": sum(p.numel() for p in self.synth.model.parameters()),
-                    "speakers": list(getattr(self.synth, "speakers", []))}
+        """`Synthesizer.model_card()`, plus what this server offers: vocoders, limits, and the
+        sliders of the calibrated knobs (none on an uncalibrated model, and the command that
+        calibrates it)."""
+        card = self.synth.model_card().to_dict()
         default_vocoder = getattr(self.synth.vocoder, "name", None) or (
             "griffin-lim" if self.synth.vocoder is None else type(self.synth.vocoder).__name__)
         card["server"] = {
             "sample_rate": self.sample_rate,
             "vocoder": default_vocoder,
             "vocoders": self.usable_vocoders(),
-            "arguments": [a for a in NEW_TTS_ARGUMENTS if a in self.tts_arguments],
-            "knobs": self.knob_ranges(card) if "controls" in self.tts_arguments else {},
+            "knobs": {name: {"min": knob.minimum, "max": knob.maximum, "default": KNOBS[name].neutral,
+                             "unit": knob.unit, "path": knob.path}
+                      for name, knob in self.synth.controls.items() if knob.path != "none"},
+            "calibrate_command": None if self.synth.calibration else calibrate_command(self.synth.checkpoint),
             "limits": {k: v for k, v in asdict(self.config).items()
                        if k in ("max_text_chars", "max_items", "max_upload_bytes", "timeout_s")}
                       | {"max_reference_seconds": self.synth.max_reference_seconds},
         }
         return card
-
-    @staticmethod
-    def knob_ranges(card: dict[str, Any]) -> dict[str, dict[str, float]]:
-        """{name: {min, max, default}} from the card's knobs (a mapping by name, or a list of
-        entries with a `name`), filled in with DEFAULT_KNOB_RANGES where the card gives no range."""
-        listed = card.get("controls", card.get("knobs")) or {}
-        if isinstance(listed, list):
-            listed = {entry.get("name"): entry for entry in listed if isinstance(entry, dict)}
-        ranges = {}
-        for name, (low, high, neutral) in DEFAULT_KNOB_RANGES.items():
-            entry = listed.get(name) if isinstance(listed, dict) else None
-            entry = entry if isinstance(entry, dict) else {}
-            pair = entry.get("range")
-            low = entry.get("min", pair[0] if isinstance(pair, (list, tuple)) else low)
-            high = entry.get("max", pair[1] if isinstance(pair, (list, tuple)) else high)
-            ranges[name] = {"min": float(low), "max": float(high), "default": float(entry.get("default", neutral))}
-        return ranges
 
     def usable_vocoders(self) -> list[str]:
         """Installed vocoders that can voice this model's mels (the HiFi-GANs read only their own
@@ -184,22 +162,24 @@ class SynthesisEngine:
                     raise RequestError("vocoder", str(exc)) from None
             return self._vocoders[name]
 
-    def _check_new_arguments(self, request: SynthesizeRequest) -> dict[str, Any]:
-        chosen = {name: getattr(request, name) for name in NEW_TTS_ARGUMENTS if getattr(request, name) is not None}
-        for name in chosen:
-            if name not in self.tts_arguments:
-                raise RequestError(name, f"this server's Synthesizer does not support `{name}` (its tts() has "
-                                         "no such argument)")
-        for name in chosen.get("controls", {}):
-            if name not in CONTROL_NAMES:
-                raise RequestError(f"controls.{name}", f"unknown control {name!r}; known: {', '.join(CONTROL_NAMES)}")
-        if "speaker" in chosen:
-            known = list(getattr(self.synth, "speakers", []))
-            if not known:
-                raise RequestError("speaker", "this is a single-speaker model: leave `speaker` out")
-            if chosen["speaker"] not in known:
-                raise RequestError("speaker", f"unknown speaker {chosen['speaker']!r}; known: {', '.join(known)}")
-        return chosen
+    def check_controls(self, controls: dict[str, float]) -> None:
+        """Each knob by itself, as `tts` would check it (name, calibration, range, path), so the
+        refusal names `controls.<knob>`."""
+        for name, value in controls.items():
+            try:
+                self.synth._control_paths({name: value})  # tts's own check
+            except ControlError as exc:
+                raise RequestError(f"controls.{name}", str(exc)) from None
+
+    def check_speaker(self, speaker: str) -> None:
+        if not self.takes_speaker:
+            raise RequestError("speaker", "this server's Synthesizer does not support `speaker` (its tts() has "
+                                          "no such argument)")
+        known = list(getattr(self.synth, "speakers", []))
+        if not known:
+            raise RequestError("speaker", "this is a single-speaker model: leave `speaker` out")
+        if speaker not in known:
+            raise RequestError("speaker", f"unknown speaker {speaker!r}; known: {', '.join(known)}")
 
     # ----------------------------------------------------------------------------- jobs
     def synthesis_jobs(self, request: SynthesizeRequest, reference: Optional[np.ndarray],
@@ -216,11 +196,15 @@ class SynthesisEngine:
             if reference is None:
                 raise RequestError("reference_text", "a reference transcript needs a reference")
             self.check_text(request.reference_text, "reference_text")
-        chosen = self._check_new_arguments(request)
+        self.check_controls(request.controls)
+        extra = {}
+        if request.speaker is not None:
+            self.check_speaker(request.speaker)
+            extra["speaker"] = request.speaker
         seeds = request.seeds if request.seeds is not None else [request.seed]
-        items = len(texts) * len(seeds) * chosen.get("n_samples", 1)
+        items = len(texts) * len(seeds) * request.n_samples
         if items > self.config.max_items:
-            too_many = "seeds" if request.seeds else "n_samples" if "n_samples" in chosen else "texts"
+            too_many = "seeds" if request.seeds else "n_samples" if request.n_samples > 1 else "texts"
             raise RequestError(too_many, f"this request asks for {items} results; the limit is {self.config.max_items}")
         if request.format == "wav" and items > 1:
             raise RequestError("format", f"a wav holds one result and this request makes {items}; ask for "
@@ -229,11 +213,12 @@ class SynthesisEngine:
         jobs = []
         for seed in seeds:
             kwargs = dict(reference=reference, reference_text=request.reference_text, mode=request.mode,
-                          temperature=request.temperature, seed=seed, **chosen)
+                          temperature=request.temperature, seed=seed, n_samples=request.n_samples,
+                          strength=request.strength, controls=request.controls, **extra)
             # a batch shares every argument but the texts; n_samples results come back in tts's order
-            key = None if "n_samples" in chosen else (
+            key = None if request.n_samples > 1 else (
                 reference_key, request.reference_text, request.mode, request.temperature, seed,
-                chosen.get("strength"), tuple(sorted(chosen.get("controls", {}).items())), chosen.get("speaker"))
+                request.strength, tuple(sorted(request.controls.items())), request.speaker)
             jobs.append((key, TTSJob(texts, kwargs, request.vocoder), items // len(seeds)))
         return jobs
 
@@ -292,13 +277,11 @@ def request_error(exc: ProsodyVAEError, asked: tuple[str, ...] = ()) -> RequestE
         return exc
     message = str(exc)
     head = message.split(":", 1)[0].strip()
-    if head.split("[")[0] in ("text", "texts", "reference_text", *NEW_TTS_ARGUMENTS, "seed", "temperature", "mode"):
+    if head.split("[")[0] in ("text", "texts", "reference_text", "n_samples", "strength", "speaker", "seed",
+                              "temperature", "mode"):
         return RequestError(head, message.split(":", 1)[1].strip() if ":" in message else message)
-    for name in sorted(CONTROL_NAMES, key=len, reverse=True):  # "pitch_range" before its prefix "pitch"
-        if f"'{name}'" in message or f"{name}=" in message or f"control {name}" in message:
-            return RequestError(f"controls.{name}", message)
     named = next((name for name in asked if name in message), None)
     if named:
         return RequestError(named, message)
-    fallback = {TextError: "text", ReferenceInputError: "reference"}
+    fallback = {TextError: "text", ReferenceInputError: "reference", ControlError: "controls"}
     return RequestError(next((f for t, f in fallback.items() if isinstance(exc, t)), "request"), message)

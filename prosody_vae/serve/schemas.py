@@ -11,8 +11,10 @@ from typing import Annotated, Literal, Optional
 
 from pydantic import BaseModel, ConfigDict, Field
 
-# the calibrated prosody knobs: pitch in semitones, pitch_range and rate as ratios, energy in dB
-CONTROL_NAMES = ("pitch", "pitch_range", "rate", "energy")
+from ..controls import KNOBS
+
+KNOB_UNITS = ", ".join(f"{knob.name} ({knob.unit})" for knob in KNOBS.values())
+
 MAX_SEED = 2**31 - 1
 Seed = Annotated[int, Field(ge=0, le=MAX_SEED)]
 Extra = Literal["f0", "alignment", "z", "mel"]
@@ -35,9 +37,11 @@ class SynthesizeRequest(_Closed):
     temperature: float = Field(1.0, ge=0.0, le=5.0)
     seed: Optional[Seed] = None
     seeds: Optional[list[Seed]] = Field(None, min_length=1, description="one result per seed")
-    n_samples: Optional[int] = Field(None, ge=1, le=16)
-    strength: Optional[float] = Field(None, ge=0.0, le=4.0)
-    controls: Optional[dict[str, float]] = Field(None, description=f"knobs: {', '.join(CONTROL_NAMES)}")
+    n_samples: int = Field(1, ge=1, le=16, description="draws per text and seed (of the prior, or the posterior "
+                                                       "with mode \"sample\")")
+    strength: float = Field(1.0, ge=0.0, le=4.0, description="0: the prior mean; 1: the reference's prosody")
+    controls: dict[str, float] = Field(default_factory=dict, description="calibrated knobs within their ranges "
+                                       "(GET /v1/model: server.knobs), e.g. {\"rate\": 0.8}: " + KNOB_UNITS)
     speaker: Optional[str] = None
     vocoder: Optional[str] = Field(None, description="a vocoder name (GET /v1/model lists them)")
     format: Literal["wav", "json"] = Field("wav", description="wav: the audio; json: base64 audio + extras")

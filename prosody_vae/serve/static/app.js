@@ -62,28 +62,35 @@ async function run(label, work) {
 }
 
 // ------------------------------------------------------------------------------ the model card
+const KNOB_STEPS = 20;
+
 function buildKnobs(card) {
   const server = card.server;
   const knobs = server.knobs || {};
   const sliders = $("knob-sliders");
   sliders.replaceChildren();
-  const units = { pitch: "st", pitch_range: "×", rate: "×", energy: "dB" };
+  const units = { semitones: "st", ratio: "×", dB: "dB" };
   for (const [name, range] of Object.entries(knobs)) {
     const id = `knob-${name}`;
     const label = document.createElement("label");
     label.htmlFor = id;
-    label.innerHTML = `${name.replace("_", " ")} (${units[name] || ""}) <output for="${id}" id="${id}-value"></output>`;
-    const input = Object.assign(document.createElement("input"), { type: "range", id, min: range.min,
-      max: range.max, step: (range.max - range.min) / 40, value: range.default });
+    label.innerHTML = `${name.replace("_", " ")} (${units[range.unit] || range.unit}) <output for="${id}" id="${id}-value"></output>`;
+    // positions -STEPS..STEPS: neutral (0) exact, each side of it in STEPS equal steps to its end
+    const input = Object.assign(document.createElement("input"), { type: "range", id, min: -KNOB_STEPS,
+      max: KNOB_STEPS, step: 1, value: 0 });
     input.dataset.knob = name;
-    input.dataset.neutral = range.default;
-    const show = () => { $(`${id}-value`).textContent = Number(input.value).toFixed(2); };
+    input.knobValue = () => {
+      const position = Number(input.value) / KNOB_STEPS;
+      const value = range.default + position * (position < 0 ? range.default - range.min : range.max - range.default);
+      return Math.min(range.max, Math.max(range.min, value));  // rounding must not step outside the range
+    };
+    const show = () => { $(`${id}-value`).textContent = input.knobValue().toFixed(2); };
     input.addEventListener("input", show);
     show();
     sliders.append(label, input);
   }
   $("knobs-note").hidden = Object.keys(knobs).length > 0;
-  $("strength").disabled = !server.arguments.includes("strength");
+  $("calibrate-command").textContent = server.calibrate_command || "";
   const vocoder = $("vocoder");
   vocoder.replaceChildren(new Option(`default (${server.vocoder})`, ""),
                           ...server.vocoders.map((name) => new Option(name, name)));
@@ -104,10 +111,10 @@ function options() {
   if ($("vocoder").value) body.vocoder = $("vocoder").value;
   const controls = {};
   for (const input of document.querySelectorAll("#knob-sliders input")) {
-    if (Number(input.value) !== Number(input.dataset.neutral)) controls[input.dataset.knob] = Number(input.value);
+    if (Number(input.value) !== 0) controls[input.dataset.knob] = input.knobValue();
   }
   if (Object.keys(controls).length) body.controls = controls;
-  if (!$("strength").disabled && Number($("strength").value) !== 1) body.strength = Number($("strength").value);
+  if (Number($("strength").value) !== 1) body.strength = Number($("strength").value);
   return body;
 }
 
@@ -129,12 +136,7 @@ async function synthesize() {
 async function variations() {
   const body = options();
   const n = Math.min(8, Math.max(2, Math.floor(Number($("n-samples").value) || 4)));
-  if (state.card.server.arguments.includes("n_samples")) {
-    body.n_samples = n;
-  } else {  // one result per seed: the same variety, drawn by the server's per-item seeds
-    body.seeds = Array.from({ length: n }, (_, i) => body.seed + i);
-    delete body.seed;
-  }
+  body.n_samples = n;
   if (body.reference_id) body.mode = "sample";
   const answer = await postJSON("/v1/synthesize", body);
   answer.results.forEach((result, i) => addResult(body.text, `${describe(body)}, variation ${i + 1}/${n}`,
