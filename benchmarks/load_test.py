@@ -9,7 +9,9 @@ POST /v1/synthesize (WAV answer) with its own texts, one request after the other
 sent --requests or --seconds have passed; a 429 is counted and the client waits its Retry-After.
 Per N it reports requests/s (successful answers over wall time), p50/p95 latency of the
 successful answers, the batch sizes the worker formed (from /healthz, before and after), the
-429s and every other error (which should be 0).
+429s and every other error (which should be 0); and, for a server it started, the server's CPU
+seconds per answer (Linux: /proc), which shows what batching saves whatever else the machine
+runs, and the load average (1 min) at the level's end.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ import time
 from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Optional
 
 import httpx
 import numpy as np
@@ -52,11 +55,14 @@ class LevelReport:
     rejected_429: int
     errors: int
     error_samples: list[str] = field(default_factory=list)
+    server_cpu_s_per_request: Optional[float] = None  # None: not a server this script started
+    load_average: float = 0.0
 
     def line(self) -> str:
+        cpu = "" if self.server_cpu_s_per_request is None else f", server CPU {self.server_cpu_s_per_request:.3f} s/req"
         return (f"N={self.clients:>3}: {self.requests_ok:>4} ok in {self.wall_s:6.2f} s = {self.requests_per_s:6.2f} "
                 f"req/s, p50 {self.p50_ms:7.1f} ms, p95 {self.p95_ms:7.1f} ms, 429s {self.rejected_429}, "
-                f"errors {self.errors}, batch sizes {self.batch_sizes}")
+                f"errors {self.errors}{cpu}, batch sizes {self.batch_sizes}, load average {self.load_average:.1f}")
 
 
 async def _client(http: httpx.AsyncClient, client: int, requests: int, deadline: float, latencies: list,
@@ -82,20 +88,35 @@ async def _client(http: httpx.AsyncClient, client: int, requests: int, deadline:
             samples.append(f"{response.status_code}: {response.text[:200]}")
 
 
-async def run_level(url: str, clients: int, requests: int, seconds: float, headers: dict) -> LevelReport:
+def cpu_seconds(pid: Optional[int]) -> Optional[float]:
+    """User + system CPU time of a process, from /proc (None elsewhere, or without a pid)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, TypeError):
+        return None
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime, stime
+
+
+async def run_level(url: str, clients: int, requests: int, seconds: float, headers: dict,
+                    server_pid: Optional[int] = None) -> LevelReport:
     limits = httpx.Limits(max_connections=clients + 2)
     async with httpx.AsyncClient(base_url=url, timeout=seconds + 60, limits=limits, headers=headers) as http:
         before = Counter((await http.get("/healthz")).json()["batch_sizes"])
         latencies, outcome, samples = [], Counter(), []
+        cpu_before = cpu_seconds(server_pid)
         started = time.monotonic()
         await asyncio.gather(*(_client(http, c, requests, started + seconds, latencies, outcome, samples)
                                for c in range(clients)))
         wall = time.monotonic() - started
+        cpu_after = cpu_seconds(server_pid)
         after = Counter((await http.get("/healthz")).json()["batch_sizes"])
     formed = {size: n for size, n in sorted((after - before).items(), key=lambda kv: int(kv[0]))}
     ms = np.array(latencies) * 1000 if latencies else np.array([np.nan])
+    cpu = None if cpu_before is None or cpu_after is None or not outcome["ok"] else (
+        (cpu_after - cpu_before) / outcome["ok"])
     return LevelReport(clients, outcome["ok"], wall, outcome["ok"] / wall, float(np.percentile(ms, 50)),
-                       float(np.percentile(ms, 95)), formed, outcome["429"], outcome["error"], samples[:5])
+                       float(np.percentile(ms, 95)), formed, outcome["429"], outcome["error"], samples[:5],
+                       cpu, os.getloadavg()[0])
 
 
 def free_port() -> int:
@@ -147,7 +168,8 @@ def main(argv: list[str] | None = None) -> list[LevelReport]:
     try:
         reports = []
         for clients in args.clients:
-            report = asyncio.run(run_level(url, clients, args.requests, args.seconds, headers))
+            report = asyncio.run(run_level(url, clients, args.requests, args.seconds, headers,
+                                           server.pid if server else None))
             print(report.line(), flush=True)
             reports.append(report)
     finally:
@@ -157,6 +179,9 @@ def main(argv: list[str] | None = None) -> list[LevelReport]:
     by_n = {r.clients: r for r in reports}
     if 1 in by_n and 8 in by_n and by_n[1].requests_per_s > 0:
         print(f"throughput N=8 / N=1: {by_n[8].requests_per_s / by_n[1].requests_per_s:.2f}x")
+        if by_n[8].server_cpu_s_per_request:
+            print(f"server CPU per answer N=1 / N=8: "
+                  f"{by_n[1].server_cpu_s_per_request / by_n[8].server_cpu_s_per_request:.2f}x")
     if args.json:
         args.json.write_text(json.dumps([asdict(r) for r in reports], indent=2) + "\n")
     return reports

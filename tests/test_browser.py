@@ -1,7 +1,7 @@
 """The page in a real browser: Debian's chromium, headless, driven by selenium against a running server.
 
-The server runs the demo model when it is on this machine (PROSODY_VAE_DEMO_CHECKPOINT, default
-/work/demo_model/run/checkpoints/best.pt), else an untrained micro model. The screenshot goes to
+The server runs the session's demo model with its knobs calibrated (tests/trained_models.py), so
+the page shows the knobs and the rate knob can be moved. The screenshot goes to
 $PROSODY_VAE_ARTIFACTS (CI keeps it), else the test's temporary folder.
 """
 
@@ -23,20 +23,17 @@ pytestmark = [pytest.mark.slow, pytest.mark.skipif(
     reason="Debian's chromium and chromium-driver are not installed (apt-get install chromium chromium-driver)")]
 
 REPO = Path(__file__).resolve().parents[1]
-DEMO = Path(os.environ.get("PROSODY_VAE_DEMO_CHECKPOINT", "/work/demo_model/run/checkpoints/best.pt"))
 TEXT = "The old man opened the door."
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory):
+def server(calibrated_demo_checkpoint):
     sys.path.insert(0, str(REPO / "benchmarks"))
     from load_test import free_port, start_server
-    from test_server import micro_checkpoint
 
-    checkpoint = DEMO if DEMO.is_file() else micro_checkpoint(tmp_path_factory.mktemp("browser") / "micro.pt")
     port = free_port()
     os.environ.setdefault("PYTHONPATH", str(REPO))
-    process = start_server(checkpoint, port, [])
+    process = start_server(calibrated_demo_checkpoint, port, ["--vocoder", "auto"])
     yield f"http://127.0.0.1:{port}"
     process.terminate()
     process.wait(30)
@@ -101,20 +98,21 @@ def test_the_page_synthesizes_with_no_console_errors(server, browser, tmp_path):
 
 
 def test_the_rate_knob_changes_the_duration_the_right_way(server, browser):
-    card = httpx.get(server + "/v1/model", timeout=30).json()
-    if "controls" not in card["server"]["arguments"]:
-        pytest.skip("Synthesizer.tts has no `controls` argument yet: the page shows no rate knob")
     from selenium.webdriver.common.by import By
     from selenium.webdriver.common.keys import Keys
+    from selenium.webdriver.support.ui import WebDriverWait
 
     browser.get(server + "/")
+    WebDriverWait(browser, 30).until(lambda d: d.find_elements(By.ID, "knob-rate"))
     rate = browser.find_element(By.ID, "knob-rate")
+    text = browser.find_element(By.ID, "text")
+    text.clear()
+    text.send_keys(TEXT)
     durations = {}
-    for name, key in (("neutral", None), ("faster", Keys.ARROW_RIGHT), ("slower", Keys.ARROW_LEFT)):
-        browser.execute_script("arguments[0].value = arguments[0].dataset.neutral;"
-                               "arguments[0].dispatchEvent(new Event('input'))", rate)
+    for name, key in (("neutral", None), ("slower", Keys.ARROW_LEFT), ("faster", Keys.ARROW_RIGHT)):
+        browser.execute_script("arguments[0].value = 0; arguments[0].dispatchEvent(new Event('input'))", rate)
         if key:
-            rate.send_keys(*[key] * 10)  # a quarter of the slider's range, with the keyboard
+            rate.send_keys(*[key] * 20)  # with the keyboard, to the end of the knob's calibrated range
         durations[name] = synthesize_in_page(browser)
-    assert durations["faster"] < durations["neutral"] < durations["slower"], durations
+    assert durations["slower"] > durations["neutral"] > durations["faster"], durations
     assert severe_console_messages(browser) == []

@@ -35,8 +35,12 @@ def serve(checkpoint, host: str = "127.0.0.1", port: int = 8000, config: Optiona
     except ImportError as exc:
         raise ConfigError(f"`prosody-vae serve` needs the serve extra ({exc.name} is missing): "
                           "pip install \"prosody_vae[serve]\"") from None
+    import torch
+
     from ..infer import Synthesizer
 
+    config = config or ServeConfig()
+    torch.set_num_threads(config.threads)
     synth = Synthesizer.from_checkpoint(checkpoint, device=device, precision=precision, vocoder=vocoder,
                                         max_reference_seconds=max_reference_seconds)
     app = build_app(synth, config)

@@ -53,9 +53,14 @@ class ServeConfig:
     token: Optional[str] = None  # a bearer token every /v1 request must carry
     cors_origins: tuple[str, ...] = ()  # none: no CORS headers at all
     warm_up: bool = True
+    # torch intra-op threads of `serve()`: the server's parallelism is the model worker beside the
+    # requests' vocoding threads, and intra-op threads on top of those wait on each other (on a
+    # busy 2-core machine, 2 threads made a batch-1 decode 36x slower: benchmarks/serve_profile.py)
+    threads: int = 1
 
     def __post_init__(self):
-        for name in ("max_batch", "max_queue", "max_text_chars", "max_items", "max_upload_bytes", "max_references"):
+        for name in ("max_batch", "max_queue", "max_text_chars", "max_items", "max_upload_bytes", "max_references",
+                     "threads"):
             if not getattr(self, name) >= 1:
                 raise ConfigError(f"ServeConfig.{name} must be >= 1, got {getattr(self, name)!r}")
         if not (self.max_wait_ms >= 0 and self.timeout_s > 0):
