@@ -86,8 +86,8 @@ function buildKnobs(card) {
     };
     const show = () => { $(`${id}-value`).textContent = input.knobValue().toFixed(2); };
     input.addEventListener("input", show);
-    show();
     sliders.append(label, input);
+    show();  // after append: the output element is found by id
   }
   $("knobs-note").hidden = Object.keys(knobs).length > 0;
   $("calibrate-command").textContent = server.calibrate_command || "";
@@ -121,7 +121,7 @@ function options() {
 function describe(body) {
   const parts = [body.reference_id ? `reference ${body.mode}` : "prior sample", `T ${body.temperature}`];
   if (body.seed !== undefined) parts.push(`seed ${body.seed}`);
-  for (const [name, value] of Object.entries(body.controls || {})) parts.push(`${name} ${value}`);
+  for (const [name, value] of Object.entries(body.controls || {})) parts.push(`${name} ${value.toFixed(2)}`);
   if (body.strength !== undefined) parts.push(`strength ${body.strength}`);
   if (body.vocoder) parts.push(body.vocoder);
   return parts.join(", ");
