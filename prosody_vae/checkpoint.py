@@ -68,7 +68,13 @@ def load_model(path: str | os.PathLike, device: str | torch.device = "cpu",
     RuntimeWarning lists them.
     """
     path = Path(path)
-    state = load_checkpoint(path)
+    return model_from_state(load_checkpoint(path), path, device, strict)
+
+
+def model_from_state(state: dict[str, Any], path: Path, device: str | torch.device = "cpu",
+                     strict: bool = True) -> tuple[ProsodyTacotron, TrainConfig]:
+    """`load_model` on a checkpoint already read (`load_checkpoint`), so a caller that also wants
+    its other entries (the speaker table) reads the file once."""
     config = checkpoint_config(state, path)
     model = ProsodyTacotron(config.model)
     weights = state.get("model")

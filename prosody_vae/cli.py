@@ -115,7 +115,8 @@ def cmd_synthesize(args: argparse.Namespace) -> None:
     if args.reference_text is not None:
         _check_text(synth, args.reference_text, "--reference-text")
     result = synth.tts(args.text, reference=args.reference, reference_text=args.reference_text, mode=args.mode,
-                       temperature=args.temperature, seed=args.seed)
+                       temperature=args.temperature, seed=args.seed, speaker=args.speaker,
+                       reference_speaker=args.reference_speaker, pitch=args.pitch)
     from .audio import save_wav
 
     save_wav(args.out, result.wav[0], synth.audio.sample_rate)
@@ -256,6 +257,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--reference", type=Path, help="a wav whose prosody to transfer (none: sample the prior)")
     p.add_argument("--reference-text", help="the reference's transcript (optional, also for V+T models)")
     _add_prosody_options(p)
+    p.add_argument("--speaker", help="the voice to speak in, for a multi-speaker model (default: its first)")
+    p.add_argument("--reference-speaker", help="who speaks the reference (read by --pitch absolute and V+T+S models)")
+    p.add_argument("--pitch", choices=("relative", "absolute"), default="relative",
+                   help="keep the reference's pitch relative to the voice, or at its Hz (needs --reference-speaker)")
     p.add_argument("--out", type=Path, required=True, help="output wav")
     p.set_defaults(func=cmd_synthesize)
 

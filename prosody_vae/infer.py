@@ -26,6 +26,14 @@ bfloat16 weights (quantize.py): at batch 1 a decoder step streams ~19 M weights 
 smaller weights make it several times faster. The recurrent state and attention stay float32; the
 measured cost in quality (MCD-DTW against fp32) is in benchmarks/README.md.
 
+Speakers: a model trained with speaker conditioning speaks in any voice of its speaker table
+(`Synthesizer.speakers`), named by `speaker=` (one name, or one per text); without one it speaks
+in the first voice of the table. A reference's prosody then keeps its pitch relative to the
+voice (`pitch="relative"`: a low-voiced reference gives a low output for a high voice, not the
+reference's Hz); `pitch="absolute"` moves the predicted F0 by the register difference of
+`reference_speaker` and the target voice, so the output sits at the reference's Hz (a
+pitch-aware vocoder renders that F0; a mel-only one does not read it).
+
 Vocoder: Griffin-Lim by default. Any callable or TorchScript module mapping a log-mel
 (B, n_mels, T) to a waveform (B, N) or (B, 1, N) plugs in as `vocoder=`, or a name that
 vocoders.load_vocoder knows (`vocoder="hifigan-universal"`); our mels follow the HiFi-GAN
@@ -47,10 +55,12 @@ from .audio import MelSpectrogram, check_not_silent, griffin_lim, load_wav
 from .errors import ConfigError, ReferenceInputError, TextError
 from .quantize import Precision, reduce_precision
 from .reference import Posterior
+from .speakers import SpeakerTable, UnknownSpeakerError
 from .vocoders import best_available_vocoder, load_vocoder, run_vocoder
 
 Reference = Union[str, os.PathLike, np.ndarray, torch.Tensor]
 Vocoder = Callable[[torch.Tensor], torch.Tensor]
+Speaker = Union[str, Sequence[str], None]
 
 
 @dataclass
@@ -70,8 +80,9 @@ class SynthesisResult:
 class Synthesizer:
     def __init__(self, model, config, device: str | torch.device = "cpu", precision: Precision = "fp32",
                  vocoder: Optional[Vocoder | str] = None, griffin_lim_iterations: int = 60,
-                 max_reference_seconds: Optional[float] = 30.0):
-        """`precision` of the decoder's per-step matmuls: "fp32", "bf16" (bfloat16 weights) or
+                 max_reference_seconds: Optional[float] = 30.0, speaker_table: Optional[SpeakerTable] = None):
+        """`speaker_table` names the ids of a multi-speaker model (the checkpoint's; without one
+        they are called "0", "1", ...). `precision` of the decoder's per-step matmuls: "fp32", "bf16" (bfloat16 weights) or
         "int8" (int8 weights, CPU only), see quantize.py; `model` keeps its float32 decoder."""
         from .text import TextProcessor
 
@@ -96,16 +107,42 @@ class Synthesizer:
         self.vocoder = vocoder
         self.griffin_lim_iterations = griffin_lim_iterations
         self.max_reference_seconds = max_reference_seconds
+        n_speakers = model.config.n_speakers
+        self.speaker_table = (speaker_table if speaker_table is not None and len(speaker_table) == n_speakers
+                              else SpeakerTable(tuple(str(i) for i in range(n_speakers))))
 
     @classmethod
     def from_checkpoint(cls, path: str | os.PathLike, device: str | torch.device = "cpu",
                         precision: Precision = "fp32", vocoder: Optional[Vocoder | str] = None,
                         max_reference_seconds: Optional[float] = 30.0, strict: bool = True) -> "Synthesizer":
         """`strict=False` allows a partial load of weights that do not fit (checkpoint.load_model)."""
-        from .checkpoint import load_model
+        from .checkpoint import load_checkpoint, model_from_state
 
-        model, config = load_model(path, strict=strict)
-        return cls(model, config, device, precision, vocoder, max_reference_seconds=max_reference_seconds)
+        state = load_checkpoint(path)
+        model, config = model_from_state(state, Path(path), strict=strict)
+        return cls(model, config, device, precision, vocoder, max_reference_seconds=max_reference_seconds,
+                   speaker_table=SpeakerTable.from_checkpoint(state, str(path)))
+
+    # ----------------------------------------------------------------------------- speakers
+    @property
+    def speakers(self) -> list[str]:
+        """The voices this model speaks in, by name; [] for a model without speaker conditioning."""
+        return list(self.speaker_table.names)
+
+    def speaker_ids(self, speaker: Speaker, batch: int, argument: str = "speaker") -> Optional[torch.Tensor]:
+        """(B,) ids of one name or one per item; None for a model without speakers. No name means
+        the table's first voice. UnknownSpeakerError lists the known names."""
+        if not self.speakers:
+            if speaker is not None:
+                raise UnknownSpeakerError(f"{argument}={speaker!r}: this model was trained without speaker "
+                                          f"conditioning; it speaks in one voice (leave {argument} out)")
+            return None
+        names = [self.speakers[0] if speaker is None else speaker] if isinstance(speaker, (str, type(None))) \
+            else list(speaker)
+        if len(names) not in (1, batch):
+            raise UnknownSpeakerError(f"{argument}: got {len(names)} speakers for {batch} texts (give 1 or {batch})")
+        ids = [self.speaker_table.index(name, argument) for name in names]
+        return torch.tensor(ids * (batch // len(ids)), dtype=torch.long, device=self.device)
 
     # ----------------------------------------------------------------------------- inputs
     def reference_mel(self, reference: Reference) -> torch.Tensor:
@@ -172,9 +209,11 @@ class Synthesizer:
 
     # ----------------------------------------------------------------------------- prosody
     @torch.no_grad()
-    def encode(self, reference: Reference | Sequence[Reference], reference_text: str | Sequence[str] | None = None
-               ) -> Posterior:
-        """Posterior(s) of one reference or a list; z is the mean. Draw samples with `tts(mode="sample")`."""
+    def encode(self, reference: Reference | Sequence[Reference], reference_text: str | Sequence[str] | None = None,
+               reference_speaker: Speaker = None) -> Posterior:
+        """Posterior(s) of one reference or a list; z is the mean. Draw samples with `tts(mode="sample")`.
+        `reference_speaker`, who speaks the reference, is read by a "V+T+S" model only (default:
+        the first voice)."""
         references = list(reference) if isinstance(reference, (list, tuple)) else [reference]
         mels = [self.reference_mel(r) for r in references]
         lengths = torch.tensor([m.shape[0] for m in mels], device=self.device)
@@ -185,11 +224,13 @@ class Synthesizer:
             if len(transcripts) != len(references):
                 raise ReferenceInputError(f"got {len(transcripts)} reference transcripts for {len(references)} references")
             text, text_lengths = self._encode_texts(transcripts, "reference_text")
-        return self.model.encode_reference(mel, lengths, text, text_lengths, mode="mean")
+        speaker_ids = (self.speaker_ids(reference_speaker, len(references), "reference_speaker")
+                       if self.model.config.posterior == "V+T+S" else None)
+        return self.model.encode_reference(mel, lengths, text, text_lengths, speaker_ids, mode="mean")
 
     def prosody(self, texts: Sequence[str], reference=None, reference_text=None, z=None,
                 mode: Literal["mean", "sample"] = "mean", temperature: float = 1.0,
-                seed: Optional[int] = None) -> torch.Tensor:
+                seed: Optional[int] = None, reference_speaker: Speaker = None) -> torch.Tensor:
         """The z (B, latent) that `tts` would use for these texts."""
         if mode not in ("mean", "sample"):
             raise ReferenceInputError(f"mode must be 'mean' or 'sample', got {mode!r}")
@@ -209,7 +250,7 @@ class Synthesizer:
         references = list(reference) if isinstance(reference, (list, tuple)) else [reference]
         if len(references) not in (1, batch):
             raise ReferenceInputError(f"got {len(references)} references for {batch} texts (give 1 or {batch})")
-        posterior = self.encode(references, reference_text)
+        posterior = self.encode(references, reference_text, reference_speaker)
         mean, std = posterior.mean.expand(batch, -1), posterior.std.expand(batch, -1)
         return mean if mode == "mean" else mean + temperature * std * noise
 
@@ -217,18 +258,26 @@ class Synthesizer:
     @torch.no_grad()
     def tts(self, texts: str | Sequence[str], reference=None, reference_text=None, z=None,
             mode: Literal["mean", "sample"] = "mean", temperature: float = 1.0, seed: Optional[int] = None,
-            vocode: bool = True, max_decoder_steps: Optional[int] = None) -> SynthesisResult:
-        """Synthesise one text or a batch (see the module docstring for the prosody choices).
-        `max_decoder_steps` bounds the free-running decoder (default: the model config's)."""
+            vocode: bool = True, max_decoder_steps: Optional[int] = None, speaker: Speaker = None,
+            reference_speaker: Speaker = None, pitch: Literal["relative", "absolute"] = "relative") -> SynthesisResult:
+        """Synthesise one text or a batch (see the module docstring for the prosody choices, the
+        speakers and `pitch`). `max_decoder_steps` bounds the free-running decoder (default: the
+        model config's)."""
         if not isinstance(texts, (str, list, tuple)):
             raise TextError(f"texts must be a str or a list of str, got {type(texts).__name__}")
         texts = [texts] if isinstance(texts, str) else list(texts)
         if not texts:
             raise TextError("texts: no text to synthesise")
         text, text_lengths = self._encode_texts(texts)  # first: a bad text fails before any encoding
-        z = self.prosody(texts, reference, reference_text, z, mode, temperature, seed)
-        out = self.model.infer(text, text_lengths, z=z, generator=self._generators(seed, texts),
+        if pitch not in ("relative", "absolute"):
+            raise ConfigError(f"pitch must be 'relative' or 'absolute', got {pitch!r}")
+        speaker_ids = self.speaker_ids(speaker, len(texts))
+        f0_shift = self._absolute_pitch_shift(speaker_ids, reference_speaker, len(texts)) if pitch == "absolute" else None
+        z = self.prosody(texts, reference, reference_text, z, mode, temperature, seed, reference_speaker)
+        out = self.model.infer(text, text_lengths, z=z, speaker_ids=speaker_ids, generator=self._generators(seed, texts),
                                max_decoder_steps=max_decoder_steps)
+        if f0_shift is not None and out.log_f0 is not None:
+            out.log_f0 = torch.where(out.voiced, out.log_f0 + f0_shift[:, None], 0.0)
         lengths = out.mel_lengths.tolist()
         mels = [out.mel_postnet[i, :n].float() for i, n in enumerate(lengths)]
         f0 = [] if out.log_f0 is None else [torch.where(out.voiced[i, :n], out.log_f0[i, :n].exp(), 0.0).float()
@@ -237,6 +286,21 @@ class Synthesizer:
             mel=mels, wav=[self.vocode(m, f) for m, f in zip(mels, f0 or [None] * len(mels))] if vocode else [],
             alignment=[out.alignments[i, : int(out.stop_steps[i]), : int(text_lengths[i])] for i in range(len(texts))],
             stop_step=out.stop_steps.tolist(), hit_max_steps=out.hit_max_steps.tolist(), z=z, f0=f0)
+
+    def _absolute_pitch_shift(self, speaker_ids: Optional[torch.Tensor], reference_speaker: Speaker,
+                              batch: int) -> torch.Tensor:
+        """(B,) ln-F0 to add to each item: the reference speaker's register minus the target's."""
+        table = self.speaker_table
+        if speaker_ids is None or not self.model.config.pitch_head:
+            raise ConfigError("pitch='absolute' needs a model with speakers and a pitch head; this one "
+                              f"has n_speakers={self.model.config.n_speakers}, "
+                              f"pitch_head={self.model.config.pitch_head}")
+        if reference_speaker is None or table.log_f0_mean is None:
+            raise ConfigError("pitch='absolute' needs reference_speaker= (who speaks the reference) and a "
+                              "checkpoint whose speaker table records each speaker's F0")
+        register = torch.tensor(table.log_f0_mean, device=self.device)  # (n_speakers,) ln Hz
+        reference_ids = self.speaker_ids(reference_speaker, batch, "reference_speaker")
+        return register[reference_ids] - register[speaker_ids]
 
     @torch.no_grad()
     def vocode(self, mel: torch.Tensor, f0: Optional[torch.Tensor] = None) -> np.ndarray:

@@ -388,6 +388,7 @@ class _Trainer:
             "world_size": self.cluster.world,
             "rng": rng,
             "speakers": self.data.speakers,
+            "speaker_table": self.data.speaker_table.to_dict(),
         }
 
     def _restore(self) -> Optional[Path]:
