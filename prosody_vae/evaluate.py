@@ -147,7 +147,8 @@ def evaluate(checkpoint: str | os.PathLike, data_dir: str | os.PathLike, out_dir
                                  "speech_s_std": float(np.std([p.speech_s for p in prior])),
                                  "speech_s_mean": float(np.mean([p.speech_s for p in prior]))}
     if n_probe and len({u.speaker for u in utterances}) > 1:
-        results["speakers"] = _speaker_figures(synth, training, items, n_probe, seed)
+        results["speakers"] = _speaker_figures(synth, training, [u for u in utterances if u not in items], items,
+                                               n_probe, seed)
     if meter:
         results["quality"] = {name: asdict(q) for name, q in conditions.items()}
         results["quality_skipped"] = meter.skipped
@@ -158,8 +159,9 @@ def evaluate(checkpoint: str | os.PathLike, data_dir: str | os.PathLike, out_dir
     return results
 
 
-def _speaker_figures(synth, training: list, items: list, n_probe: int, seed: int) -> dict:
-    """The speaker probe, and cross-speaker transfer where resemblyzer is installed."""
+def _speaker_figures(synth, training: list, enrolment: list, items: list, n_probe: int, seed: int) -> dict:
+    """The speaker probe on training utterances, and cross-speaker transfer from `items` (each
+    voice known from utterances of `enrolment`) where resemblyzer is installed."""
     from .quality import MissingExtraError
     from .speaker_leakage import (cross_speaker_transfer, enrol_voices, posterior_means, speaker_probe,
                                   summarise_pairs)
@@ -168,10 +170,12 @@ def _speaker_figures(synth, training: list, items: list, n_probe: int, seed: int
     figures = {"probe": asdict(speaker_probe(posterior_means(synth, probed), [u.speaker or "" for u in probed],
                                              seed=seed))}
     try:
-        voices = enrol_voices(training, synth.audio.sample_rate)
+        voices = enrol_voices(enrolment, synth.audio.sample_rate)
     except MissingExtraError as exc:
         return {**figures, "cross_speaker_skipped": str(exc)}
     pairs = cross_speaker_transfer(synth, items, [u.text for u in items[1:] + items[:1]], voices, seed=seed)
+    if not pairs:
+        return {**figures, "cross_speaker_skipped": "no held-out reference's voice has other recordings"}
     return {**figures, "cross_speaker": summarise_pairs(pairs), "cross_speaker_pairs": [asdict(p) for p in pairs]}
 
 

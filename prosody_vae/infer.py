@@ -43,6 +43,7 @@ LJSpeech convention (audio.py), so an LJSpeech HiFi-GAN generator works unchange
 from __future__ import annotations
 
 import hashlib
+import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -108,7 +109,8 @@ class Synthesizer:
         self.griffin_lim_iterations = griffin_lim_iterations
         self.max_reference_seconds = max_reference_seconds
         n_speakers = model.config.n_speakers
-        self.speaker_table = (speaker_table if speaker_table is not None and len(speaker_table) == n_speakers
+        # a model may have more speaker ids than its corpus had speakers; only named ones are spoken
+        self.speaker_table = (speaker_table if speaker_table is not None and 0 < len(speaker_table) <= n_speakers
                               else SpeakerTable(tuple(str(i) for i in range(n_speakers))))
 
     @classmethod
@@ -300,7 +302,12 @@ class Synthesizer:
                               "checkpoint whose speaker table records each speaker's F0")
         register = torch.tensor(table.log_f0_mean, device=self.device)  # (n_speakers,) ln Hz
         reference_ids = self.speaker_ids(reference_speaker, batch, "reference_speaker")
-        return register[reference_ids] - register[speaker_ids]
+        shift = register[reference_ids] - register[speaker_ids]
+        if not torch.isfinite(shift).all():
+            unknown = sorted({table.names[i] for i in torch.cat([reference_ids, speaker_ids]).tolist()
+                              if not math.isfinite(table.log_f0_mean[i])})
+            raise ConfigError(f"pitch='absolute': no F0 recorded for speaker(s) {unknown} (no voiced training frames)")
+        return shift
 
     @torch.no_grad()
     def vocode(self, mel: torch.Tensor, f0: Optional[torch.Tensor] = None) -> np.ndarray:

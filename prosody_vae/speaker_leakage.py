@@ -23,7 +23,7 @@ import torch
 from .audio import load_wav
 from .data import Utterance
 from .metrics import prosody_summary
-from .quality import cosine, pearson, speaker_embeddings
+from .quality import pearson, speaker_embeddings
 
 
 @dataclass
@@ -120,11 +120,11 @@ def cross_speaker_transfer(synth, references: Sequence[Utterance], texts: Sequen
                            targets_per_reference: int = 2, seed: int = 0, pitch: str = "relative"
                            ) -> list[CrossSpeakerPair]:
     """Each reference spoken in `targets_per_reference` other voices (in turn through the sorted
-    voices), each time on the next of `texts`."""
+    voices), each time on the next of `texts`. References of a voice not in `voices` are left out."""
     sr = synth.audio.sample_rate
     names = sorted(voices)
     pairs, k = [], 0
-    for i, ref in enumerate(references):
+    for i, ref in enumerate(r for r in references if (r.speaker or "") in voices):
         source = ref.speaker or ""
         others = [n for n in names if n != source]
         targets = [others[(i * targets_per_reference + j) % len(others)] for j in range(targets_per_reference)]
@@ -137,12 +137,19 @@ def cross_speaker_transfer(synth, references: Sequence[Utterance], texts: Sequen
         for target, text, wav, embedding in zip(targets, own_texts, result.wav, embeddings):
             out = prosody_summary(wav, sr, text=text)
             pairs.append(CrossSpeakerPair(
-                ref.id, source, target, text, cosine(embedding[None], voices[target].embedding[None])[0],
-                cosine(embedding[None], voices[source].embedding[None])[0], ref_summary.rate, out.rate,
+                ref.id, source, target, text, float(embedding @ voices[target].embedding),
+                float(embedding @ voices[source].embedding), ref_summary.rate, out.rate,
                 _semitones(ref_summary.f0_mean_hz, voices[source].log_f0),
                 _semitones(out.f0_mean_hz, voices[target].log_f0),
                 _semitones(out.f0_mean_hz, math.log(ref_summary.f0_mean_hz))))
     return pairs
+
+
+def cross_speaker_similarity(wavs: Sequence[np.ndarray], sample_rate: int, target: Voice, reference: Voice
+                             ) -> tuple[np.ndarray, np.ndarray]:
+    """(B,) resemblyzer cosine of each wav to the target voice, and (B,) to the reference voice."""
+    embeddings = speaker_embeddings(wavs, sample_rate)  # (B, 256), unit rows
+    return embeddings @ target.embedding, embeddings @ reference.embedding
 
 
 def _semitones(f0_hz: float, log_register: float) -> float:

@@ -12,7 +12,7 @@ import torch
 
 from prosody_vae.checkpoint import load_checkpoint, save_checkpoint
 from prosody_vae.config import TrainConfig, config_from_dict, config_to_dict
-from prosody_vae.data import read_metadata
+from prosody_vae.data import read_metadata, split_train_val
 from prosody_vae.errors import CheckpointError, ConfigError, ProsodyVAEError
 from prosody_vae.infer import Synthesizer
 from prosody_vae.speaker_leakage import speaker_probe
@@ -155,3 +155,48 @@ def test_the_probe_finds_a_speaker_that_is_there_and_not_one_that_is_not():
     found = speaker_probe(separable, labels)
     assert found.accuracy > 0.95 and found.chance == pytest.approx(1 / 3)
     assert speaker_probe(rng.normal(size=(150, 8)), labels).accuracy < 0.5
+
+
+# ------------------------------------------------------------------------- cross-speaker transfer
+# Two voices an octave apart, a model small enough to train in well under a minute on one thread:
+# it has not learnt to read yet, but it has learnt who speaks, which is what this test is about.
+TWO_VOICES = ("en-us+f3", "en-us+m1")
+SMALL = dict(embedding_dim=32, encoder_conv_channels=32, encoder_lstm_dim=32, prenet_dims=[32, 32],
+             attention_rnn_dim=64, decoder_rnn_dim=64, attention_dim=16, location_filters=4, postnet_channels=32,
+             latent_dim=8, ref_conv_channels=[8, 8, 16, 16], ref_gru_dim=16, ref_mlp_dim=16,
+             n_speakers=2, speaker_dim=8, pitch_head=True, max_decoder_steps=60)
+TRANSFER_STEPS = 150
+
+
+@pytest.fixture(scope="module")
+def two_voice_model(tmp_path_factory):
+    from prosody_vae.config import load_config, recipe_config
+    from prosody_vae.corpus import CorpusConfig, make_corpus
+    from prosody_vae.trainer import train
+
+    root = tmp_path_factory.mktemp("speakers")
+    make_corpus(root / "corpus", CorpusConfig(n=96, voices=TWO_VOICES, measure=False))
+    demo = config_to_dict(load_config(recipe_config("demo")))
+    config = config_from_dict(TrainConfig, {
+        **demo, "model": {**demo["model"], **SMALL}, "max_steps": TRANSFER_STEPS, "threads": 1,
+        "val_every": TRANSFER_STEPS, "checkpoint_every": TRANSFER_STEPS, "data": {**demo["data"], "n_val": 8}},
+        "test")
+    result = train(config, root / "corpus", root / "run")
+    return root / "corpus", result.checkpoint
+
+
+@pytest.mark.slow
+def test_cross_speaker_transfer_speaks_in_the_target_voice(two_voice_model):
+    from prosody_vae.speaker_leakage import cross_speaker_transfer, enrol_voices, summarise_pairs
+
+    corpus, checkpoint = two_voice_model
+    synth = Synthesizer.from_checkpoint(checkpoint, vocoder="source-filter")
+    utterances = read_metadata(corpus)
+    training, held_out = split_train_val(utterances, synth.config.data.n_val, synth.config.data.seed)
+    voices = enrol_voices(training, synth.audio.sample_rate)
+    references = [next(u for u in held_out if u.speaker == v) for v in TWO_VOICES]  # one of each voice
+    pairs = cross_speaker_transfer(synth, references, [u.text for u in held_out[:2]], voices,
+                                   targets_per_reference=1)
+    assert [(p.reference_speaker, p.target_speaker) for p in pairs] == [TWO_VOICES, TWO_VOICES[::-1]]
+    assert summarise_pairs(pairs)["target_voice_wins"] == 1.0, [
+        (p.similarity_to_target, p.similarity_to_reference) for p in pairs]
