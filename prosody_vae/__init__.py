@@ -78,6 +78,10 @@ _EXPORTS = {
     "Synthesizer": "infer",
     "SynthesisResult": "infer",
     "reduce_precision": "quantize",
+    "SpeakerTable": "speakers",
+    "UnknownSpeakerError": "speakers",
+    "speaker_probe": "speaker_leakage",
+    "cross_speaker_transfer": "speaker_leakage",
     # deployment
     "export_reference_encoder_onnx": "export",
     "OnnxReferenceEncoder": "export",
@@ -123,6 +127,8 @@ if TYPE_CHECKING:  # let type checkers and IDEs see the real names
     from .export_synth import ExportedSynthesizer
     from .infer import SynthesisResult, Synthesizer
     from .quantize import reduce_precision
+    from .speaker_leakage import cross_speaker_transfer, speaker_probe
+    from .speakers import SpeakerTable, UnknownSpeakerError
     from .losses import LossConfig, LossTerms, TacotronLoss
     from .metrics import compare_f0, f0_track, mel_cepstral_distortion, prosody_summary
     from .tacotron import InferenceOutput, ProsodyTacotron, TacotronConfig, TacotronOutput
