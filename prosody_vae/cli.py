@@ -258,7 +258,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--reference-text", help="the reference's transcript (optional, also for V+T models)")
     _add_prosody_options(p)
     p.add_argument("--speaker", help="the voice to speak in, for a multi-speaker model (default: its first)")
-    p.add_argument("--reference-speaker", help="who speaks the reference (read by --pitch absolute and V+T+S models)")
+    p.add_argument("--reference-speaker", help="who speaks the reference (read by --pitch absolute and V+S, V+T+S models)")
     p.add_argument("--pitch", choices=("relative", "absolute"), default="relative",
                    help="keep the reference's pitch relative to the voice, or at its Hz (needs --reference-speaker)")
     p.add_argument("--out", type=Path, required=True, help="output wav")

@@ -214,8 +214,8 @@ class Synthesizer:
     def encode(self, reference: Reference | Sequence[Reference], reference_text: str | Sequence[str] | None = None,
                reference_speaker: Speaker = None) -> Posterior:
         """Posterior(s) of one reference or a list; z is the mean. Draw samples with `tts(mode="sample")`.
-        `reference_speaker`, who speaks the reference, is read by a "V+T+S" model only (default:
-        the first voice)."""
+        `reference_speaker`, who speaks the reference, is read by a "V+S" or "V+T+S" model only
+        (default: the first voice)."""
         references = list(reference) if isinstance(reference, (list, tuple)) else [reference]
         mels = [self.reference_mel(r) for r in references]
         lengths = torch.tensor([m.shape[0] for m in mels], device=self.device)
@@ -227,7 +227,7 @@ class Synthesizer:
                 raise ReferenceInputError(f"got {len(transcripts)} reference transcripts for {len(references)} references")
             text, text_lengths = self._encode_texts(transcripts, "reference_text")
         speaker_ids = (self.speaker_ids(reference_speaker, len(references), "reference_speaker")
-                       if self.model.config.posterior == "V+T+S" else None)
+                       if self.model.config.posterior.endswith("+S") else None)
         return self.model.encode_reference(mel, lengths, text, text_lengths, speaker_ids, mode="mean")
 
     def prosody(self, texts: Sequence[str], reference=None, reference_text=None, z=None,

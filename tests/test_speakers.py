@@ -200,3 +200,38 @@ def test_cross_speaker_transfer_speaks_in_the_target_voice(two_voice_model):
     assert [(p.reference_speaker, p.target_speaker) for p in pairs] == [TWO_VOICES, TWO_VOICES[::-1]]
     assert summarise_pairs(pairs)["target_voice_wins"] == 1.0, [
         (p.similarity_to_target, p.similarity_to_reference) for p in pairs]
+
+
+# ------------------------------------------------------------------- a posterior that knows the speaker
+def test_a_v_plus_s_posterior_reads_the_reference_speaker():
+    torch.manual_seed(0)
+    config = micro_config(3, posterior="V+S")
+    synth = Synthesizer(ProsodyTacotron(config.model), config, speaker_table=SpeakerTable(VOICES))
+    mel = torch.randn(30, 20)
+    means = [synth.encode(mel, reference_speaker=v).mean for v in VOICES[:2]]
+    assert not torch.allclose(*means)
+    assert torch.equal(synth.encode(mel).mean, synth.encode(mel, reference_speaker=VOICES[0]).mean)  # the default
+
+
+def test_the_speaker_adversary_trains_itself_and_reverses_the_gradient_into_z():
+    from prosody_vae.losses import TacotronLoss
+    from prosody_vae.data import collate_batch, Sample
+
+    torch.manual_seed(0)
+    model = ProsodyTacotron(micro_config(3, posterior="V+S", speaker_adversary=True).model)
+    samples = [Sample(f"u{i}", torch.randint(1, 30, (6,)), torch.randn(16, 20), speaker_id=i,
+                      log_f0=torch.full((16,), 5.0), voiced=torch.ones(16, dtype=torch.bool), energy=torch.zeros(16))
+               for i in range(3)]
+    batch = collate_batch(samples, frames_multiple=4)
+    output = model(batch.text, batch.text_lengths, batch.mel, batch.mel_lengths, speaker_ids=batch.speaker_ids)
+    terms = TacotronLoss()(output, batch, None, 0)
+    assert float(terms.speaker_adversary) == pytest.approx(
+        float(torch.nn.functional.cross_entropy(output.speaker_logits, batch.speaker_ids)))
+    mean = output.posterior.mean.detach().requires_grad_()
+    reversed_grad, = torch.autograd.grad(torch.nn.functional.cross_entropy(
+        model.speaker_adversary(mean), batch.speaker_ids), mean)
+    plain_grad, = torch.autograd.grad(torch.nn.functional.cross_entropy(
+        model.speaker_adversary.classifier(mean), batch.speaker_ids), mean)
+    assert reversed_grad.abs().sum() > 0 and torch.allclose(reversed_grad, -plain_grad)
+    with pytest.raises(ConfigError, match="speaker_adversary needs n_speakers"):
+        micro_config(0, speaker_adversary=True)
