@@ -215,7 +215,7 @@ class Synthesizer:
                reference_speaker: Speaker = None) -> Posterior:
         """Posterior(s) of one reference or a list; z is the mean. Draw samples with `tts(mode="sample")`.
         `reference_speaker`, who speaks the reference, is read by a "V+S" or "V+T+S" model only
-        (default: the first voice)."""
+        (default: the first voice; `tts` defaults it to its `speaker`)."""
         references = list(reference) if isinstance(reference, (list, tuple)) else [reference]
         mels = [self.reference_mel(r) for r in references]
         lengths = torch.tensor([m.shape[0] for m in mels], device=self.device)
@@ -275,6 +275,9 @@ class Synthesizer:
             raise ConfigError(f"pitch must be 'relative' or 'absolute', got {pitch!r}")
         speaker_ids = self.speaker_ids(speaker, len(texts))
         f0_shift = self._absolute_pitch_shift(speaker_ids, reference_speaker, len(texts)) if pitch == "absolute" else None
+        n_references = len(reference) if isinstance(reference, (list, tuple)) else 1
+        if reference_speaker is None and (isinstance(speaker, str) or (speaker and len(speaker) == n_references)):
+            reference_speaker = speaker  # by default a reference is taken to speak in the output's voice
         z = self.prosody(texts, reference, reference_text, z, mode, temperature, seed, reference_speaker)
         out = self.model.infer(text, text_lengths, z=z, speaker_ids=speaker_ids, generator=self._generators(seed, texts),
                                max_decoder_steps=max_decoder_steps)
