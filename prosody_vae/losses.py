@@ -38,6 +38,7 @@ import torch.nn.functional as F
 
 from .errors import ConfigError
 from .masked_norm import length_mask
+from .speaker_adversary import confusion_loss
 from .tacotron import TacotronOutput, decoder_steps
 
 if TYPE_CHECKING:  # data.py pulls in the audio stack; only its type is needed here
@@ -85,7 +86,7 @@ class LossTerms:
     total: torch.Tensor
     f0: torch.Tensor | float = 0.0  # pitch head: mean |log-F0 error| on voiced frames (0 without one)
     voicing: torch.Tensor | float = 0.0  # pitch head: voicing BCE (0 without one)
-    speaker_adversary: torch.Tensor | float = 0.0  # the speaker adversary's cross-entropy (0 without one)
+    speaker_adversary: torch.Tensor | float = 0.0  # the speaker classifier's cross-entropy (0 without one)
 
     def as_floats(self) -> dict[str, float]:
         return {f.name: float(torch.as_tensor(getattr(self, f.name)).detach()) for f in fields(self)}
@@ -199,8 +200,7 @@ class TacotronLoss:
             f0, voicing = pitch_losses(output.log_f0, output.voicing_logits, batch)
             total = total + cfg.f0_weight * f0 + cfg.voicing_weight * voicing
         if output.speaker_logits is not None:
-            # the gradient reversal sits in the model: minimising this trains the classifier and,
-            # reversed, pushes the voice out of the reference encoder's z
-            adversary = torch.nn.functional.cross_entropy(output.speaker_logits.float(), batch.speaker_ids)
-            total = total + cfg.speaker_adversary_weight * adversary
+            guess, confusion_logits = output.speaker_logits
+            adversary = F.cross_entropy(guess.float(), batch.speaker_ids)  # trains the classifier
+            total = total + cfg.speaker_adversary_weight * (adversary + confusion_loss(confusion_logits))  # and z
         return LossTerms(mel_l1, postnet_l1, stop, guided, guided_weight, kl, kl_term, total, f0, voicing, adversary)

@@ -46,7 +46,8 @@ class TacotronOutput:
     posterior: Posterior
     log_f0: Optional[torch.Tensor] = None  # (B, T) the pitch head's log-F0 (ln Hz); None without a pitch head
     voicing_logits: Optional[torch.Tensor] = None  # (B, T)
-    speaker_logits: Optional[torch.Tensor] = None  # (B, n_speakers) the speaker adversary's; None without one
+    # the speaker adversary's logits on detached z and, with frozen weights, on z (B, n_speakers); None without one
+    speaker_logits: Optional[tuple[torch.Tensor, torch.Tensor]] = None
 
 
 @dataclass
