@@ -143,8 +143,8 @@ def _own_voice(synth, row: dict) -> dict:
 
 
 def _cross_voice(synth, corpus: Path, reference: dict, speak) -> list[dict]:
-    """The reference spoken in the voice whose register lies farthest from its own, with its pitch
-    relative to each voice (the default) and at its own Hz."""
+    """The reference spoken in the voice whose register lies farthest from its own, with
+    pitch="relative" and with pitch="absolute" (the F0 moved by the registers' difference)."""
     table = synth.speaker_table
     source = reference["voice"]
     registers = {n: table.f0_mean_hz(n) for n in synth.speakers}
@@ -262,8 +262,8 @@ def _cross_voice_lines(rows: list[dict], similarity: dict[str, float]) -> list[s
              f"Reference `{first['cross_reference_id']}` in voice `{first['reference_voice']}` (F0 "
              f"{first['reference_f0_hz']:.0f} Hz; the voice's register {first['reference_register_hz']:.0f} Hz), "
              f"spoken in voice `{first['target_voice']}` (register {first['target_register_hz']:.0f} Hz).", "",
-             f"- pitch relative to the voice (the default): output F0 {f0['relative']:.0f} Hz on average; "
-             f"at the reference's Hz (`pitch=\"absolute\"`): {f0['absolute']:.0f} Hz."]
+             f"- output F0 {f0['relative']:.0f} Hz on average with `pitch=\"relative\"`, {f0['absolute']:.0f} Hz "
+             f"with `pitch=\"absolute\"` (the F0 moved by the registers' difference)."]
     if similarity:
         lines.append(f"- resemblyzer similarity of the outputs to the target voice {similarity['to_target']:.2f}, to "
                      f"the reference's voice {similarity['to_reference']:.2f}: closer to the target in "

@@ -28,11 +28,12 @@ measured cost in quality (MCD-DTW against fp32) is in benchmarks/README.md.
 
 Speakers: a model trained with speaker conditioning speaks in any voice of its speaker table
 (`Synthesizer.speakers`), named by `speaker=` (one name, or one per text); without one it speaks
-in the first voice of the table. A reference's prosody then keeps its pitch relative to the
-voice (`pitch="relative"`: a low-voiced reference gives a low output for a high voice, not the
-reference's Hz); `pitch="absolute"` moves the predicted F0 by the register difference of
-`reference_speaker` and the target voice, so the output sits at the reference's Hz (a
-pitch-aware vocoder renders that F0; a mel-only one does not read it).
+in the first voice of the table. `pitch="relative"` leaves the predicted F0 where the model puts
+it: in the target voice's register for a model whose z holds pitch relative to the speaker (one
+trained with `speaker_adversary`), near the reference's Hz for one whose z still holds the
+register. `pitch="absolute"` moves the predicted F0 by the register difference of
+`reference_speaker` and the target voice (a pitch-aware vocoder renders that F0; a mel-only one
+does not read it).
 
 Vocoder: Griffin-Lim by default. Any callable or TorchScript module mapping a log-mel
 (B, n_mels, T) to a waveform (B, N) or (B, 1, N) plugs in as `vocoder=`, or a name that
