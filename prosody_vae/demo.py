@@ -81,8 +81,9 @@ def run_demo(out_dir: str | Path, n_utterances: int = 1000, max_steps: int | Non
     records = read_metrics(run / "metrics.jsonl")
     validations = [r for r in records if r.get("split") == "val"]
     _plot_training(records, out_dir / "plots" / "training.png", config)
+    similarity = _voice_similarity(corpus, synthesis, out_dir, synth.audio.sample_rate)
     report = DemoReport(out_dir, time.perf_counter() - started, validations[-1] if validations else {}, synthesis,
-                        vocoder, quality, meter.skipped, _voice_similarity(corpus, synthesis, out_dir, synth.audio.sample_rate))
+                        vocoder, quality, meter.skipped, similarity)
     _write_report(report, config)
     return report
 

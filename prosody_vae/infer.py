@@ -84,8 +84,9 @@ class Synthesizer:
                  vocoder: Optional[Vocoder | str] = None, griffin_lim_iterations: int = 60,
                  max_reference_seconds: Optional[float] = 30.0, speaker_table: Optional[SpeakerTable] = None):
         """`speaker_table` names the ids of a multi-speaker model (the checkpoint's; without one
-        they are called "0", "1", ...). `precision` of the decoder's per-step matmuls: "fp32", "bf16" (bfloat16 weights) or
-        "int8" (int8 weights, CPU only), see quantize.py; `model` keeps its float32 decoder."""
+        they are called "0", "1", ...). `precision` of the decoder's per-step matmuls: "fp32",
+        "bf16" (bfloat16 weights) or "int8" (int8 weights, CPU only), see quantize.py; `model`
+        keeps its float32 decoder."""
         from .text import TextProcessor
 
         if max_reference_seconds is not None and not max_reference_seconds > 0:

@@ -58,7 +58,7 @@ class LossConfig:
     kl_alpha: float = 1.0  # scale on the controller's KL loss, on top of the normalisation above
     f0_weight: float = 1.0  # pitch head: L1 on log-F0 over voiced frames
     voicing_weight: float = 1.0  # pitch head: BCE of the voicing logit over valid frames
-    speaker_adversary_weight: float = 1.0  # model.speaker_adversary: cross-entropy of its speaker guess
+    speaker_adversary_weight: float = 1.0  # model.speaker_adversary: its classifier's loss plus z's confusion loss
 
     def __post_init__(self) -> None:
         for name in ("stop_pos_weight", "guided_attention_weight", "kl_alpha", "guided_attention_fade_start",
