@@ -229,7 +229,7 @@ def test_the_speaker_adversary_trains_its_classifier_and_pushes_z_to_confuse_it(
     assert torch.allclose(guess, confusion_logits)  # the same classifier, once on detached z, once frozen
     terms = TacotronLoss()(output, batch, None, 0)
     assert float(terms.speaker_adversary.detach()) == pytest.approx(
-        float(torch.nn.functional.cross_entropy(guess, batch.speaker_ids)))
+        float(torch.nn.functional.cross_entropy(guess.detach(), batch.speaker_ids)))
     classifier, encoder = model.speaker_adversary.classifier[0].weight, model.reference_encoder.head[0].weight
     # the classifier's loss trains the classifier and leaves the encoder alone ...
     grads = torch.autograd.grad(torch.nn.functional.cross_entropy(guess, batch.speaker_ids), [classifier, encoder],
