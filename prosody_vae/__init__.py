@@ -84,6 +84,10 @@ _EXPORTS = {
     "ModelCard": "model_card",
     "model_card": "model_card",
     "reduce_precision": "quantize",
+    "SpeakerTable": "speakers",
+    "UnknownSpeakerError": "speakers",
+    "speaker_probe": "speaker_leakage",
+    "cross_speaker_transfer": "speaker_leakage",
     # deployment
     "export_reference_encoder_onnx": "export",
     "OnnxReferenceEncoder": "export",
@@ -133,6 +137,8 @@ if TYPE_CHECKING:  # let type checkers and IDEs see the real names
     from .controls import KNOBS, Calibration, calibrate_checkpoint
     from .model_card import ModelCard, model_card
     from .quantize import reduce_precision
+    from .speaker_leakage import cross_speaker_transfer, speaker_probe
+    from .speakers import SpeakerTable, UnknownSpeakerError
     from .losses import LossConfig, LossTerms, TacotronLoss
     from .metrics import compare_f0, f0_track, mel_cepstral_distortion, prosody_summary
     from .tacotron import InferenceOutput, ProsodyTacotron, TacotronConfig, TacotronOutput

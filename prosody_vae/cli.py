@@ -118,7 +118,8 @@ def cmd_synthesize(args: argparse.Namespace) -> None:
                 if (value := getattr(args, name)) is not None}
     result = synth.tts(args.text, reference=args.reference, reference_text=args.reference_text, mode=args.mode,
                        temperature=args.temperature, seed=args.seed, n_samples=args.n_samples,
-                       strength=args.strength, controls=controls)
+                       strength=args.strength, controls=controls, speaker=args.speaker,
+                       reference_speaker=args.reference_speaker, pitch_mode=args.pitch_mode)
     from .audio import save_wav
 
     outs = [args.out] if args.n_samples == 1 else [args.out.with_name(f"{args.out.stem}_{i:02d}{args.out.suffix}")
@@ -299,6 +300,10 @@ def build_parser() -> argparse.ArgumentParser:
     knobs.add_argument("--pitch-range", type=float, help="ratio of the F0 range, e.g. 1.5")
     knobs.add_argument("--rate", type=float, help="ratio of the speaking rate, e.g. 0.8")
     knobs.add_argument("--energy", type=float, help="dB, e.g. -3")
+    p.add_argument("--speaker", help="the voice to speak in, for a multi-speaker model (default: its first)")
+    p.add_argument("--reference-speaker", help="who speaks the reference (read by --pitch absolute and V+S, V+T+S models)")
+    p.add_argument("--pitch-mode", choices=("relative", "absolute"), default="relative",
+                   help="keep the reference's pitch relative to the voice, or at its Hz (needs --reference-speaker)")
     p.add_argument("--out", type=Path, required=True, help="output wav")
     p.set_defaults(func=cmd_synthesize)
 

@@ -344,7 +344,7 @@ def _summarise(rows: list[list[str]]) -> dict[str, tuple[float, float, float]]:
 
 
 def make_corpus(out_dir: str | os.PathLike, config: CorpusConfig | None = None) -> CorpusSummary:
-    """Write `metadata.csv` (id|text|text), `wavs/<id>.wav` and `factors.csv` to `out_dir`.
+    """Write `metadata.csv` (id|text|text|voice), `wavs/<id>.wav` and `factors.csv` to `out_dir`.
 
     The same config gives byte-identical files, whatever `workers` is. `out_dir` must be missing,
     empty, or a corpus this function made before (it is then remade in place). Measurement runs
@@ -398,7 +398,7 @@ def make_corpus(out_dir: str | os.PathLike, config: CorpusConfig | None = None) 
     csv.writer(buffer, lineterminator="\n").writerows([list(FACTOR_COLUMNS), *factor_rows])
     write_atomically(out_dir / "factors.csv", buffer.getvalue())
     write_atomically(out_dir / "metadata.csv", "".join(
-        f"{item.utt_id}|{item.sentence.text}|{item.sentence.text}\n" for item in planned))
+        f"{item.utt_id}|{item.sentence.text}|{item.sentence.text}|{item.factors.voice}\n" for item in planned))
 
     total = sum(float(row[FACTOR_COLUMNS.index("duration_s")]) for row in factor_rows)
     return CorpusSummary(out_dir, config.n, total, time.perf_counter() - started,

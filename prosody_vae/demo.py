@@ -1,7 +1,8 @@
 """`prosody-vae demo`: the whole product on the built-in corpus, on a CPU, in about 15 minutes.
 
     make the espeak-ng corpus -> train the `tiny` ProsodyTacotron with dual ascent (C = 10 nats)
-    -> synthesise: reconstructions, transfer from two contrasting references, prior samples
+    -> synthesise: reconstructions, transfer from two contrasting references, prior samples, and
+       (a model with speakers) one reference spoken in another voice
     -> wavs (the best installed vocoder: "source-filter" for a model with a pitch head, which
        voices the predicted F0), plots and report.md in one folder, with quality numbers (quality.py:
        DNSMOS, speaker similarity, voicing, prosody correlations) where their packages are installed
@@ -39,6 +40,7 @@ class DemoReport:
     vocoder: str
     quality: dict[str, ConditionQuality] = field(default_factory=dict)
     quality_skipped: dict[str, str] = field(default_factory=dict)  # measure -> why, with the pip command
+    cross_voice_similarity: dict[str, float] = field(default_factory=dict)  # see _voice_similarity
 
     def format(self) -> str:
         return (self.out_dir / "report.md").read_text(encoding="utf-8")
@@ -79,8 +81,9 @@ def run_demo(out_dir: str | Path, n_utterances: int = 1000, max_steps: int | Non
     records = read_metrics(run / "metrics.jsonl")
     validations = [r for r in records if r.get("split") == "val"]
     _plot_training(records, out_dir / "plots" / "training.png", config)
+    similarity = _voice_similarity(corpus, synthesis, out_dir, synth.audio.sample_rate)
     report = DemoReport(out_dir, time.perf_counter() - started, validations[-1] if validations else {}, synthesis,
-                        vocoder, quality, meter.skipped)
+                        vocoder, quality, meter.skipped, similarity)
     _write_report(report, config)
     return report
 
@@ -116,7 +119,8 @@ def _synthesise(synth, corpus: Path, out_dir: Path, seed: int, max_decoder_steps
                  "stopped": not hit_max} for i, (wav, hit_max) in enumerate(zip(out.wav, out.hit_max_steps))]
 
     rows = []
-    for name, ref in _contrasting_references(corpus).items():
+    references = _contrasting_references(corpus)
+    for name, ref in references.items():
         wav = load_wav(corpus / "wavs" / f"{ref['id']}.wav", sample_rate)
         save_wav(wav_dir / f"reference_{name}.wav", wav, sample_rate)
         # the same measurement on the reference's own mel (and F0) through the same vocoder: what a
@@ -126,10 +130,59 @@ def _synthesise(synth, corpus: Path, out_dir: Path, seed: int, max_decoder_steps
                       reference_copy_f0_hz=_f0_mean(resynthesised, sample_rate),
                       reference_pitch=float(ref["pitch"]), reference_seconds=float(ref["duration_s"]),
                       reference_f0_hz=float(ref["f0_mean_hz"] or "nan"))
-                 for r in speak(f"transfer_{name}", reference=wav, mode="mean")]
+                 for r in speak(f"transfer_{name}", reference=wav, mode="mean", **_own_voice(synth, ref))]
+    if len(synth.speakers) > 1:
+        rows += _cross_voice(synth, corpus, references["fast_high"], speak)
     rows += speak("prior_sample", temperature=1.0)
     rows += speak("prior_mean", temperature=0.0)
     return rows
+
+
+def _own_voice(synth, row: dict) -> dict:
+    """tts arguments that speak in the voice of a factors.csv row (none for a model without speakers)."""
+    return {"speaker": row["voice"]} if row.get("voice") in synth.speakers else {}
+
+
+def _cross_voice(synth, corpus: Path, reference: dict, speak) -> list[dict]:
+    """The reference spoken in the voice whose register lies farthest from its own, with
+    pitch_mode="relative" and "absolute" (the F0 moved by the registers' difference)."""
+    table = synth.speaker_table
+    source = reference["voice"]
+    registers = {n: table.f0_mean_hz(n) for n in synth.speakers}
+    others = [n for n in synth.speakers if n != source and np.isfinite(registers[n])]
+    if not (others and np.isfinite(registers.get(source, np.nan))):
+        return []  # no pitch recorded for these voices (a corpus too small to have trained on each)
+    target = max(others, key=lambda n: abs(np.log(registers[n] / registers[source])))
+    wav = load_wav(corpus / "wavs" / f"{reference['id']}.wav", synth.audio.sample_rate)
+    extra = dict(cross_reference_id=reference["id"], reference_voice=source, target_voice=target,
+                 reference_f0_hz=float(reference["f0_mean_hz"] or "nan"),
+                 reference_register_hz=registers[source], target_register_hz=registers[target])
+    return [dict(r, pitch=pitch, **extra)
+            for pitch in ("relative", "absolute")
+            for r in speak(f"cross_voice_{pitch}", reference=wav, speaker=target, reference_speaker=source,
+                           pitch_mode=pitch)]
+
+
+def _voice_similarity(corpus: Path, rows: list[dict], out_dir: Path, sample_rate: int) -> dict[str, float]:
+    """Mean resemblyzer similarity of the cross-voice outputs to the target and to the reference
+    voice (each voice's centroid over 4 of its corpus utterances); {} without resemblyzer."""
+    from .data import read_metadata
+    from .quality import MissingExtraError
+    from .speaker_leakage import cross_speaker_similarity, enrol_voices
+
+    cross = [r for r in rows if r["condition"] == "cross_voice_relative"]
+    if not cross:
+        return {}
+    wanted = {cross[0]["reference_voice"], cross[0]["target_voice"]}
+    try:
+        voices = enrol_voices([u for u in read_metadata(corpus) if u.speaker in wanted], sample_rate)
+    except MissingExtraError:
+        return {}
+    outputs = [load_wav(out_dir / r["wav"], sample_rate) for r in cross]
+    to_target, to_reference = cross_speaker_similarity(outputs, sample_rate, voices[cross[0]["target_voice"]],
+                                                       voices[cross[0]["reference_voice"]])
+    return {"to_target": float(np.mean(to_target)), "to_reference": float(np.mean(to_reference)),
+            "target_wins": int(np.sum(to_target > to_reference)), "n": len(cross)}
 
 
 def _measure_quality(meter: QualityMeter, corpus: Path, out_dir: Path, rows: list[dict], sample_rate: int
@@ -200,6 +253,25 @@ def _plot_training(records: list[dict], path: Path, config) -> None:
     figure.savefig(path, dpi=80)
 
 
+def _cross_voice_lines(rows: list[dict], similarity: dict[str, float]) -> list[str]:
+    by_pitch = {p: [r for r in rows if r.get("pitch") == p] for p in ("relative", "absolute")}
+    if not by_pitch["relative"]:
+        return []
+    first = by_pitch["relative"][0]
+    f0 = {p: np.mean([r["f0_mean_hz"] for r in own]) for p, own in by_pitch.items()}
+    lines = ["## Across voices", "",
+             f"Reference `{first['cross_reference_id']}` in voice `{first['reference_voice']}` (F0 "
+             f"{first['reference_f0_hz']:.0f} Hz; the voice's register {first['reference_register_hz']:.0f} Hz), "
+             f"spoken in voice `{first['target_voice']}` (register {first['target_register_hz']:.0f} Hz).", "",
+             f"- output F0 {f0['relative']:.0f} Hz on average with `pitch=\"relative\"`, {f0['absolute']:.0f} Hz "
+             f"with `pitch=\"absolute\"` (the F0 moved by the registers' difference)."]
+    if similarity:
+        lines.append(f"- resemblyzer similarity of the outputs to the target voice {similarity['to_target']:.2f}, to "
+                     f"the reference's voice {similarity['to_reference']:.2f}: closer to the target in "
+                     f"{similarity['target_wins']} of {similarity['n']}.")
+    return lines + [""]
+
+
 def _write_report(report: DemoReport, config) -> None:
     m, rows = report.metrics, report.transfer
     capacity = config.controller.capacity
@@ -241,6 +313,7 @@ def _write_report(report: DemoReport, config) -> None:
                    f"{slow[0]['reference_copy_f0_hz']:.0f} and {fast[0]['reference_copy_f0_hz']:.0f} Hz. "
                    "The output mels are still too smooth to carry harmonics: train longer, or train with "
                    "a pitch head and the source-filter vocoder."), ""]
+    lines += _cross_voice_lines(rows, report.cross_voice_similarity)
     if report.quality:
         lines += ["## Quality", "", QUALITY_NOTE, "", *quality_table(report.quality), "",
                   *(f"Skipped {measure}: {why}" for measure, why in report.quality_skipped.items()), ""]

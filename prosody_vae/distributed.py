@@ -103,4 +103,4 @@ def has_unused_parameters(config: TacotronConfig) -> bool:
     """Whether a teacher-forced step can leave a parameter without gradient, which DDP must be
     told (find_unused_parameters). A text-conditioned posterior owns a learned no-transcript
     vector that training reaches only when text dropout fires."""
-    return config.posterior != "V"
+    return config.posterior in ("V+T", "V+T+S")

@@ -10,6 +10,12 @@ On the held-out utterances of the checkpoint's own split (data.n_val, data.seed)
 - non-parallel transfer: each text with every other held-out utterance as reference; the output's
   speaking rate, F0 mean and F0 range against the reference's (Pearson r over all pairs);
 - prior sampling: one text at `n_prior` seeds, temperature 1: spread of F0 mean and duration;
+- speakers (a corpus whose metadata names two or more speakers; speaker_leakage.py): the
+  cross-validated accuracy of a linear speaker probe on the posterior means of `n_probe` training
+  utterances, against chance; and cross-speaker transfer, each held-out reference spoken in two
+  other voices: how often the output is closer (resemblyzer) to the target voice than to the
+  reference's, and the rate and speaker-relative F0 correlations between outputs and references.
+  A multi-speaker model speaks the single-speaker conditions above in the reference's own voice;
 - quality (quality.py), for each of those conditions: DNSMOS of the outputs, of their references
   and of the references' copy-synthesis through the same vocoder (the ceiling that vocoder
   allows), speaker similarity of each output to its reference, voiced fractions, and Pearson r of
@@ -66,8 +72,10 @@ def _mean(values) -> float:
 
 
 def evaluate(checkpoint: str | os.PathLike, data_dir: str | os.PathLike, out_dir: str | os.PathLike,
-             n_items: int = 8, n_prior: int = 8, seed: int = 0, synthesizer=None, quality: bool = True) -> dict:
-    """`quality=False` leaves out the quality section (DNSMOS, speaker similarity, voicing)."""
+             n_items: int = 8, n_prior: int = 8, seed: int = 0, synthesizer=None, quality: bool = True,
+             n_probe: int = 360) -> dict:
+    """`quality=False` leaves out the quality section (DNSMOS, speaker similarity, voicing);
+    `n_probe=0` leaves out the speaker section."""
     from .infer import Synthesizer
 
     synth = synthesizer or Synthesizer.from_checkpoint(checkpoint)
@@ -76,14 +84,16 @@ def evaluate(checkpoint: str | os.PathLike, data_dir: str | os.PathLike, out_dir
     config, sr = synth.config, synth.audio.sample_rate
     data_dir, out_dir = Path(data_dir), Path(out_dir)
     utterances = read_metadata(data_dir)
-    _, held_out = split_train_val(utterances, config.data.n_val, config.data.seed)
+    training, held_out = split_train_val(utterances, config.data.n_val, config.data.seed)
     items = held_out[:n_items]
     if len(items) < 2:
         raise DataError(f"{data_dir}: evaluation needs at least 2 held-out utterances, got {len(items)}")
     recordings = {u.id: load_wav(u.wav_path, sr) for u in items}
     factors = _read_factors(data_dir)
 
-    reconstruction = synth.tts([u.text for u in items], reference=[u.wav_path for u in items], seed=seed)
+    voice_of = lambda u: (u.speaker or "") if synth.speakers else None  # the reference's own voice
+    reconstruction = synth.tts([u.text for u in items], reference=[u.wav_path for u in items], seed=seed,
+                               speaker=[voice_of(u) for u in items] if synth.speakers else None)
     results: dict = {"checkpoint": str(checkpoint), "data": str(data_dir), "items": [u.id for u in items],
                      "reconstruction": [asdict(_scores(recordings[u.id], w, sr))
                                         for u, w in zip(items, reconstruction.wav)]}
@@ -99,7 +109,8 @@ def evaluate(checkpoint: str | os.PathLike, data_dir: str | os.PathLike, out_dir
         for i, u in enumerate(items):
             other = factors[items[(i + 1) % len(items)].id]  # another utterance's voice and prosody
             references.append(synthesize(u.text, other))
-            outputs.append(synth.tts(u.text, reference=references[-1], seed=seed).wav[0])
+            speaker = other.voice if other.voice in synth.speakers else None
+            outputs.append(synth.tts(u.text, reference=references[-1], seed=seed, speaker=speaker).wav[0])
             parallel.append(asdict(_scores(references[-1], outputs[-1], sr)))
         results["parallel_transfer"] = parallel
         if meter:
@@ -108,7 +119,7 @@ def evaluate(checkpoint: str | os.PathLike, data_dir: str | os.PathLike, out_dir
     pairs, outputs, output_texts, output_summaries, reference_of = [], [], [], [], []
     for i, reference in enumerate(items):
         other_texts = [u.text for j, u in enumerate(items) if j != i]
-        result = synth.tts(other_texts, reference=reference.wav_path, seed=seed)
+        result = synth.tts(other_texts, reference=reference.wav_path, seed=seed, speaker=voice_of(reference))
         ref_summary = prosody_summary(recordings[reference.id], sr, text=reference.text)
         for text, wav in zip(other_texts, result.wav):
             out_summary = prosody_summary(wav, sr, text=text)
@@ -135,6 +146,9 @@ def evaluate(checkpoint: str | os.PathLike, data_dir: str | os.PathLike, out_dir
                                  "f0_mean_hz_std": float(np.nanstd([p.f0_mean_hz for p in prior])),
                                  "speech_s_std": float(np.std([p.speech_s for p in prior])),
                                  "speech_s_mean": float(np.mean([p.speech_s for p in prior]))}
+    if n_probe and len({u.speaker for u in utterances}) > 1:
+        results["speakers"] = _speaker_figures(synth, training, [u for u in utterances if u not in items], items,
+                                               n_probe, seed)
     if meter:
         results["quality"] = {name: asdict(q) for name, q in conditions.items()}
         results["quality_skipped"] = meter.skipped
@@ -143,6 +157,26 @@ def evaluate(checkpoint: str | os.PathLike, data_dir: str | os.PathLike, out_dir
     (out_dir / "evaluation.json").write_text(json.dumps(results, indent=1, default=float), encoding="utf-8")
     (out_dir / "evaluation.md").write_text(_markdown(results, conditions), encoding="utf-8")
     return results
+
+
+def _speaker_figures(synth, training: list, enrolment: list, items: list, n_probe: int, seed: int) -> dict:
+    """The speaker probe on training utterances, and cross-speaker transfer from `items` (each
+    voice known from utterances of `enrolment`) where resemblyzer is installed."""
+    from .quality import MissingExtraError
+    from .speaker_leakage import (cross_speaker_transfer, enrol_voices, posterior_means, speaker_probe,
+                                  summarise_pairs)
+
+    probed = training[:n_probe]
+    figures = {"probe": asdict(speaker_probe(posterior_means(synth, probed), [u.speaker or "" for u in probed],
+                                             seed=seed))}
+    try:
+        voices = enrol_voices(enrolment, synth.audio.sample_rate)
+    except MissingExtraError as exc:
+        return {**figures, "cross_speaker_skipped": str(exc)}
+    pairs = cross_speaker_transfer(synth, items, [u.text for u in items[1:] + items[:1]], voices, seed=seed)
+    if not pairs:
+        return {**figures, "cross_speaker_skipped": "no held-out reference's voice has other recordings"}
+    return {**figures, "cross_speaker": summarise_pairs(pairs), "cross_speaker_pairs": [asdict(p) for p in pairs]}
 
 
 def _read_factors(data_dir: Path) -> Optional[dict]:
@@ -195,8 +229,29 @@ def _markdown(r: dict, conditions: dict) -> str:
               f"{r['prior_sampling']['n']} samples of one text: speech duration {r['prior_sampling']['speech_s_mean']:.2f} "
               f"± {r['prior_sampling']['speech_s_std']:.2f} s, F0 mean spread {r['prior_sampling']['f0_mean_hz_std']:.1f} Hz.",
               ""]
+    if "speakers" in r:
+        lines += _speaker_markdown(r["speakers"])
     if conditions:
         lines += ["## Quality", "", QUALITY_NOTE, "", *quality_table(conditions), "",
                   *(f"Skipped {measure}: {why}" for measure, why in r["quality_skipped"].items()), ""]
     lines += ["![reconstruction](reconstruction.png)"]
     return "\n".join(lines) + "\n"
+
+
+def _speaker_markdown(figures: dict) -> list[str]:
+    probe = figures["probe"]
+    lines = ["## Speakers", "",
+             f"Linear speaker probe on posterior means: {probe['accuracy']:.3f} accuracy ({probe['folds']}-fold "
+             f"cross-validated, {probe['n_utterances']} utterances, {probe['n_speakers']} speakers; chance "
+             f"{probe['chance']:.3f}).", ""]
+    if "cross_speaker" in figures:
+        c = figures["cross_speaker"]
+        lines += [f"Cross-speaker transfer, {c['pairs']} pairs (a held-out reference spoken in another voice):", "",
+                  "| closer to target voice | similarity to target | to reference voice | rate r | relative F0 r "
+                  "| relative F0 error (st) | absolute F0 error (st) |", "|---|---|---|---|---|---|---|",
+                  f"| {c['target_voice_wins']:.0%} | {c['similarity_to_target']:.3f} | "
+                  f"{c['similarity_to_reference']:.3f} | {c['rate_r']:.3f} | {c['relative_f0_r']:.3f} | "
+                  f"{c['relative_f0_error_st']:.2f} | {c['absolute_f0_error_st']:.2f} |", ""]
+    if "cross_speaker_skipped" in figures:
+        lines += [f"Skipped cross-speaker transfer: {figures['cross_speaker_skipped']}", ""]
+    return lines

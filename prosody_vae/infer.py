@@ -44,6 +44,15 @@ Postfilter: a checkpoint written by the trainer carries its training mels' globa
 decoder over-smooths, and the flat mel sounds like a steady buzz). `postfilter=False` returns the
 decoder's own mel; the result's `mel` is always the one that was vocoded.
 
+Speakers: a model trained with speaker conditioning speaks in any voice of its speaker table
+(`Synthesizer.speakers`), named by `speaker=` (one name, or one per text); without one it speaks
+in the first voice of the table. `pitch_mode="relative"` leaves the predicted F0 where the model puts
+it: in the target voice's register for a model whose z holds pitch relative to the speaker (one
+trained with `speaker_adversary`), near the reference's Hz for one whose z still holds the
+register. `pitch_mode="absolute"` moves the predicted F0 by the register difference of
+`reference_speaker` and the target voice (a pitch-aware vocoder renders that F0; a mel-only one
+does not read it).
+
 Vocoder: Griffin-Lim by default. Any callable or TorchScript module mapping a log-mel
 (B, n_mels, T) to a waveform (B, N) or (B, 1, N) plugs in as `vocoder=`, or a name that
 vocoders.load_vocoder knows (`vocoder="hifigan-universal"`); our mels follow the HiFi-GAN
@@ -53,6 +62,7 @@ LJSpeech convention (audio.py), so an LJSpeech HiFi-GAN generator works unchange
 from __future__ import annotations
 
 import hashlib
+import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -68,11 +78,13 @@ from .errors import ConfigError, ControlError, ReferenceInputError, TextError
 from .postfilter import GlobalVariance
 from .quantize import Precision, reduce_precision
 from .reference import Posterior
+from .speakers import SpeakerTable, UnknownSpeakerError
 from .vocoders import best_available_vocoder, load_vocoder, run_vocoder
 
 Reference = Union[str, os.PathLike, np.ndarray, torch.Tensor]
 Vocoder = Callable[[torch.Tensor], torch.Tensor]
 Seed = Union[int, Sequence[int], None]
+Speaker = Union[str, Sequence[str], None]
 
 
 @dataclass
@@ -94,10 +106,13 @@ class Synthesizer:
 
     def __init__(self, model, config, device: str | torch.device = "cpu", precision: Precision = "fp32",
                  vocoder: Optional[Vocoder | str] = None, griffin_lim_iterations: int = 60,
-                 max_reference_seconds: Optional[float] = 30.0, postfilter: Optional[GlobalVariance] = None):
+                 max_reference_seconds: Optional[float] = 30.0, postfilter: Optional[GlobalVariance] = None,
+                 speaker_table: Optional[SpeakerTable] = None):
         """`precision` of the decoder's per-step matmuls: "fp32", "bf16" (bfloat16 weights) or
         "int8" (int8 weights, CPU only), see quantize.py; `model` keeps its float32 decoder.
-        `postfilter`: applied to every output mel (from_checkpoint passes the checkpoint's own)."""
+        `postfilter`: applied to every output mel (from_checkpoint passes the checkpoint's own).
+        `speaker_table` names the ids of a multi-speaker model (the checkpoint's; without one they
+        are called "0", "1", ...)."""
         from .text import TextProcessor
 
         if max_reference_seconds is not None and not max_reference_seconds > 0:
@@ -125,6 +140,10 @@ class Synthesizer:
         self.calibration: Optional[Calibration] = None  # knob directions; from_checkpoint reads them
         self.checkpoint: Optional[Path] = None
         self.checkpoint_state: dict = {}  # the checkpoint's bookkeeping (step, speakers, ...), no weights
+        n_speakers = model.config.n_speakers
+        # a model may have more speaker ids than its corpus had speakers; only named ones are spoken
+        self.speaker_table = (speaker_table if speaker_table is not None and 0 < len(speaker_table) <= n_speakers
+                              else SpeakerTable(tuple(str(i) for i in range(n_speakers))))
 
     @classmethod
     def from_checkpoint(cls, path: str | os.PathLike, device: str | torch.device = "cpu",
@@ -138,7 +157,8 @@ class Synthesizer:
         model, config, state = load_model_and_state(path, strict=strict)
         variance = state.get("mel_variance")  # absent from checkpoints older than the postfilter
         synth = cls(model, config, device, precision, vocoder, max_reference_seconds=max_reference_seconds,
-                    postfilter=GlobalVariance.from_state_dict(variance) if postfilter and variance else None)
+                    postfilter=GlobalVariance.from_state_dict(variance) if postfilter and variance else None,
+                    speaker_table=SpeakerTable.from_checkpoint(state, str(path)))
         synth.calibration = read_calibration(state, path)
         synth.checkpoint = Path(path)
         synth.checkpoint_state = {k: v for k, v in state.items() if k in ("step", "epoch", "trainer", "speakers")}
@@ -154,6 +174,27 @@ class Synthesizer:
         from .model_card import card_of
 
         return card_of(self)
+
+    # ----------------------------------------------------------------------------- speakers
+    @property
+    def speakers(self) -> list[str]:
+        """The voices this model speaks in, by name; [] for a model without speaker conditioning."""
+        return list(self.speaker_table.names)
+
+    def speaker_ids(self, speaker: Speaker, batch: int, argument: str = "speaker") -> Optional[torch.Tensor]:
+        """(B,) ids of one name or one per item; None for a model without speakers. No name means
+        the table's first voice. UnknownSpeakerError lists the known names."""
+        if not self.speakers:
+            if speaker is not None:
+                raise UnknownSpeakerError(f"{argument}={speaker!r}: this model was trained without speaker "
+                                          f"conditioning; it speaks in one voice (leave {argument} out)")
+            return None
+        names = [self.speakers[0] if speaker is None else speaker] if isinstance(speaker, (str, type(None))) \
+            else list(speaker)
+        if len(names) not in (1, batch):
+            raise UnknownSpeakerError(f"{argument}: got {len(names)} speakers for {batch} texts (give 1 or {batch})")
+        ids = [self.speaker_table.index(name, argument) for name in names]
+        return torch.tensor(ids * (batch // len(ids)), dtype=torch.long, device=self.device)
 
     # ----------------------------------------------------------------------------- inputs
     def reference_mel(self, reference: Reference) -> torch.Tensor:
@@ -235,9 +276,11 @@ class Synthesizer:
 
     # ----------------------------------------------------------------------------- prosody
     @torch.no_grad()
-    def encode(self, reference: Reference | Sequence[Reference], reference_text: str | Sequence[str] | None = None
-               ) -> Posterior:
-        """Posterior(s) of one reference or a list; z is the mean. Draw samples with `tts(mode="sample")`."""
+    def encode(self, reference: Reference | Sequence[Reference], reference_text: str | Sequence[str] | None = None,
+               reference_speaker: Speaker = None) -> Posterior:
+        """Posterior(s) of one reference or a list; z is the mean. Draw samples with `tts(mode="sample")`.
+        `reference_speaker`, who speaks the reference, is read by a "V+S" or "V+T+S" model only
+        (default: the first voice; `tts` defaults it to its `speaker`)."""
         references = list(reference) if isinstance(reference, (list, tuple)) else [reference]
         mels = [self.reference_mel(r) for r in references]
         lengths = torch.tensor([m.shape[0] for m in mels], device=self.device)
@@ -248,12 +291,14 @@ class Synthesizer:
             if len(transcripts) != len(references):
                 raise ReferenceInputError(f"got {len(transcripts)} reference transcripts for {len(references)} references")
             text, text_lengths = self._encode_texts(transcripts, "reference_text")
-        return self.model.encode_reference(mel, lengths, text, text_lengths, mode="mean")
+        speaker_ids = (self.speaker_ids(reference_speaker, len(references), "reference_speaker")
+                       if self.model.config.posterior.endswith("+S") else None)
+        return self.model.encode_reference(mel, lengths, text, text_lengths, speaker_ids, mode="mean")
 
     def prosody(self, texts: Sequence[str], reference=None, reference_text=None, z=None,
                 mode: Literal["mean", "sample"] = "mean", temperature: float = 1.0,
                 seed: Seed = None, strength: float = 1.0, controls: Optional[Mapping[str, float]] = None,
-                sample_indices: Optional[Sequence[int]] = None) -> torch.Tensor:
+                sample_indices: Optional[Sequence[int]] = None, reference_speaker: Speaker = None) -> torch.Tensor:
         """The z (B, latent) that `tts` would use for these texts (`sample_indices` (B,): see `tts`)."""
         if mode not in ("mean", "sample"):
             raise ReferenceInputError(f"mode must be 'mean' or 'sample', got {mode!r}")
@@ -276,7 +321,7 @@ class Synthesizer:
             references = list(reference) if isinstance(reference, (list, tuple)) else [reference]
             if len(references) not in (1, batch):
                 raise ReferenceInputError(f"got {len(references)} references for {batch} texts (give 1 or {batch})")
-            posterior = self.encode(references, reference_text)
+            posterior = self.encode(references, reference_text, reference_speaker)
             mean, std = strength * posterior.mean.expand(batch, -1), posterior.std.expand(batch, -1)
             z = mean if mode == "mean" else mean + temperature * std * noise
         return z if shift is None else z + shift.to(self.device)
@@ -309,10 +354,12 @@ class Synthesizer:
     def tts(self, texts: str | Sequence[str], reference=None, reference_text=None, z=None,
             mode: Literal["mean", "sample"] = "mean", temperature: float = 1.0, seed: Seed = None,
             n_samples: int = 1, strength: float = 1.0, controls: Optional[Mapping[str, float]] = None,
+            speaker: Speaker = None, reference_speaker: Speaker = None,
+            pitch_mode: Literal["relative", "absolute"] = "relative",
             vocode: bool = True, max_decoder_steps: Optional[int] = None) -> SynthesisResult:
         """Synthesise one text or a batch (see the module docstring for the prosody choices, seeds,
-        `n_samples`, `strength` and `controls`). With `n_samples=K` the result holds K items per
-        text, text by text. `max_decoder_steps` bounds the free-running decoder (default: the
+        `n_samples`, `strength`, `controls`, the speakers and `pitch_mode`). With `n_samples=K` the
+        result holds K items per text, text by text. `max_decoder_steps` bounds the free-running decoder (default: the
         model config's)."""
         if not isinstance(texts, (str, list, tuple)):
             raise TextError(f"texts must be a str or a list of str, got {type(texts).__name__}")
@@ -329,13 +376,26 @@ class Synthesizer:
                 reference_text = repeat(reference_text) if isinstance(reference_text, (list, tuple)) else reference_text
             if z is not None and torch.as_tensor(z).dim() == 2:
                 z = torch.as_tensor(z).repeat_interleave(n_samples, dim=0)
+            speaker, reference_speaker = (repeat(names) if isinstance(names, (list, tuple)) and len(names) == len(texts)
+                                          else names for names in (speaker, reference_speaker))
             texts, seeds = repeat(texts), repeat(seeds)
         sample_indices = list(range(n_samples)) * (len(texts) // n_samples)
         text, text_lengths = self._encode_texts(texts)  # first: a bad text fails before any encoding
+        if pitch_mode not in ("relative", "absolute"):
+            raise ConfigError(f"pitch_mode must be 'relative' or 'absolute', got {pitch_mode!r}")
+        speaker_ids = self.speaker_ids(speaker, len(texts))
+        f0_shift = (self._absolute_pitch_shift(speaker_ids, reference_speaker, len(texts))
+                    if pitch_mode == "absolute" else None)
+        n_references = len(reference) if isinstance(reference, (list, tuple)) else 1
+        if reference_speaker is None and (isinstance(speaker, str) or (speaker and len(speaker) == n_references)):
+            reference_speaker = speaker  # by default a reference is taken to speak in the output's voice
         z = self.prosody(texts, reference, reference_text, z, mode, temperature, seeds, strength, controls,
-                         sample_indices)
-        out = self.model.infer(text, text_lengths, z=z, generator=self._generators(seeds, texts, sample_indices),
+                         sample_indices, reference_speaker)
+        out = self.model.infer(text, text_lengths, z=z, speaker_ids=speaker_ids,
+                               generator=self._generators(seeds, texts, sample_indices),
                                max_decoder_steps=max_decoder_steps)
+        if f0_shift is not None and out.log_f0 is not None:
+            out.log_f0 = torch.where(out.voiced, out.log_f0 + f0_shift[:, None], 0.0)
         lengths = out.mel_lengths.tolist()
         mels = [out.mel_postnet[i, :n].float() for i, n in enumerate(lengths)]
         f0 = [] if out.log_f0 is None else [torch.where(out.voiced[i, :n], out.log_f0[i, :n].exp(), 0.0).float()
@@ -352,6 +412,26 @@ class Synthesizer:
             mel=mels, wav=[self.vocode(m, f) for m, f in zip(mels, f0 or [None] * len(mels))] if vocode else [],
             alignment=[out.alignments[i, : int(out.stop_steps[i]), : int(text_lengths[i])] for i in range(len(texts))],
             stop_step=out.stop_steps.tolist(), hit_max_steps=out.hit_max_steps.tolist(), z=z, f0=f0)
+
+    def _absolute_pitch_shift(self, speaker_ids: Optional[torch.Tensor], reference_speaker: Speaker,
+                              batch: int) -> torch.Tensor:
+        """(B,) ln-F0 to add to each item: the reference speaker's register minus the target's."""
+        table = self.speaker_table
+        if speaker_ids is None or not self.model.config.pitch_head:
+            raise ConfigError("pitch_mode='absolute' needs a model with speakers and a pitch head; this one "
+                              f"has n_speakers={self.model.config.n_speakers}, "
+                              f"pitch_head={self.model.config.pitch_head}")
+        if reference_speaker is None or table.log_f0_mean is None:
+            raise ConfigError("pitch_mode='absolute' needs reference_speaker= (who speaks the reference) and a "
+                              "checkpoint whose speaker table records each speaker's F0")
+        register = torch.tensor(table.log_f0_mean, device=self.device)  # (n_speakers,) ln Hz
+        reference_ids = self.speaker_ids(reference_speaker, batch, "reference_speaker")
+        shift = register[reference_ids] - register[speaker_ids]
+        if not torch.isfinite(shift).all():
+            unknown = sorted({table.names[i] for i in torch.cat([reference_ids, speaker_ids]).tolist()
+                              if not math.isfinite(table.log_f0_mean[i])})
+            raise ConfigError(f"pitch_mode='absolute': no F0 recorded for speaker(s) {unknown} (no voiced training frames)")
+        return shift
 
     @torch.no_grad()
     def vocode(self, mel: torch.Tensor, f0: Optional[torch.Tensor] = None) -> np.ndarray:

@@ -38,6 +38,7 @@ import torch.nn.functional as F
 
 from .errors import ConfigError
 from .masked_norm import length_mask
+from .speaker_adversary import confusion_loss
 from .tacotron import TacotronOutput, decoder_steps
 
 if TYPE_CHECKING:  # data.py pulls in the audio stack; only its type is needed here
@@ -57,10 +58,11 @@ class LossConfig:
     kl_alpha: float = 1.0  # scale on the controller's KL loss, on top of the normalisation above
     f0_weight: float = 1.0  # pitch head: L1 on log-F0 over voiced frames
     voicing_weight: float = 1.0  # pitch head: BCE of the voicing logit over valid frames
+    speaker_adversary_weight: float = 1.0  # model.speaker_adversary: its classifier's loss plus z's confusion loss
 
     def __post_init__(self) -> None:
         for name in ("stop_pos_weight", "guided_attention_weight", "kl_alpha", "guided_attention_fade_start",
-                     "f0_weight", "voicing_weight"):
+                     "f0_weight", "voicing_weight", "speaker_adversary_weight"):
             if not getattr(self, name) >= 0:
                 raise ConfigError(f"LossConfig.{name} must be >= 0, got {getattr(self, name)}")
         if not self.guided_attention_sigma > 0:
@@ -84,6 +86,7 @@ class LossTerms:
     total: torch.Tensor
     f0: torch.Tensor | float = 0.0  # pitch head: mean |log-F0 error| on voiced frames (0 without one)
     voicing: torch.Tensor | float = 0.0  # pitch head: voicing BCE (0 without one)
+    speaker_adversary: torch.Tensor | float = 0.0  # the speaker classifier's cross-entropy (0 without one)
 
     def as_floats(self) -> dict[str, float]:
         return {f.name: float(torch.as_tensor(getattr(self, f.name)).detach()) for f in fields(self)}
@@ -192,8 +195,12 @@ class TacotronLoss:
             elements_per_utterance = mel_lengths.float().mean() * mel.shape[2]  # T_valid_mean * n_mels
             kl_term = cfg.kl_alpha * controller.loss(posterior.kl_per_dim) / elements_per_utterance
         total = mel_l1 + postnet_l1 + stop + guided_weight * guided + kl_term
-        if output.log_f0 is None:
-            return LossTerms(mel_l1, postnet_l1, stop, guided, guided_weight, kl, kl_term, total)
-        f0, voicing = pitch_losses(output.log_f0, output.voicing_logits, batch)
-        total = total + cfg.f0_weight * f0 + cfg.voicing_weight * voicing
-        return LossTerms(mel_l1, postnet_l1, stop, guided, guided_weight, kl, kl_term, total, f0, voicing)
+        f0 = voicing = adversary = 0.0
+        if output.log_f0 is not None:
+            f0, voicing = pitch_losses(output.log_f0, output.voicing_logits, batch)
+            total = total + cfg.f0_weight * f0 + cfg.voicing_weight * voicing
+        if output.speaker_logits is not None:
+            guess, confusion_logits = output.speaker_logits
+            adversary = F.cross_entropy(guess.float(), batch.speaker_ids)  # trains the classifier
+            total = total + cfg.speaker_adversary_weight * (adversary + confusion_loss(confusion_logits))  # and z
+        return LossTerms(mel_l1, postnet_l1, stop, guided, guided_weight, kl, kl_term, total, f0, voicing, adversary)

@@ -102,7 +102,7 @@ def card_of(synth: "Synthesizer") -> ModelCard:
         calibration=None if calibration is None else {"version": calibration.version, "data": calibration.data,
                                                       "n_utterances": calibration.n_utterances,
                                                       "refined": calibration.refined},
-        speakers=[],  # speaker tables are not part of checkpoints yet
+        speakers=synth.speakers,
     )
 
 

@@ -7,7 +7,7 @@ and einops. Capacitron's recipe:
     mel (B, T, n_mels) -> 6 x [Conv2d 3x3 stride 2, BatchNorm, ReLU] -> GRU -> summary (B, gru_dim)
     [summary ; text summary ; speaker] -> MLP -> mean, std (B, latent_dim) -> z = mean + std * eps
 
-Variants: "V" (mel only), "V+T" (text_summary_dim > 0), "V+T+S" (also speaker_dim > 0).
+Variants: "V" (mel only), "V+T" (text_summary_dim > 0), "V+S" (speaker_dim > 0), "V+T+S" (both).
 
 Padding never leaks: frames beyond an item's length are zeroed before every conv (each layer's
 valid length follows from the conv arithmetic), BatchNorm's training statistics skip them, and the

@@ -31,6 +31,7 @@ from .inputs import check_mel, check_speaker_ids, check_synthesis_args, check_te
 from .layers import Generators, Postnet, TextEncoder, summarise_text
 from .masked_norm import length_mask
 from .reference import Posterior, VariationalReferenceEncoder, condition_on_z
+from .speaker_adversary import SpeakerAdversary
 from .tacotron_config import TacotronConfig
 
 
@@ -45,6 +46,8 @@ class TacotronOutput:
     posterior: Posterior
     log_f0: Optional[torch.Tensor] = None  # (B, T) the pitch head's log-F0 (ln Hz); None without a pitch head
     voicing_logits: Optional[torch.Tensor] = None  # (B, T)
+    # the speaker adversary's logits on detached z and, with frozen weights, on z (B, n_speakers); None without one
+    speaker_logits: Optional[tuple[torch.Tensor, torch.Tensor]] = None
 
 
 @dataclass
@@ -67,7 +70,7 @@ class ProsodyTacotron(nn.Module):
         super().__init__()
         self.config = config
         uses_text = config.posterior in ("V+T", "V+T+S")
-        uses_speaker = config.posterior == "V+T+S"
+        uses_speaker = config.posterior.endswith("+S")
         self.embedding = nn.Embedding(config.n_symbols, config.embedding_dim, padding_idx=0)
         self.encoder = TextEncoder(config)
         self.text_summary = (nn.LSTM(config.embedding_dim, config.text_summary_dim, batch_first=True)
@@ -79,6 +82,8 @@ class ProsodyTacotron(nn.Module):
             text_summary_dim=config.text_summary_dim if uses_text else 0,
             speaker_dim=config.speaker_dim if uses_speaker else 0, conv_channels=config.ref_conv_channels,
             gru_dim=config.ref_gru_dim, mlp_dim=config.ref_mlp_dim, text_dropout=config.text_dropout)
+        self.speaker_adversary = (SpeakerAdversary(config.latent_dim, config.ref_mlp_dim, config.n_speakers)
+                                  if config.speaker_adversary else None)
         memory_dim = config.encoder_lstm_dim + config.latent_dim + config.speaker_dim
         self.decoder = Decoder(config, memory_dim)
         self.postnet = Postnet(config)
@@ -106,7 +111,7 @@ class ProsodyTacotron(nn.Module):
             reference_mel, reference_lengths = mel, mel_lengths
         posterior = self.reference_encoder(
             reference_mel, reference_lengths, self._summarise_text(text, text_lengths),
-            speaker if self.config.posterior == "V+T+S" else None, mode=mode, generator=generator)
+            speaker if self.config.posterior.endswith("+S") else None, mode=mode, generator=generator)
         text_mask = length_mask(text_lengths, text.shape[1])
         memory = self._memory(embedded, text_lengths, text_mask, posterior.z, speaker)
         out, alignments = self.decoder(memory, text_mask, mel, None if log_f0 is None else (log_f0, voiced))
@@ -114,8 +119,9 @@ class ProsodyTacotron(nn.Module):
         mel_decoder, mel_postnet = self.add_postnet(layout.frames(out), length_mask(mel_lengths, mel.shape[1]))
         n_steps = decoder_steps(mel_lengths, self.config.reduction_factor)
         pitch = (layout.log_f0(out), layout.voicing_logits(out)) if layout.pitch else (None, None)
+        speaker_logits = None if self.speaker_adversary is None else self.speaker_adversary(posterior.mean)
         return TacotronOutput(mel_decoder, mel_postnet, layout.stop_logit(out), _zero_beyond(alignments, n_steps),
-                              posterior, *pitch)
+                              posterior, *pitch, speaker_logits)
 
     def infer(self, text: torch.Tensor, text_lengths: torch.Tensor, z: Optional[torch.Tensor] = None,
               speaker_ids: Optional[torch.Tensor] = None, max_decoder_steps: Optional[int] = None,
@@ -145,12 +151,12 @@ class ProsodyTacotron(nn.Module):
                          generator: Optional[torch.Generator] = None) -> Posterior:
         """Posterior of a reference mel (B, T, n_mels). `text` is the reference's own transcript: a
         "V+T" model summarises it, or uses its learned missing-transcript vector when it is None;
-        a "V" model does not read it. "V+T+S" needs speaker_ids."""
+        a "V" model does not read it. "V+S" and "V+T+S" need speaker_ids."""
         summary = None
         if text is not None and self.text_summary is not None:
             text_lengths = self._check_text(text, text_lengths)
             summary = self._summarise_text(text, text_lengths)
-        speaker = self._speaker(speaker_ids, mel.shape[0]) if self.config.posterior == "V+T+S" else None
+        speaker = self._speaker(speaker_ids, mel.shape[0]) if self.config.posterior.endswith("+S") else None
         return self.reference_encoder(mel, mel_lengths, summary, speaker, mode=mode,
                                       temperature=temperature, generator=generator)
 

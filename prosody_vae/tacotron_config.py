@@ -16,7 +16,7 @@ from .reference import CAPACITRON_CHANNELS
 from .text import SYMBOLS
 
 AttentionKind = Literal["location", "forward", "dca"]
-PosteriorVariant = Literal["V", "V+T", "V+T+S"]
+PosteriorVariant = Literal["V", "V+S", "V+T", "V+T+S"]
 
 
 @dataclass
@@ -75,12 +75,17 @@ class TacotronConfig:
     # speakers (0 = single speaker)
     n_speakers: int = 0
     speaker_dim: int = 0
+    # a speaker classifier on the posterior mean behind a gradient reversal (speaker_adversary.py),
+    # which pushes the voice out of z; its loss weight is loss.speaker_adversary_weight
+    speaker_adversary: bool = False
     # variational reference encoder
     latent_dim: int = 128
     ref_conv_channels: tuple[int, ...] = CAPACITRON_CHANNELS
     ref_gru_dim: int = 128
     ref_mlp_dim: int = 128
-    posterior: PosteriorVariant = "V"  # "V+T": also a text summary; "V+T+S": also the speaker
+    # "V+T": also a text summary; "V+S": also the speaker; "V+T+S": both. A posterior that knows
+    # the speaker can carry a reference's pitch as an offset from that speaker's register
+    posterior: PosteriorVariant = "V"
     text_summary_dim: int = 128  # LSTM over the text embeddings, used by "V+T" and "V+T+S"
     text_dropout: float = 0.0
 
@@ -100,7 +105,7 @@ class TacotronConfig:
                      "dca_dynamic_kernel_size", "postnet_kernel_size"):
             value = getattr(self, name)
             _require(value % 2 == 1, f"TacotronConfig.{name} must be odd (same padding), got {value}")
-        for name, allowed in (("attention_kind", ("location", "forward", "dca")), ("posterior", ("V", "V+T", "V+T+S"))):
+        for name, allowed in (("attention_kind", ("location", "forward", "dca")), ("posterior", ("V", "V+S", "V+T", "V+T+S"))):
             value = getattr(self, name)
             _require(value in allowed, f"TacotronConfig.{name} must be one of {allowed}, got {value!r}")
         _require(self.encoder_lstm_dim % 2 == 0,
@@ -110,8 +115,10 @@ class TacotronConfig:
         _require(self.n_speakers >= 0 and self.speaker_dim >= 0 and (self.n_speakers > 0) == (self.speaker_dim > 0),
                  f"TacotronConfig.n_speakers and speaker_dim must both be 0 or both >= 1, "
                  f"got {self.n_speakers}, {self.speaker_dim}")
-        _require(self.posterior != "V+T+S" or self.n_speakers > 0,
-                 "TacotronConfig.posterior 'V+T+S' needs n_speakers >= 1")
+        _require(not self.posterior.endswith("+S") or self.n_speakers > 0,
+                 f"TacotronConfig.posterior {self.posterior!r} needs n_speakers >= 1")
+        _require(not self.speaker_adversary or self.n_speakers > 0,
+                 "TacotronConfig.speaker_adversary needs n_speakers >= 1")
         _require(self.stop_gate_tokens >= 0, f"TacotronConfig.stop_gate_tokens must be >= 0, got {self.stop_gate_tokens}")
         _require(self.pitch_head or not self.pitch_feedback, "TacotronConfig.pitch_feedback needs pitch_head = true")
         _require(self.text_dropout == 0.0 or self.posterior != "V",

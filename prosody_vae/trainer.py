@@ -389,6 +389,7 @@ class _Trainer:
             "rng": rng,
             "speakers": self.data.speakers,
             "mel_variance": self.data.mel_variance.state_dict() if self.data.mel_variance else None,
+            "speaker_table": self.data.speaker_table.to_dict(),
         }
 
     def _restore(self) -> Optional[Path]:

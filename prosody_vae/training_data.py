@@ -25,6 +25,7 @@ from .data import (Batch, BucketBatchSampler, MelCache, TTSDataset, Utterance, c
 from .distributed import Cluster
 from .errors import ConfigError, DataError
 from .postfilter import GlobalVariance
+from .speakers import SpeakerTable
 from .text import TextProcessor
 
 
@@ -33,9 +34,13 @@ class TrainingData:
     loader: torch.utils.data.DataLoader
     sampler: BucketBatchSampler
     val_batches: list[Batch]  # rank 0 only; empty elsewhere
-    speakers: list[str]
+    speaker_table: SpeakerTable
     summary: dict[str, int]
     mel_variance: Optional[GlobalVariance] = None  # the training mels' contrast, for the postfilter; rank 0 only
+
+    @property
+    def speakers(self) -> list[str]:
+        return list(self.speaker_table.names)
 
 
 def build_data(config: TrainConfig, data_dir: Path, cluster: Optional[Cluster] = None) -> TrainingData:
@@ -58,6 +63,7 @@ def build_data(config: TrainConfig, data_dir: Path, cluster: Optional[Cluster] =
         raise DataError(f"{data_dir}: no {'training' if not len(train_set) else 'validation'} utterance has "
                         f"at most data.max_frames = {c.max_frames} frames")
     _fill_cache(cache, train_set.utterances + val_set.utterances, cluster)
+    speaker_table = _speaker_table(speakers, train_set.utterances, cache)
 
     collate = partial(collate_batch, pad_id=text.pad_id, pad_value=config.audio.pad_value,
                       frames_multiple=config.model.reduction_factor)
@@ -76,7 +82,7 @@ def build_data(config: TrainConfig, data_dir: Path, cluster: Optional[Cluster] =
                        for s in range(0, len(order), c.batch_size)]
     summary = {"train_utterances": len(train_set), "val_utterances": len(val_set),
                "skipped_longer_than_max_frames": skipped_train + skipped_val}
-    return TrainingData(loader, sampler, val_batches, speakers, summary, mel_variance)
+    return TrainingData(loader, sampler, val_batches, speaker_table, summary, mel_variance)
 
 
 def _dataset(utterances: list[Utterance], text: TextProcessor, cache: MelCache, speakers: list[str],
@@ -87,6 +93,17 @@ def _dataset(utterances: list[Utterance], text: TextProcessor, cache: MelCache, 
         return dataset, 0
     kept = [u for u, n in zip(utterances, dataset.mel_lengths) if n <= max_frames]
     return TTSDataset(kept, text, cache, speakers), len(utterances) - len(kept)
+
+
+def _speaker_table(speakers: list[str], utterances: list[Utterance], cache: MelCache) -> SpeakerTable:
+    """The speaker names and, where the cache holds pitch, each speaker's mean log-F0 over its
+    training utterances."""
+    def log_f0_of(i: int):
+        features = cache.features(utterances[i])
+        return features.log_f0, features.voiced
+
+    return SpeakerTable.from_utterances(speakers, [u.speaker or "" for u in utterances],
+                                        log_f0_of if cache.pitch is not None else None)
 
 
 def _fill_cache(cache: MelCache, utterances: list[Utterance], cluster: Cluster) -> None:

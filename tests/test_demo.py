@@ -107,19 +107,22 @@ def test_cli_train_reports_a_bad_config_in_one_line(tmp_path):
 @pytest.mark.slow
 def test_cli_demo_end_to_end(tmp_path):
     config = tmp_path / "micro.toml"
-    config.write_text(MICRO_TOML.replace("[data]\nn_val = 2", "[data]\nn_val = 4"))
+    # as the demo recipe: told who speaks, with a pitch head
+    config.write_text(MICRO_TOML.replace("[data]\nn_val = 2", "[data]\nn_val = 4").replace(
+        "max_decoder_steps = 12", "max_decoder_steps = 12\nn_speakers = 12\nspeaker_dim = 4\npitch_head = true"))
     result = run_cli("demo", "--out", str(tmp_path / "demo"), "--n", "16", "--config", str(config))
     assert result.returncode == 0, result.stderr
     out = tmp_path / "demo"
     report = json.loads((out / "report.json").read_text())
     conditions = {row["condition"] for row in report["synthesis"]}
-    assert conditions == {"transfer_slow_low", "transfer_fast_high", "prior_sample", "prior_mean"}
+    assert conditions == {"transfer_slow_low", "transfer_fast_high", "prior_sample", "prior_mean",
+                          "cross_voice_relative", "cross_voice_absolute"}
     for row in report["synthesis"]:
         assert (out / row["wav"]).is_file()
         assert 0 < row["seconds"] <= 12 * 4 * 256 / 22050 + 1e-9  # max_decoder_steps * r frames
     assert report["validation"]["step"] == 2
     assert (out / "plots" / "training.png").is_file()
-    assert "## Transfer" in (out / "report.md").read_text()
+    assert "## Transfer" in (out / "report.md").read_text() and "## Across voices" in (out / "report.md").read_text()
     assert "# prosody_vae demo" in result.stdout
 
     evaluated = run_cli("evaluate", "--checkpoint", str(out / "run" / "checkpoints" / "best.pt"),
@@ -130,3 +133,7 @@ def test_cli_demo_end_to_end(tmp_path):
     assert len(scores["non_parallel_transfer"]) == 3 * 2  # every text with every other reference
     assert set(scores["transfer_correlation"]) == {"rate", "f0_mean_hz", "f0_range_semitones", "speech_s"}
     assert scores["prior_sampling"]["n"] == 8 and (tmp_path / "eval" / "reconstruction.png").is_file()
+    # 16 utterances in 12 voices: a held-out reference's voice may have no other recording to know it by
+    speakers = scores["speakers"]
+    assert 0 <= speakers["probe"]["accuracy"] <= 1 and speakers["probe"]["n_speakers"] > 1
+    assert "cross_speaker_skipped" in speakers or 0 < len(speakers["cross_speaker_pairs"]) <= 3 * 2

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import base64
-import inspect
 import io
 import socket
 import threading
@@ -27,19 +26,12 @@ from prosody_vae.infer import Synthesizer  # noqa: E402
 from prosody_vae.serve import ServeConfig  # noqa: E402
 from prosody_vae.serve.app import BodyLimit, _wav_bytes, build_app  # noqa: E402
 from prosody_vae.serve.batching import BatchWorker, QueueFull  # noqa: E402
+from prosody_vae.speakers import SpeakerTable  # noqa: E402
 from test_infer import TEXTS, make_synth, reference_wav  # noqa: E402
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 REPO = Path(__file__).resolve().parents[1]
 SR = 22050
-
-
-def tts_takes(argument: str) -> bool:
-    return argument in inspect.signature(Synthesizer.tts).parameters
-
-
-def needs(argument: str):
-    return pytest.mark.skipif(not tts_takes(argument), reason=f"Synthesizer.tts has no `{argument}` argument yet")
 
 
 def decoded(result: dict) -> np.ndarray:
@@ -211,11 +203,6 @@ def test_bad_input_is_a_4xx_naming_the_field(client, path, request_kwargs, statu
     assert_refused(client.post(path, **request_kwargs), status, field)
 
 
-@pytest.mark.skipif(tts_takes("speaker"), reason="the Synthesizer takes it")
-def test_speaker_is_refused_while_the_synthesizer_lacks_it(client):
-    assert_refused(client.post("/v1/synthesize", json={"text": "Hi.", "speaker": "p225"}), 422, "speaker")
-
-
 def test_a_knob_on_an_uncalibrated_model_names_the_calibrate_command(client):
     response = client.post("/v1/synthesize", json={"text": "Hi.", "controls": {"pitch": 2}})
     assert_refused(response, 422, "controls.pitch")
@@ -246,9 +233,23 @@ def test_the_size_limit_is_checked_before_reading_the_body():
 
 
 # ------------------------------------------------------------------------------------ strength, n_samples, knobs
-@needs("speaker")
-def test_unknown_speaker_is_refused(client):
-    assert_refused(client.post("/v1/synthesize", json={"text": "Hi.", "speaker": "nobody"}), 422, "speaker")
+def test_a_speaker_on_a_single_speaker_model_is_refused(client):
+    response = client.post("/v1/synthesize", json={"text": "Hi.", "speaker": "nobody"})
+    assert_refused(response, 422, "speaker")
+    assert "single-speaker" in response.json()["error"]["message"]
+
+
+def test_speakers_by_name_and_an_unknown_one_listing_the_known():
+    synth = make_synth(n_speakers=2, speaker_dim=4)
+    synth.speaker_table = SpeakerTable(("en-us+f3", "en-us+m1"))
+    with app_client(ServeConfig(warm_up=False), synth) as multi:
+        assert multi.get("/v1/model").json()["speakers"] == ["en-us+f3", "en-us+m1"]
+        response = multi.post("/v1/synthesize", json={"text": "Hi.", "speaker": "nobody"})
+        assert_refused(response, 422, "speaker")
+        assert "en-us+f3, en-us+m1" in response.json()["error"]["message"]
+        voices = [decoded(multi.post("/v1/synthesize", json={"text": "Hi.", "speaker": name, "format": "json"}
+                                     ).json()["results"][0]) for name in synth.speakers]
+        assert len(voices[0]) and not np.array_equal(voices[0], voices[1])
 
 
 def test_n_samples_gives_different_draws_the_first_as_without_it(client):

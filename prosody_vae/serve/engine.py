@@ -7,8 +7,7 @@ ask for `n_samples` run alone: their results come back in the order `tts` gives 
 
 Knobs come from the model's calibration (`Synthesizer.controls`): the model card lists each
 usable knob with its unit and range, for the page's sliders, and a request's controls are checked
-against them before queueing. `speaker` is passed on only when a request sets it, and refused with
-a 422 when this server's `Synthesizer.tts` does not take it.
+against them before queueing, as is a `speaker` against the model's speaker table.
 
 Audio is vocoded per item after `tts(vocode=False)`, outside the model worker (`vocode`, called
 from the request's own thread): by the Synthesizer's own vocoder, or by the one a request names
@@ -19,7 +18,6 @@ one batch overlaps the decoding of the next, and uses the other cores.
 
 from __future__ import annotations
 
-import inspect
 import threading
 from dataclasses import asdict, dataclass, field
 from typing import Any, Callable, Optional
@@ -95,7 +93,6 @@ class SynthesisEngine:
     def __init__(self, synth, config: ServeConfig | None = None):
         self.synth = synth
         self.config = config or ServeConfig()
-        self.takes_speaker = "speaker" in inspect.signature(synth.tts).parameters
         self.references = ReferenceStore(self.config.max_references)
         self._vocoders: dict[str, Any] = {}
         self._vocoder_lock = threading.Lock()
@@ -177,10 +174,7 @@ class SynthesisEngine:
                 raise RequestError(f"controls.{name}", str(exc)) from None
 
     def check_speaker(self, speaker: str) -> None:
-        if not self.takes_speaker:
-            raise RequestError("speaker", "this server's Synthesizer does not support `speaker` (its tts() has "
-                                          "no such argument)")
-        known = list(getattr(self.synth, "speakers", []))
+        known = self.synth.speakers
         if not known:
             raise RequestError("speaker", "this is a single-speaker model: leave `speaker` out")
         if speaker not in known:
