@@ -53,6 +53,7 @@ def run_demo(out_dir: str | Path, n_utterances: int = 1000, max_steps: int | Non
     `max_decoder_steps` (free-running synthesis; default: the model config's) override the
     config, for a quick run."""
     from .config import load_config, recipe_config
+    from .controls import calibrate_checkpoint
     from .infer import Synthesizer
     from .corpus import CorpusConfig, make_corpus
     from .trainer import train
@@ -71,7 +72,8 @@ def run_demo(out_dir: str | Path, n_utterances: int = 1000, max_steps: int | Non
           f"tensorboard --logdir {run / 'tensorboard'}", flush=True)
     result = train(config, corpus, run, resume=True, max_steps=max_steps)
 
-    print("[3/3] synthesising and writing the report", flush=True)
+    print("[3/3] calibrating the knobs, synthesising and writing the report", flush=True)
+    calibrate_checkpoint(result.checkpoint, corpus)  # the pitch/rate/energy knobs, stored in the checkpoint
     vocoder = best_available_vocoder(pitch=config.model.pitch_head)
     synth = Synthesizer.from_checkpoint(result.checkpoint, vocoder=vocoder)
     config = synth.config
@@ -135,7 +137,17 @@ def _synthesise(synth, corpus: Path, out_dir: Path, seed: int, max_decoder_steps
         rows += _cross_voice(synth, corpus, references["fast_high"], speak)
     rows += speak("prior_sample", temperature=1.0)
     rows += speak("prior_mean", temperature=0.0)
+    for name, value in _knob_examples(synth):
+        rows += speak(f"knob_{name}_{value:.3g}", temperature=0.0, controls={name: value})
     return rows
+
+
+def _knob_examples(synth) -> list[tuple[str, float]]:
+    """Two settings each of the pitch and rate knobs, inside their calibrated ranges, applied to
+    the prior mean: the report compares them with the `prior_mean` rows."""
+    wanted = {"pitch": (-3.0, 3.0), "rate": (0.8, 1.25)}
+    return [(name, min(max(value, knob.minimum), knob.maximum)) for name, values in wanted.items()
+            if (knob := synth.controls.get(name)) is not None and knob.path != "none" for value in values]
 
 
 def _own_voice(synth, row: dict) -> dict:
@@ -272,6 +284,24 @@ def _cross_voice_lines(rows: list[dict], similarity: dict[str, float]) -> list[s
     return lines + [""]
 
 
+def _knob_lines(rows: list[dict]) -> list[str]:
+    """Each knob setting's mean duration and F0 against the prior mean it was applied to."""
+    base = [r for r in rows if r["condition"] == "prior_mean"]
+    knobs = sorted({r["condition"] for r in rows if r["condition"].startswith("knob_")})
+    if not (base and knobs):
+        return []
+    mean = lambda rs, key: float(np.nanmean([r[key] for r in rs]))
+    lines = ["## Knobs", "", "Calibrated knobs (`prosody-vae inspect` lists them) applied to the prior mean, "
+             "3 sentences each; F0 by pyin on the rendered audio.", "",
+             "| setting | seconds | F0 mean (Hz) |", "|---|---|---|",
+             f"| none (prior mean) | {mean(base, 'seconds'):.2f} | {mean(base, 'f0_mean_hz'):.0f} |"]
+    for condition in knobs:
+        own = [r for r in rows if r["condition"] == condition]
+        name, value = condition.removeprefix("knob_").rsplit("_", 1)
+        lines.append(f"| {name} {value} | {mean(own, 'seconds'):.2f} | {mean(own, 'f0_mean_hz'):.0f} |")
+    return lines + [""]
+
+
 def _write_report(report: DemoReport, config) -> None:
     m, rows = report.metrics, report.transfer
     capacity = config.controller.capacity
@@ -314,6 +344,7 @@ def _write_report(report: DemoReport, config) -> None:
                    "The output mels are still too smooth to carry harmonics: train longer, or train with "
                    "a pitch head and the source-filter vocoder."), ""]
     lines += _cross_voice_lines(rows, report.cross_voice_similarity)
+    lines += _knob_lines(rows)
     if report.quality:
         lines += ["## Quality", "", QUALITY_NOTE, "", *quality_table(report.quality), "",
                   *(f"Skipped {measure}: {why}" for measure, why in report.quality_skipped.items()), ""]

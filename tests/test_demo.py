@@ -115,8 +115,11 @@ def test_cli_demo_end_to_end(tmp_path):
     out = tmp_path / "demo"
     report = json.loads((out / "report.json").read_text())
     conditions = {row["condition"] for row in report["synthesis"]}
-    assert conditions == {"transfer_slow_low", "transfer_fast_high", "prior_sample", "prior_mean",
-                          "cross_voice_relative", "cross_voice_absolute"}
+    knobs = {c for c in conditions if c.startswith("knob_")}  # the calibrated pitch and rate knobs it offers
+    assert conditions - knobs == {"transfer_slow_low", "transfer_fast_high", "prior_sample", "prior_mean",
+                                  "cross_voice_relative", "cross_voice_absolute"}
+    assert {c.rsplit("_", 1)[0] for c in knobs} <= {"knob_pitch", "knob_rate"}
+    assert (not knobs) or "## Knobs" in (out / "report.md").read_text()
     for row in report["synthesis"]:
         assert (out / row["wav"]).is_file()
         assert 0 < row["seconds"] <= 12 * 4 * 256 / 22050 + 1e-9  # max_decoder_steps * r frames
