@@ -83,6 +83,7 @@ _EXPORTS = {
     "KNOBS": "controls",
     "ModelCard": "model_card",
     "model_card": "model_card",
+    "GlobalVariance": "postfilter",
     "reduce_precision": "quantize",
     "SpeakerTable": "speakers",
     "UnknownSpeakerError": "speakers",
@@ -136,6 +137,7 @@ if TYPE_CHECKING:  # let type checkers and IDEs see the real names
     from .infer import SynthesisResult, Synthesizer
     from .controls import KNOBS, Calibration, calibrate_checkpoint
     from .model_card import ModelCard, model_card
+    from .postfilter import GlobalVariance
     from .quantize import reduce_precision
     from .speaker_leakage import cross_speaker_transfer, speaker_probe
     from .speakers import SpeakerTable, UnknownSpeakerError
