@@ -194,6 +194,28 @@ def edit_level(mel: torch.Tensor, energy_db: float) -> torch.Tensor:
     return mel + energy_db * math.log(10.0) / 20.0
 
 
+def control_paths(calibration: Optional[Calibration], controls: Optional[Mapping[str, float]], *,
+                  pitch_path: str = "auto", pitch_head: bool = True,
+                  checkpoint: str | os.PathLike | None = None) -> dict[str, dict[str, float]]:
+    """The controls that ask for a change, checked, by the path they take: {"z"|"f0"|"mel": {name: value}}.
+    `pitch_path` "z" or "f0" overrides the calibration's path for the pitch knobs ("auto" keeps it)."""
+    moved = requested_changes(controls)
+    if moved and calibration is None:
+        raise uncalibrated_error(list(moved), checkpoint)
+    paths: dict[str, dict[str, float]] = {"z": {}, "f0": {}, "mel": {}}
+    for name, value in moved.items():
+        knob = calibration.knob(name)
+        knob.check(value)
+        path = pitch_path if pitch_path != "auto" and name in PITCH_KNOBS else knob.path
+        if path == "none":
+            raise ControlError(f"control {name!r} is not available on this model: its latent does not encode "
+                               f"it (held-out r2 {knob.r2:.2f}, realised gain {knob.realised_gain:.2f})")
+        paths[path][name] = value
+    if paths["f0"] and not pitch_head:
+        raise ControlError(f"control(s) {', '.join(paths['f0'])} on the F0 path need a model with a pitch head")
+    return paths
+
+
 def calibrate_command(checkpoint: str | os.PathLike | None) -> str:
     """The shell command that calibrates `checkpoint` (on its training data)."""
     return f"prosody-vae calibrate --checkpoint {checkpoint or 'CHECKPOINT'} --data TRAINING_DATA"

@@ -62,7 +62,6 @@ LJSpeech convention (audio.py), so an LJSpeech HiFi-GAN generator works unchange
 from __future__ import annotations
 
 import hashlib
-import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -72,13 +71,12 @@ import numpy as np
 import torch
 
 from .audio import MelSpectrogram, check_not_silent, griffin_lim, load_wav
-from .controls import (PITCH_KNOBS, Calibration, KnobCalibration, edit_f0, edit_level, requested_changes,
-                       uncalibrated_error)
-from .errors import ConfigError, ControlError, ReferenceInputError, TextError
+from .controls import Calibration, KnobCalibration, control_paths, edit_f0, edit_level
+from .errors import ConfigError, ReferenceInputError, TextError
 from .postfilter import GlobalVariance
 from .quantize import Precision, reduce_precision
 from .reference import Posterior
-from .speakers import SpeakerTable, UnknownSpeakerError
+from .speakers import SpeakerTable
 from .vocoders import best_available_vocoder, load_vocoder, run_vocoder
 
 Reference = Union[str, os.PathLike, np.ndarray, torch.Tensor]
@@ -182,19 +180,9 @@ class Synthesizer:
         return list(self.speaker_table.names)
 
     def speaker_ids(self, speaker: Speaker, batch: int, argument: str = "speaker") -> Optional[torch.Tensor]:
-        """(B,) ids of one name or one per item; None for a model without speakers. No name means
-        the table's first voice. UnknownSpeakerError lists the known names."""
-        if not self.speakers:
-            if speaker is not None:
-                raise UnknownSpeakerError(f"{argument}={speaker!r}: this model was trained without speaker "
-                                          f"conditioning; it speaks in one voice (leave {argument} out)")
-            return None
-        names = [self.speakers[0] if speaker is None else speaker] if isinstance(speaker, (str, type(None))) \
-            else list(speaker)
-        if len(names) not in (1, batch):
-            raise UnknownSpeakerError(f"{argument}: got {len(names)} speakers for {batch} texts (give 1 or {batch})")
-        ids = [self.speaker_table.index(name, argument) for name in names]
-        return torch.tensor(ids * (batch // len(ids)), dtype=torch.long, device=self.device)
+        """(B,) ids of one name or one per item (SpeakerTable.ids); None for a model without speakers."""
+        ids = self.speaker_table.ids(speaker, batch, argument)
+        return None if ids is None else torch.tensor(ids, dtype=torch.long, device=self.device)
 
     # ----------------------------------------------------------------------------- inputs
     def reference_mel(self, reference: Reference) -> torch.Tensor:
@@ -327,22 +315,9 @@ class Synthesizer:
         return z if shift is None else z + shift.to(self.device)
 
     def _control_paths(self, controls: Optional[Mapping[str, float]]) -> dict[str, dict[str, float]]:
-        """The controls that ask for a change, checked, by the path they take: {"z"|"f0"|"mel": {name: value}}."""
-        moved = requested_changes(controls)
-        if moved and self.calibration is None:
-            raise uncalibrated_error(list(moved), self.checkpoint)
-        paths: dict[str, dict[str, float]] = {"z": {}, "f0": {}, "mel": {}}
-        for name, value in moved.items():
-            knob = self.calibration.knob(name)
-            knob.check(value)
-            path = self.pitch_path if self.pitch_path != "auto" and name in PITCH_KNOBS else knob.path
-            if path == "none":
-                raise ControlError(f"control {name!r} is not available on this model: its latent does not encode "
-                                   f"it (held-out r2 {knob.r2:.2f}, realised gain {knob.realised_gain:.2f})")
-            paths[path][name] = value
-        if paths["f0"] and not self.model.config.pitch_head:
-            raise ControlError(f"control(s) {', '.join(paths['f0'])} on the F0 path need a model with a pitch head")
-        return paths
+        """The requested knobs, checked, by the path each takes (controls.control_paths)."""
+        return control_paths(self.calibration, controls, pitch_path=self.pitch_path,
+                             pitch_head=self.model.config.pitch_head, checkpoint=self.checkpoint)
 
     def _control_offset(self, controls: Optional[Mapping[str, float]]) -> Optional[torch.Tensor]:
         """The z shift (latent,) of the knobs that act in z; None when none does."""
@@ -416,22 +391,13 @@ class Synthesizer:
     def _absolute_pitch_shift(self, speaker_ids: Optional[torch.Tensor], reference_speaker: Speaker,
                               batch: int) -> torch.Tensor:
         """(B,) ln-F0 to add to each item: the reference speaker's register minus the target's."""
-        table = self.speaker_table
-        if speaker_ids is None or not self.model.config.pitch_head:
-            raise ConfigError("pitch_mode='absolute' needs a model with speakers and a pitch head; this one "
-                              f"has n_speakers={self.model.config.n_speakers}, "
-                              f"pitch_head={self.model.config.pitch_head}")
-        if reference_speaker is None or table.log_f0_mean is None:
-            raise ConfigError("pitch_mode='absolute' needs reference_speaker= (who speaks the reference) and a "
-                              "checkpoint whose speaker table records each speaker's F0")
-        register = torch.tensor(table.log_f0_mean, device=self.device)  # (n_speakers,) ln Hz
-        reference_ids = self.speaker_ids(reference_speaker, batch, "reference_speaker")
-        shift = register[reference_ids] - register[speaker_ids]
-        if not torch.isfinite(shift).all():
-            unknown = sorted({table.names[i] for i in torch.cat([reference_ids, speaker_ids]).tolist()
-                              if not math.isfinite(table.log_f0_mean[i])})
-            raise ConfigError(f"pitch_mode='absolute': no F0 recorded for speaker(s) {unknown} (no voiced training frames)")
-        return shift
+        if speaker_ids is None or not self.model.config.pitch_head or reference_speaker is None:
+            raise ConfigError("pitch_mode='absolute' needs a model with speakers and a pitch head, and "
+                              "reference_speaker= (who speaks the reference); this one has "
+                              f"n_speakers={self.model.config.n_speakers}, pitch_head={self.model.config.pitch_head}")
+        reference_ids = self.speaker_table.ids(reference_speaker, batch, "reference_speaker")
+        shift = self.speaker_table.register_shift(speaker_ids.tolist(), reference_ids)
+        return torch.as_tensor(shift, dtype=torch.float32, device=self.device)
 
     @torch.no_grad()
     def vocode(self, mel: torch.Tensor, f0: Optional[torch.Tensor] = None) -> np.ndarray:

@@ -22,7 +22,7 @@ from typing import Any, Callable, Optional, Sequence
 
 import numpy as np
 
-from .errors import CheckpointError, ProsodyVAEError
+from .errors import CheckpointError, ConfigError, ProsodyVAEError
 
 TABLE_VERSION = 1
 
@@ -53,6 +53,33 @@ class SpeakerTable:
             known = ", ".join(repr(n) for n in self.names) if any(self.names) else "none (a single-speaker model)"
             raise UnknownSpeakerError(f"{argument}: unknown speaker {name!r}; this model knows {known}")
         return self.names.index(name)
+
+    def ids(self, speaker: "str | Sequence[str] | None", batch: int, argument: str = "speaker") -> Optional[list[int]]:
+        """(B,) ids of one name or one per item; None for a model without speakers (an empty
+        table). No name means the table's first voice. UnknownSpeakerError lists the known names."""
+        if not self.names:
+            if speaker is not None:
+                raise UnknownSpeakerError(f"{argument}={speaker!r}: this model was trained without speaker "
+                                          f"conditioning; it speaks in one voice (leave {argument} out)")
+            return None
+        names = [self.names[0] if speaker is None else speaker] if isinstance(speaker, (str, type(None))) \
+            else list(speaker)
+        if len(names) not in (1, batch):
+            raise UnknownSpeakerError(f"{argument}: got {len(names)} speakers for {batch} texts (give 1 or {batch})")
+        return [self.index(name, argument) for name in names] * (batch // len(names))
+
+    def register_shift(self, target_ids: Sequence[int], reference_ids: Sequence[int]) -> np.ndarray:
+        """(B,) ln F0 from each target voice's register to its reference speaker's: what
+        `pitch_mode="absolute"` adds to the predicted F0."""
+        if self.log_f0_mean is None:
+            raise ConfigError("pitch_mode='absolute' needs a checkpoint whose speaker table records each "
+                              "speaker's F0")
+        register = np.array(self.log_f0_mean)  # (n_speakers,) ln Hz
+        shift = register[list(reference_ids)] - register[list(target_ids)]
+        if not np.isfinite(shift).all():
+            unknown = sorted({self.names[i] for i in [*reference_ids, *target_ids] if not np.isfinite(register[i])})
+            raise ConfigError(f"pitch_mode='absolute': no F0 recorded for speaker(s) {unknown} (no voiced training frames)")
+        return shift
 
     def f0_mean_hz(self, name: str) -> float:
         """The speaker's mean F0 in Hz (geometric mean over voiced frames); NaN if not recorded."""
