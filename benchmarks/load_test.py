@@ -22,6 +22,7 @@ import json
 import os
 import socket
 import subprocess
+import tempfile
 import sys
 import time
 from collections import Counter
@@ -129,11 +130,15 @@ def start_server(checkpoint: Path, port: int, extra: list[str], timeout: float =
     """`prosody-vae serve` in a subprocess, returned once /healthz answers (it loads and warms up first)."""
     command = [sys.executable, "-m", "prosody_vae", "serve", "--checkpoint", str(checkpoint), "--port", str(port),
                *extra]
-    server = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    # its log goes to a file: a pipe nobody drains fills up (64 KiB of access-log lines) and the
+    # server then blocks on its next log write, mid-request
+    log = tempfile.TemporaryFile("w+")
+    server = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, text=True)
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if server.poll() is not None:
-            raise RuntimeError(f"the server exited with {server.returncode}: {server.stdout.read()[-3000:]}")
+            log.seek(0)
+            raise RuntimeError(f"the server exited with {server.returncode}: {log.read()[-3000:]}")
         try:
             if httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=1).status_code == 200:
                 return server

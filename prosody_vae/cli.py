@@ -223,7 +223,8 @@ def cmd_serve(args: argparse.Namespace) -> None:
 
     config = ServeConfig(max_batch=args.max_batch, max_wait_ms=args.max_wait_ms, max_queue=args.max_queue,
                          timeout_s=args.timeout, token=args.token or os.environ.get("PROSODY_VAE_TOKEN") or None,
-                         cors_origins=tuple(args.cors_origin), threads=args.threads)
+                         cors_origins=tuple(args.cors_origin), threads=args.threads,
+                         vocoder_processes=args.vocoder_processes)
     serve(args.checkpoint, host=args.host, port=args.port, config=config, device=args.device,
           precision=args.precision, vocoder=args.vocoder, max_reference_seconds=args.max_reference_seconds)
 
@@ -369,6 +370,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-wait-ms", type=float, default=10.0, help="how long a batch waits for companions")
     p.add_argument("--max-queue", type=_positive_int, default=32, help="queued requests; beyond it: 429")
     p.add_argument("--timeout", type=float, default=60.0, help="seconds per request, queueing included")
+    p.add_argument("--vocoder-processes", type=int, default=1,
+                   help="processes that vocode beside the model worker (0: the request threads do; "
+                        "benchmarks/README.md measures both)")
     p.add_argument("--threads", type=_positive_int, default=1,
                    help="torch intra-op threads (requests already run in parallel: worker + vocoding)")
     p.set_defaults(func=cmd_serve)

@@ -341,6 +341,18 @@ def test_batched_results_equal_unbatched_ones():
             assert batched.shape == alone.shape and np.abs(batched - alone).max() < 2e-3, text
 
 
+def test_vocoder_processes_give_the_same_audio_as_vocoding_in_the_server():
+    synth = make_synth(vocoder="griffin-lim")
+    body = {"texts": ["The boat arrived.", "Hello."], "seed": 3}
+    with app_client(ServeConfig(warm_up=False), synth) as here:
+        expected = [decoded(r) for r in here.post("/v1/synthesize", json={**body, "format": "json"}).json()["results"]]
+    with app_client(ServeConfig(warm_up=False, vocoder_processes=1), synth) as pooled:
+        engine = pooled.app.state.engine
+        got = [decoded(r) for r in pooled.post("/v1/synthesize", json={**body, "format": "json"}).json()["results"]]
+        assert engine._pool is not None and len(engine._pool._processes) == 1  # it did go through the process
+    assert len(got) == 2 and all(np.array_equal(a, b) for a, b in zip(got, expected))
+
+
 def blocked(client: TestClient) -> threading.Event:
     """Hold the model worker on its next batch until the returned event is set."""
     worker = client.app.state.engine.worker

@@ -10,7 +10,8 @@ usable knob with its unit and range, for the page's sliders, and a request's con
 against them before queueing, as is a `speaker` against the model's speaker table.
 
 Audio is vocoded per item after `tts(vocode=False)`, outside the model worker (`vocode`, called
-from the request's own thread): by the Synthesizer's own vocoder, or by the one a request names
+from the request's own thread, which hands the work to the vocoder processes when there are some:
+`prosody-vae serve` starts one): by the Synthesizer's own vocoder, or by the one a request names
 (loaded once per name). The vocoder costs about as much CPU per item as the whole batched decode
 (benchmarks/load_test.py), so vocoding in the worker would serialise it; outside, the vocoding of
 one batch overlaps the decoding of the next, and uses the other cores.
@@ -55,12 +56,18 @@ class ServeConfig:
     # requests' vocoding threads, and intra-op threads on top of those wait on each other (on a
     # busy 2-core machine, 2 threads made a batch-1 decode 36x slower: benchmarks/serve_profile.py)
     threads: int = 1
+    # processes that vocode (0: the request threads do). The source-filter vocoder is many small
+    # torch and numpy calls that hold the GIL, so vocoding threads share one core with the model
+    # worker; in a process of its own it runs beside the decoding (benchmarks/README.md, serving)
+    vocoder_processes: int = 0
 
     def __post_init__(self):
         for name in ("max_batch", "max_queue", "max_text_chars", "max_items", "max_upload_bytes", "max_references",
                      "threads"):
             if not getattr(self, name) >= 1:
                 raise ConfigError(f"ServeConfig.{name} must be >= 1, got {getattr(self, name)!r}")
+        if self.vocoder_processes < 0:
+            raise ConfigError(f"ServeConfig.vocoder_processes must be >= 0, got {self.vocoder_processes!r}")
         if not (self.max_wait_ms >= 0 and self.timeout_s > 0):
             raise ConfigError(f"ServeConfig needs max_wait_ms >= 0 and timeout_s > 0, got "
                               f"{self.max_wait_ms!r} and {self.timeout_s!r}")
@@ -98,6 +105,13 @@ class SynthesisEngine:
         self._vocoder_lock = threading.Lock()
         self.worker = BatchWorker(self._run_batch, self.config.max_batch, self.config.max_wait_ms / 1000,
                                   self.config.max_queue)
+        self._pool = None
+        if self.config.vocoder_processes:
+            import multiprocessing
+            from concurrent.futures import ProcessPoolExecutor
+
+            self._pool = ProcessPoolExecutor(self.config.vocoder_processes, multiprocessing.get_context("spawn"),
+                                             initializer=torch.set_num_threads, initargs=(1,))
         if self.config.warm_up:  # the first batch pays for lazy allocations; not a client
             self.vocode(self.worker.submit(None, TTSJob([WARM_UP_TEXT], {}, None)).future.result())
             self.worker.batch_sizes.clear()
@@ -108,6 +122,8 @@ class SynthesisEngine:
 
     def close(self) -> None:
         self.worker.close()
+        if self._pool is not None:
+            self._pool.shutdown(cancel_futures=True)
 
     # ----------------------------------------------------------------------------- the model card
     def model_card(self) -> dict[str, Any]:
@@ -262,12 +278,32 @@ class SynthesisEngine:
         return out
 
     def vocode(self, results: list[Rendered]) -> list[Rendered]:
-        """Fill in each result's audio (N,) float32."""
+        """Fill in each result's audio (N,) float32: here, or in the vocoder processes when there
+        are some and the vocoder is one they can load by name."""
+        pending = []
         for r in results:
             vocoder = self.vocoder(r.vocoder)
+            name = r.vocoder or getattr(self.synth.vocoder, "name", None)
+            if self._pool is not None and name in available_vocoders() and self.synth.device.type == "cpu":
+                f0 = None if r.f0 is None else r.f0.cpu().numpy()
+                pending.append((r, self._pool.submit(_vocode_by_name, name, self.synth.audio, r.mel.cpu().numpy(), f0)))
+                continue
             r.wav = (self.synth.vocode(r.mel, r.f0) if vocoder is None
                      else run_vocoder(vocoder, r.mel, r.f0).float().cpu().numpy())
+        for r, future in pending:
+            r.wav = future.result()
         return results
+
+
+_PROCESS_VOCODERS: dict[str, Any] = {}  # a vocoder process's own, loaded on first use
+
+
+def _vocode_by_name(name: str, audio: AudioConfig, mel: np.ndarray, f0: Optional[np.ndarray]) -> np.ndarray:
+    """In a vocoder process: mel (T, n_mels), F0 (T,) Hz or None -> audio (N,) float32."""
+    if name not in _PROCESS_VOCODERS:
+        _PROCESS_VOCODERS[name] = load_vocoder(name, audio=audio)
+    f0 = None if f0 is None else torch.from_numpy(f0)
+    return run_vocoder(_PROCESS_VOCODERS[name], torch.from_numpy(mel), f0).float().numpy()
 
 
 def request_error(exc: ProsodyVAEError, asked: tuple[str, ...] = ()) -> RequestError:
