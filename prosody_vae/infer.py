@@ -391,10 +391,11 @@ class Synthesizer:
     def _absolute_pitch_shift(self, speaker_ids: Optional[torch.Tensor], reference_speaker: Speaker,
                               batch: int) -> torch.Tensor:
         """(B,) ln-F0 to add to each item: the reference speaker's register minus the target's."""
-        if speaker_ids is None or not self.model.config.pitch_head or reference_speaker is None:
-            raise ConfigError("pitch_mode='absolute' needs a model with speakers and a pitch head, and "
-                              "reference_speaker= (who speaks the reference); this one has "
+        if speaker_ids is None or not self.model.config.pitch_head:
+            raise ConfigError("pitch_mode='absolute' needs a model with speakers and a pitch head; this one has "
                               f"n_speakers={self.model.config.n_speakers}, pitch_head={self.model.config.pitch_head}")
+        if reference_speaker is None:
+            raise ConfigError("pitch_mode='absolute' needs reference_speaker= (who speaks the reference)")
         reference_ids = self.speaker_table.ids(reference_speaker, batch, "reference_speaker")
         shift = self.speaker_table.register_shift(speaker_ids.tolist(), reference_ids)
         return torch.as_tensor(shift, dtype=torch.float32, device=self.device)
