@@ -275,8 +275,8 @@ def _cross_voice_lines(rows: list[dict], similarity: dict[str, float]) -> list[s
              f"Reference `{first['cross_reference_id']}` in voice `{first['reference_voice']}` (F0 "
              f"{first['reference_f0_hz']:.0f} Hz; the voice's register {first['reference_register_hz']:.0f} Hz), "
              f"spoken in voice `{first['target_voice']}` (register {first['target_register_hz']:.0f} Hz).", "",
-             f"- output F0 {f0['relative']:.0f} Hz on average with `pitch=\"relative\"`, {f0['absolute']:.0f} Hz "
-             f"with `pitch=\"absolute\"` (the F0 moved by the registers' difference)."]
+             f"- output F0 {f0['relative']:.0f} Hz on average with `pitch_mode=\"relative\"`, {f0['absolute']:.0f} Hz "
+             f"with `pitch_mode=\"absolute\"` (the F0 moved by the registers' difference)."]
     if similarity:
         lines.append(f"- resemblyzer similarity of the outputs to the target voice {similarity['to_target']:.2f}, to "
                      f"the reference's voice {similarity['to_reference']:.2f}: closer to the target in "
