@@ -32,8 +32,9 @@ def server(calibrated_demo_checkpoint):
     from load_test import free_port, start_server
 
     port = free_port()
-    os.environ.setdefault("PYTHONPATH", str(REPO))
-    process = start_server(calibrated_demo_checkpoint, port, ["--vocoder", "auto"])
+    with pytest.MonkeyPatch.context() as patch:  # only the server subprocess imports this checkout
+        patch.setenv("PYTHONPATH", str(REPO))
+        process = start_server(calibrated_demo_checkpoint, port, ["--vocoder", "auto"])
     yield f"http://127.0.0.1:{port}"
     process.terminate()
     process.wait(30)
