@@ -80,13 +80,7 @@ def load_model_and_state(path: str | os.PathLike, device: str | torch.device = "
                          strict: bool = True) -> tuple[ProsodyTacotron, TrainConfig, dict[str, Any]]:
     """`load_model`, and the whole checkpoint dict beside it (step, speakers, calibration, ...)."""
     path = Path(path)
-    return model_from_state(load_checkpoint(path), path, device, strict)
-
-
-def model_from_state(state: dict[str, Any], path: Path, device: str | torch.device = "cpu",
-                     strict: bool = True) -> tuple[ProsodyTacotron, TrainConfig]:
-    """`load_model` on a checkpoint already read (`load_checkpoint`), so a caller that also wants
-    its other entries (the speaker table) reads the file once."""
+    state = load_checkpoint(path)
     config = checkpoint_config(state, path)
     model = ProsodyTacotron(config.model)
     weights = state.get("model")
