@@ -5,13 +5,21 @@
 Per checkpoint, on the checkpoint's own split of CORPUS (its metadata must name the speakers):
 - the linear speaker probe on the posterior means of `--n-probe` training utterances
   (cross-validated accuracy, and chance);
-- cross-speaker transfer: each held-out reference spoken in two other voices on another held-out
+- cross-speaker transfer: each of the first `--n-references` held-out references of at least
+  three words (speaker_leakage.measurable) spoken in two other voices on another held-out
   utterance's text; how often the output is closer (resemblyzer) to the target voice than to the
   reference's; Pearson r of speaking rate and of speaker-relative F0 (pyin on the rendered audio,
   "source-filter" vocoder); and the mean semitone distance of the output F0 from relative transfer
   (target register + the reference's offset) and from the reference's Hz. A model with speakers
   is measured with pitch_mode="relative" and "absolute".
-Prints one JSON object.
+With `--baselines`, for the same (reference voice A, target voice B) pairs, how often B wins for
+outputs that no reference can have pulled towards A, and for B's own recordings:
+- "prior_mean": the same texts spoken in B with z = 0 (no reference at all), so what is left is
+  the decoder's own rendering of B;
+- "copy_synthesis": a training recording of B (not one of the enrolment ones) through the same
+  vocoder from its own log-mel and Praat F0;
+- "recording": that recording itself.
+Prints one JSON object per checkpoint.
 """
 
 from __future__ import annotations
@@ -21,16 +29,23 @@ import json
 import time
 from dataclasses import asdict
 
+from pathlib import Path
+
+import numpy as np
 import torch
 
-from prosody_vae import Synthesizer
-from prosody_vae.data import read_metadata, split_train_val
-from prosody_vae.speaker_leakage import (cross_speaker_transfer, enrol_voices, posterior_means, speaker_probe,
-                                         summarise_pairs)
+from prosody_vae import Synthesizer, load_wav
+from prosody_vae.data import MelCache, read_metadata, split_train_val
+from prosody_vae.quality import speaker_embeddings
+from prosody_vae.speaker_leakage import (cross_speaker_transfer, enrol_voices, measurable, posterior_means,
+                                         speaker_probe, summarise_pairs)
+
+ENROLLED = 4  # enrol_voices's per_speaker: each voice's first 4 training utterances
 
 
-def measure(checkpoint: str, data: str, n_probe: int, n_references: int, seed: int) -> dict:
-    synth = Synthesizer.from_checkpoint(checkpoint, vocoder="source-filter")
+def measure(checkpoint: str, data: str, n_probe: int, n_references: int, seed: int,
+            vocoder: str = "source-filter", baselines: bool = False) -> dict:
+    synth = Synthesizer.from_checkpoint(checkpoint, vocoder=vocoder)
     utterances = read_metadata(data)
     training, held_out = split_train_val(utterances, synth.config.data.n_val, synth.config.data.seed)
     probed = training[:n_probe]
@@ -38,14 +53,44 @@ def measure(checkpoint: str, data: str, n_probe: int, n_references: int, seed: i
     figures = {"checkpoint": checkpoint, "speakers": len(synth.speakers),
                "probe": asdict(speaker_probe(posterior_means(synth, probed), [u.speaker for u in probed], seed=seed))}
     voices = enrol_voices(training, synth.audio.sample_rate)
-    references = held_out[:n_references]
+    references = [u for u in held_out if measurable(u)][:n_references]
     texts = [u.text for u in references[1:] + references[:1]]
     for pitch in ("relative", "absolute") if synth.speakers else ("relative",):
         pairs = cross_speaker_transfer(synth, references, texts, voices, seed=seed, pitch_mode=pitch)
         figures[f"cross_speaker_{pitch}"] = summarise_pairs(pairs)
         figures[f"pairs_{pitch}"] = [asdict(p) for p in pairs]
+    if baselines and synth.speakers:
+        figures["baselines"] = voice_baselines(synth, references, texts, training, voices, data)
     figures["seconds"] = time.perf_counter() - started
     return figures
+
+
+def voice_baselines(synth, references, texts, training, voices, data: str) -> dict:
+    """Target-voice wins, over the pairs `cross_speaker_transfer` forms, of z = 0 outputs, of
+    copy-synthesised recordings of the target voice, and of those recordings."""
+    cache = MelCache(Path(data) / ".mel_cache", synth.audio)
+    sr, names = synth.audio.sample_rate, sorted(voices)
+    spare = {n: [u for u in training if u.speaker == n][ENROLLED:] for n in names}  # never enrolment ones
+    scores = {"prior_mean": [], "copy_synthesis": [], "recording": []}
+    k = 0
+    for i, ref in enumerate(r for r in references if r.speaker in voices and measurable(r)):
+        others = [n for n in names if n != ref.speaker]
+        targets = [others[(2 * i + j) % len(others)] for j in range(2)]
+        own_texts = [texts[(k + j) % len(texts)] for j in range(2)]
+        k += 2
+        wavs = {"prior_mean": synth.tts(own_texts, temperature=0.0, speaker=targets).wav}
+        recordings = [spare[t][i % len(spare[t])] for t in targets]
+        wavs["copy_synthesis"] = [synth.vocode(torch.from_numpy(cache.get(u)), torch.from_numpy(
+            cache.features(u).f0_hz).nan_to_num(0.0).float()) for u in recordings]
+        wavs["recording"] = [load_wav(u.wav_path, sr) for u in recordings]
+        for name, outputs in wavs.items():
+            for embedding, target in zip(speaker_embeddings(outputs, sr), targets):
+                scores[name].append((float(embedding @ voices[target].embedding),
+                                     float(embedding @ voices[ref.speaker].embedding)))
+    return {name: {"target_voice_wins": float(np.mean([a > b for a, b in pairs])),
+                   "similarity_to_target": float(np.mean([a for a, _ in pairs])),
+                   "similarity_to_reference": float(np.mean([b for _, b in pairs]))}
+            for name, pairs in scores.items()}
 
 
 def main() -> None:
@@ -56,13 +101,16 @@ def main() -> None:
     parser.add_argument("--n-references", type=int, default=20)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--vocoder", default="source-filter")
+    parser.add_argument("--baselines", action="store_true", help="also the z = 0, copy-synthesis and recording wins")
     parser.add_argument("--out", help="also write the JSON here")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     results = {}
     for item in args.checkpoint:
         name, path = item.split("=", 1)
-        results[name] = measure(path, args.data, args.n_probe, args.n_references, args.seed)
+        results[name] = measure(path, args.data, args.n_probe, args.n_references, args.seed,
+                                args.vocoder, args.baselines)
         print(json.dumps({name: {k: v for k, v in results[name].items() if not k.startswith("pairs")}}), flush=True)
     if args.out:
         with open(args.out, "w", encoding="utf-8") as f:

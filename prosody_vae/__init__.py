@@ -86,6 +86,7 @@ _EXPORTS = {
     "GlobalVariance": "postfilter",
     "reduce_precision": "quantize",
     "SpeakerTable": "speakers",
+    "reference_features": "prosody_reference",
     "UnknownSpeakerError": "speakers",
     "speaker_probe": "speaker_leakage",
     "cross_speaker_transfer": "speaker_leakage",
@@ -140,6 +141,7 @@ if TYPE_CHECKING:  # let type checkers and IDEs see the real names
     from .postfilter import GlobalVariance
     from .quantize import reduce_precision
     from .speaker_leakage import cross_speaker_transfer, speaker_probe
+    from .prosody_reference import reference_features
     from .speakers import SpeakerTable, UnknownSpeakerError
     from .losses import LossConfig, LossTerms, TacotronLoss
     from .metrics import compare_f0, f0_track, mel_cepstral_distortion, prosody_summary

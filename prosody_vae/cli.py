@@ -302,7 +302,9 @@ def build_parser() -> argparse.ArgumentParser:
     knobs.add_argument("--rate", type=float, help="ratio of the speaking rate, e.g. 0.8")
     knobs.add_argument("--energy", type=float, help="dB, e.g. -3")
     p.add_argument("--speaker", help="the voice to speak in, for a multi-speaker model (default: its first)")
-    p.add_argument("--reference-speaker", help="who speaks the reference (read by --pitch absolute and V+S, V+T+S models)")
+    p.add_argument("--reference-speaker",
+                   help="who speaks the reference (read by --pitch-mode absolute, V+S and V+T+S models, and "
+                        "'prosody' models, which otherwise match it to the nearest voice's register)")
     p.add_argument("--pitch-mode", choices=("relative", "absolute"), default="relative",
                    help="keep the reference's pitch relative to the voice, or at its Hz (needs --reference-speaker)")
     p.add_argument("--out", type=Path, required=True, help="output wav")

@@ -329,7 +329,12 @@ def calibrate(synth: "Synthesizer", data_dir: str | os.PathLike, cache_dir: str 
     for start in range(0, len(utterances), batch):
         chunk = utterances[start: start + batch]
         rows += [utterance_stats(u, cache.features(u), synth.audio) for u in chunk]
-        posterior = synth.encode([torch.from_numpy(cache.get(u)) for u in chunk])
+        if synth.model.config.reference_input == "prosody":  # its tracks, relative to each known speaker's register
+            named = synth.speakers and all(u.speaker in synth.speakers for u in chunk)
+            posterior = synth.encode([cache.features(u) for u in chunk],
+                                     reference_speaker=[u.speaker for u in chunk] if named else None)
+        else:
+            posterior = synth.encode([torch.from_numpy(cache.get(u)) for u in chunk])
         means.append(posterior.mean.cpu().numpy())
         kls.append(posterior.kl_per_dim.cpu().numpy())
     means_np = np.concatenate(means).astype(np.float64)  # (N, latent)

@@ -155,8 +155,10 @@ def _knob_examples(synth) -> list[tuple[str, float]]:
 
 
 def _own_voice(synth, row: dict) -> dict:
-    """tts arguments that speak in the voice of a factors.csv row (none for a model without speakers)."""
-    return {"speaker": row["voice"]} if row.get("voice") in synth.speakers else {}
+    """tts arguments that speak in the voice of a factors.csv row, the voice that speaks the
+    reference (none for a model without speakers)."""
+    voice = row.get("voice")
+    return {"speaker": voice, "reference_speaker": voice} if voice in synth.speakers else {}
 
 
 def _cross_voice(synth, corpus: Path, reference: dict, speak) -> list[dict]:

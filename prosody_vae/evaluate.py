@@ -92,8 +92,9 @@ def evaluate(checkpoint: str | os.PathLike, data_dir: str | os.PathLike, out_dir
     factors = _read_factors(data_dir)
 
     voice_of = lambda u: (u.speaker or "") if synth.speakers else None  # the reference's own voice
+    own_voices = [voice_of(u) for u in items] if synth.speakers else None
     reconstruction = synth.tts([u.text for u in items], reference=[u.wav_path for u in items], seed=seed,
-                               speaker=[voice_of(u) for u in items] if synth.speakers else None)
+                               speaker=own_voices, reference_speaker=own_voices)
     results: dict = {"checkpoint": str(checkpoint), "data": str(data_dir), "items": [u.id for u in items],
                      "reconstruction": [asdict(_scores(recordings[u.id], w, sr))
                                         for u, w in zip(items, reconstruction.wav)]}
@@ -110,7 +111,8 @@ def evaluate(checkpoint: str | os.PathLike, data_dir: str | os.PathLike, out_dir
             other = factors[items[(i + 1) % len(items)].id]  # another utterance's voice and prosody
             references.append(synthesize(u.text, other))
             speaker = other.voice if other.voice in synth.speakers else None
-            outputs.append(synth.tts(u.text, reference=references[-1], seed=seed, speaker=speaker).wav[0])
+            outputs.append(synth.tts(u.text, reference=references[-1], seed=seed, speaker=speaker,
+                                     reference_speaker=speaker).wav[0])
             parallel.append(asdict(_scores(references[-1], outputs[-1], sr)))
         results["parallel_transfer"] = parallel
         if meter:
@@ -119,7 +121,8 @@ def evaluate(checkpoint: str | os.PathLike, data_dir: str | os.PathLike, out_dir
     pairs, outputs, output_texts, output_summaries, reference_of = [], [], [], [], []
     for i, reference in enumerate(items):
         other_texts = [u.text for j, u in enumerate(items) if j != i]
-        result = synth.tts(other_texts, reference=reference.wav_path, seed=seed, speaker=voice_of(reference))
+        result = synth.tts(other_texts, reference=reference.wav_path, seed=seed, speaker=voice_of(reference),
+                           reference_speaker=voice_of(reference))
         ref_summary = prosody_summary(recordings[reference.id], sr, text=reference.text)
         for text, wav in zip(other_texts, result.wav):
             out_summary = prosody_summary(wav, sr, text=text)

@@ -46,12 +46,16 @@ decoder's own mel; the result's `mel` is always the one that was vocoded.
 
 Speakers: a model trained with speaker conditioning speaks in any voice of its speaker table
 (`Synthesizer.speakers`), named by `speaker=` (one name, or one per text); without one it speaks
-in the first voice of the table. `pitch_mode="relative"` leaves the predicted F0 where the model puts
-it: in the target voice's register for a model whose z holds pitch relative to the speaker (one
-trained with `speaker_adversary`), near the reference's Hz for one whose z still holds the
-register. `pitch_mode="absolute"` moves the predicted F0 by the register difference of
-`reference_speaker` and the target voice (a pitch-aware vocoder renders that F0; a mel-only one
-does not read it).
+in the first voice of the table. `reference_speaker=` names who speaks the reference. A model
+whose encoder reads the reference's prosody tracks (`reference_input = "prosody"`,
+prosody_reference.py) takes its pitch relative to that speaker's register, or, when it is not
+named, to the known register nearest the reference's own mean pitch, so z holds no register and
+`pitch_mode="relative"` (the default) puts the reference's pitch offset on the target voice's
+register. A model that reads the log-mel can carry the reference's register in z, so its
+relative output lands nearer the reference's Hz; it takes an unnamed reference to speak in the
+target voice.
+`pitch_mode="absolute"` moves the predicted F0 by the register difference of `reference_speaker`
+and the target voice (a pitch-aware vocoder renders that F0; a mel-only one does not read it).
 
 Vocoder: Griffin-Lim by default. Any callable or TorchScript module mapping a log-mel
 (B, n_mels, T) to a waveform (B, N) or (B, 1, N) plugs in as `vocoder=`, or a name that
@@ -62,6 +66,7 @@ LJSpeech convention (audio.py), so an LJSpeech HiFi-GAN generator works unchange
 from __future__ import annotations
 
 import hashlib
+import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -73,7 +78,9 @@ import torch
 from .audio import MelSpectrogram, check_not_silent, griffin_lim, load_wav
 from .controls import Calibration, KnobCalibration, control_paths, edit_f0, edit_level
 from .errors import ConfigError, ReferenceInputError, TextError
+from .pitch import FrameFeatures, frame_features
 from .postfilter import GlobalVariance
+from .prosody_reference import batch_tracks, nearest_register, reference_features, utterance_register
 from .quantize import Precision, reduce_precision
 from .reference import Posterior
 from .speakers import SpeakerTable
@@ -139,6 +146,9 @@ class Synthesizer:
         self.checkpoint: Optional[Path] = None
         self.checkpoint_state: dict = {}  # the checkpoint's bookkeeping (step, speakers, ...), no weights
         n_speakers = model.config.n_speakers
+        # the registers an unnamed reference of a "prosody" model is matched to (a single-speaker
+        # model's table holds its one voice)
+        self.registers = tuple(speaker_table.log_f0_mean or ()) if speaker_table is not None else ()
         # a model may have more speaker ids than its corpus had speakers; only named ones are spoken
         self.speaker_table = (speaker_table if speaker_table is not None and 0 < len(speaker_table) <= n_speakers
                               else SpeakerTable(tuple(str(i) for i in range(n_speakers))))
@@ -196,6 +206,29 @@ class Synthesizer:
         `max_reference_seconds`. Other sample rates and stereo files
         are resampled and mixed down by `load_wav`.
         """
+        tensor, source = self._checked_reference(reference)
+        if tensor.dim() == 2:
+            return tensor.to(self.device)
+        with torch.no_grad():
+            mel = self.mel_spec(tensor.to(self.device))
+        if not torch.isfinite(mel).all():  # float samples near float32's limit overflow the power spectrum
+            raise ReferenceInputError(f"{source}: samples too large for a log-mel (audio should lie in [-1, 1])")
+        return mel
+
+    def reference_tracks(self, reference: "Reference | FrameFeatures") -> FrameFeatures:
+        """The log-F0, voicing and energy tracks (pitch.py) that a model with reference_input
+        "prosody" reads, of a wav path or waveform (checked as in `reference_mel`); tracks given
+        as `FrameFeatures` pass through. A log-mel holds no F0 track and is refused."""
+        if isinstance(reference, FrameFeatures):
+            return reference
+        tensor, source = self._checked_reference(reference)
+        if tensor.dim() == 2:
+            raise ReferenceInputError(f"{source}: this model reads the reference's pitch (reference_input='prosody'): "
+                                      "give a wav path or a waveform, not a log-mel")
+        return frame_features(tensor.numpy(), self.audio, source=source)
+
+    def _checked_reference(self, reference: Reference) -> tuple[torch.Tensor, str]:
+        """A checked waveform (N,) or log-mel (T, n_mels) on the CPU, and the name of its source."""
         source = "reference"
         if isinstance(reference, (str, os.PathLike)):
             source = str(reference)
@@ -218,17 +251,13 @@ class Synthesizer:
         if not is_wav:
             if tensor.shape[0] == 0 or tensor.max() <= self.audio.pad_value + 1e-3:  # all at the log floor
                 raise ReferenceInputError(f"{source}: log-mel reference is empty or silence throughout")
-            return tensor.to(self.device)
+            return tensor, source
         if tensor.shape[0] < self.audio.min_samples:
             raise ReferenceInputError(
                 f"{source}: reference of {tensor.shape[0]} samples is too short: one mel frame needs "
                 f"{self.audio.min_samples} ({self.audio.min_samples / self.audio.sample_rate * 1000:.0f} ms)")
         check_not_silent(tensor, source, ReferenceInputError)
-        with torch.no_grad():
-            mel = self.mel_spec(tensor.to(self.device))
-        if not torch.isfinite(mel).all():  # float samples near float32's limit overflow the power spectrum
-            raise ReferenceInputError(f"{source}: samples too large for a log-mel (audio should lie in [-1, 1])")
-        return mel
+        return tensor, source
 
     def _encode_texts(self, texts: Sequence[str], argument: str = "texts") -> tuple[torch.Tensor, torch.Tensor]:
         """Ids (B, L) padded and lengths (B,); a refused text is a TextError naming `argument`[i]."""
@@ -267,12 +296,11 @@ class Synthesizer:
     def encode(self, reference: Reference | Sequence[Reference], reference_text: str | Sequence[str] | None = None,
                reference_speaker: Speaker = None) -> Posterior:
         """Posterior(s) of one reference or a list; z is the mean. Draw samples with `tts(mode="sample")`.
-        `reference_speaker`, who speaks the reference, is read by a "V+S" or "V+T+S" model only
-        (default: the first voice; `tts` defaults it to its `speaker`)."""
+        `reference_speaker`, who speaks the reference, is read by a "V+S" or "V+T+S" model
+        (default: the first voice; `tts` defaults it to its `speaker`) and by a "prosody" model
+        (`reference_input`)."""
         references = list(reference) if isinstance(reference, (list, tuple)) else [reference]
-        mels = [self.reference_mel(r) for r in references]
-        lengths = torch.tensor([m.shape[0] for m in mels], device=self.device)
-        mel = torch.nn.utils.rnn.pad_sequence(mels, batch_first=True, padding_value=self.audio.pad_value)
+        mel, lengths = self.reference_input(references, reference_speaker)
         text = text_lengths = None
         if reference_text is not None:
             transcripts = [reference_text] if isinstance(reference_text, str) else list(reference_text)
@@ -282,6 +310,23 @@ class Synthesizer:
         speaker_ids = (self.speaker_ids(reference_speaker, len(references), "reference_speaker")
                        if self.model.config.posterior.endswith("+S") else None)
         return self.model.encode_reference(mel, lengths, text, text_lengths, speaker_ids, mode="mean")
+
+    def reference_input(self, references: Sequence[Reference], reference_speaker: Speaker = None
+                        ) -> tuple[torch.Tensor, torch.Tensor]:
+        """What the reference encoder reads, padded, and lengths (B,): log-mels (B, T, n_mels), or
+        for a model with reference_input "prosody" the tracks (B, T, N_FEATURES) of
+        prosody_reference.py, each relative to its speaker's register or, where the speaker is
+        not named, to the known register nearest its own mean pitch."""
+        if self.model.config.reference_input == "mel":
+            mels = [self.reference_mel(r) for r in references]
+            lengths = torch.tensor([m.shape[0] for m in mels], device=self.device)
+            return torch.nn.utils.rnn.pad_sequence(mels, batch_first=True, padding_value=self.audio.pad_value), lengths
+        log_f0, voiced, energy, lengths = batch_tracks([self.reference_tracks(r) for r in references])
+        registers = torch.tensor(self.speaker_table.registers(reference_speaker, len(references), "reference_speaker")
+                                 if self.speakers else [math.nan] * len(references))  # (B,) NaN: not named
+        unnamed = nearest_register(utterance_register(log_f0, voiced), self.registers)
+        features = reference_features(log_f0, voiced, energy, torch.where(torch.isnan(registers), unnamed, registers))
+        return features.to(self.device), lengths.to(self.device)
 
     def prosody(self, texts: Sequence[str], reference=None, reference_text=None, z=None,
                 mode: Literal["mean", "sample"] = "mean", temperature: float = 1.0,
@@ -362,8 +407,11 @@ class Synthesizer:
         f0_shift = (self._absolute_pitch_shift(speaker_ids, reference_speaker, len(texts))
                     if pitch_mode == "absolute" else None)
         n_references = len(reference) if isinstance(reference, (list, tuple)) else 1
-        if reference_speaker is None and (isinstance(speaker, str) or (speaker and len(speaker) == n_references)):
-            reference_speaker = speaker  # by default a reference is taken to speak in the output's voice
+        if (reference_speaker is None and self.model.config.reference_input == "mel"
+                and (isinstance(speaker, str) or (speaker and len(speaker) == n_references))):
+            # a reference is taken to speak in the output's voice; a "prosody" model instead matches an
+            # unnamed reference to the nearest known register, whatever voice it is in
+            reference_speaker = speaker
         z = self.prosody(texts, reference, reference_text, z, mode, temperature, seeds, strength, controls,
                          sample_indices, reference_speaker)
         out = self.model.infer(text, text_lengths, z=z, speaker_ids=speaker_ids,

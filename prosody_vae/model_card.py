@@ -20,6 +20,7 @@ if TYPE_CHECKING:
     from .infer import Synthesizer
 
 
+_READS = {"mel": "the log-mel", "prosody": "speaker-relative pitch, voicing and level tracks"}
 _PATHS = {"z": "in z", "f0": "on the predicted F0", "mel": "as a gain on the mel", "none": "not available"}
 
 
@@ -50,6 +51,7 @@ class ModelCard:
     knobs: list[KnobRange]
     calibration: Optional[dict]  # version, corpus and size of the knob calibration; None: not calibrated
     speakers: list[str] = field(default_factory=list)
+    reference_input: str = "mel"  # what the reference encoder reads: "mel" or "prosody" (prosody_reference.py)
 
     def to_dict(self) -> dict:
         """Plain JSON-able containers."""
@@ -60,6 +62,7 @@ class ModelCard:
         lines = [f"model card: {self.checkpoint}",
                  f"  preset        {self.preset}",
                  f"  posterior     {self.posterior}, latent {self.latent_dim}, {self.controller}{capacity}",
+                 f"  reference     {_READS[self.reference_input]}",
                  f"  pitch head    {'yes' if self.pitch_head else 'no'}",
                  f"  vocoder       {self.vocoder}",
                  f"  training      {_or_dash(self.training_steps)} steps, {_or_dash(self.training_epochs)} epochs"]
@@ -102,7 +105,7 @@ def card_of(synth: "Synthesizer") -> ModelCard:
         calibration=None if calibration is None else {"version": calibration.version, "data": calibration.data,
                                                       "n_utterances": calibration.n_utterances,
                                                       "refined": calibration.refined},
-        speakers=synth.speakers,
+        speakers=synth.speakers, reference_input=config.model.reference_input,
     )
 
 

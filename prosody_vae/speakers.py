@@ -81,6 +81,12 @@ class SpeakerTable:
             raise ConfigError(f"pitch_mode='absolute': no F0 recorded for speaker(s) {unknown} (no voiced training frames)")
         return shift
 
+    def registers(self, speaker: "str | Sequence[str] | None", batch: int, argument: str = "speaker") -> list[float]:
+        """(B,) each named speaker's mean ln F0; NaN for no name or where none is recorded."""
+        if speaker is None or self.log_f0_mean is None:
+            return [math.nan] * batch
+        return [self.log_f0_mean[i] for i in self.ids(speaker, batch, argument)]
+
     def f0_mean_hz(self, name: str) -> float:
         """The speaker's mean F0 in Hz (geometric mean over voiced frames); NaN if not recorded."""
         if self.log_f0_mean is None:

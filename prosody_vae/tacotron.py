@@ -30,6 +30,7 @@ from .errors import DataError, ReferenceInputError
 from .inputs import check_mel, check_speaker_ids, check_synthesis_args, check_text
 from .layers import Generators, Postnet, TextEncoder, summarise_text
 from .masked_norm import length_mask
+from .prosody_reference import N_FEATURES, reference_features
 from .reference import Posterior, VariationalReferenceEncoder, condition_on_z
 from .speaker_adversary import SpeakerAdversary
 from .tacotron_config import TacotronConfig
@@ -78,7 +79,7 @@ class ProsodyTacotron(nn.Module):
         self.speaker_embedding = (nn.Embedding(config.n_speakers, config.speaker_dim)
                                   if config.n_speakers else None)
         self.reference_encoder = VariationalReferenceEncoder(
-            n_mels=config.n_mels, latent_dim=config.latent_dim,
+            n_mels=N_FEATURES if config.reference_input == "prosody" else config.n_mels, latent_dim=config.latent_dim,
             text_summary_dim=config.text_summary_dim if uses_text else 0,
             speaker_dim=config.speaker_dim if uses_speaker else 0, conv_channels=config.ref_conv_channels,
             gru_dim=config.ref_gru_dim, mlp_dim=config.ref_mlp_dim, text_dropout=config.text_dropout)
@@ -92,12 +93,17 @@ class ProsodyTacotron(nn.Module):
                 mel_lengths: torch.Tensor, speaker_ids: Optional[torch.Tensor] = None,
                 reference_mel: Optional[torch.Tensor] = None, reference_lengths: Optional[torch.Tensor] = None,
                 mode: Literal["sample", "mean"] = "sample", generator: Optional[torch.Generator] = None,
-                log_f0: Optional[torch.Tensor] = None, voiced: Optional[torch.Tensor] = None) -> TacotronOutput:
+                log_f0: Optional[torch.Tensor] = None, voiced: Optional[torch.Tensor] = None,
+                energy: Optional[torch.Tensor] = None,
+                reference_register: Optional[torch.Tensor] = None) -> TacotronOutput:
         """Teacher-forced pass. text (B, L), mel (B, T, n_mels) with T a multiple of r
         (`data.collate_batch(frames_multiple=r)`), lengths (B,). The reference defaults to mel;
         a given reference is taken to speak `text` (its text summary is that of `text`).
         mode and generator choose how z is drawn from the posterior. log_f0 and voiced (B, T), the
-        batch's pitch, are read only by a model with `pitch_feedback`."""
+        batch's pitch, are read by a model with `pitch_feedback`. A model with reference_input
+        "prosody" reads log_f0, voiced, energy (B, T) and reference_register (B,), each speaker's
+        mean ln F0 (NaN: unknown), as its reference; a given reference_mel is then its
+        (B, T, N_FEATURES) `prosody_reference.reference_features`."""
         text_lengths = self._check_text(text, text_lengths)
         mel_lengths = check_mel(mel, mel_lengths, text.shape[0], self.config.n_mels)
         if mel.shape[1] % self.config.reduction_factor:
@@ -109,6 +115,11 @@ class ProsodyTacotron(nn.Module):
         embedded = self.embedding(text)  # (B, L, E)
         if reference_mel is None:
             reference_mel, reference_lengths = mel, mel_lengths
+            if self.config.reference_input == "prosody":
+                if log_f0 is None or voiced is None or energy is None or reference_register is None:
+                    raise ReferenceInputError("a model with reference_input='prosody' reads the batch's log_f0, "
+                                              "voiced, energy and reference_register; give all four")
+                reference_mel = reference_features(log_f0, voiced, energy, reference_register)  # (B, T, 3)
         posterior = self.reference_encoder(
             reference_mel, reference_lengths, self._summarise_text(text, text_lengths),
             speaker if self.config.posterior.endswith("+S") else None, mode=mode, generator=generator)
@@ -149,7 +160,8 @@ class ProsodyTacotron(nn.Module):
                          text_lengths: Optional[torch.Tensor] = None, speaker_ids: Optional[torch.Tensor] = None,
                          mode: Literal["sample", "mean"] = "mean", temperature: float = 1.0,
                          generator: Optional[torch.Generator] = None) -> Posterior:
-        """Posterior of a reference mel (B, T, n_mels). `text` is the reference's own transcript: a
+        """Posterior of a reference mel (B, T, n_mels), or for reference_input "prosody" of its
+        `prosody_reference.reference_features` (B, T, N_FEATURES). `text` is the reference's own transcript: a
         "V+T" model summarises it, or uses its learned missing-transcript vector when it is None;
         a "V" model does not read it. "V+S" and "V+T+S" need speaker_ids."""
         summary = None

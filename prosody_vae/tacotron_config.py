@@ -17,6 +17,7 @@ from .text import SYMBOLS
 
 AttentionKind = Literal["location", "forward", "dca"]
 PosteriorVariant = Literal["V", "V+S", "V+T", "V+T+S"]
+ReferenceInput = Literal["mel", "prosody"]
 
 
 @dataclass
@@ -86,6 +87,10 @@ class TacotronConfig:
     # "V+T": also a text summary; "V+S": also the speaker; "V+T+S": both. A posterior that knows
     # the speaker can carry a reference's pitch as an offset from that speaker's register
     posterior: PosteriorVariant = "V"
+    # what the reference encoder reads: "mel", the log-mel (voice and all), or "prosody", the
+    # speaker-relative pitch, voicing and level tracks of prosody_reference.py, which hold no
+    # register, timbre or loudness of the voice (training needs the cache's pitch features)
+    reference_input: ReferenceInput = "mel"
     text_summary_dim: int = 128  # LSTM over the text embeddings, used by "V+T" and "V+T+S"
     text_dropout: float = 0.0
 
@@ -105,7 +110,8 @@ class TacotronConfig:
                      "dca_dynamic_kernel_size", "postnet_kernel_size"):
             value = getattr(self, name)
             _require(value % 2 == 1, f"TacotronConfig.{name} must be odd (same padding), got {value}")
-        for name, allowed in (("attention_kind", ("location", "forward", "dca")), ("posterior", ("V", "V+S", "V+T", "V+T+S"))):
+        for name, allowed in (("attention_kind", ("location", "forward", "dca")),
+                              ("posterior", ("V", "V+S", "V+T", "V+T+S")), ("reference_input", ("mel", "prosody"))):
             value = getattr(self, name)
             _require(value in allowed, f"TacotronConfig.{name} must be one of {allowed}, got {value!r}")
         _require(self.encoder_lstm_dim % 2 == 0,

@@ -136,6 +136,10 @@ class _Trainer:
         self.data = build_data(config, data_dir, cluster)
         seed_all(config.seed)  # identical initial weights on every rank
         self.model = ProsodyTacotron(config.model).to(self.device)
+        # (n_speakers,) each speaker's register, which a "prosody" reference is taken relative to
+        registers = self.data.speaker_table.log_f0_mean
+        self.speaker_registers = torch.tensor([math.nan] * len(self.data.speaker_table) if registers is None
+                                              else registers, dtype=torch.float32, device=self.device)
         self.controller = build_controller(config.controller)
         if self.device.type == "cpu" and fast_path_enabled():
             keep_freed_memory()  # see cpu_memory.py: a tenth of a CPU step went to page faults
@@ -282,11 +286,15 @@ class _Trainer:
             self.log.warning(step, "kl_inactive", message, {"kl": kl, "kl_window_start": self.kl_watch.start_kl})
 
     def _conditioning(self, batch: Batch) -> dict[str, Optional[torch.Tensor]]:
-        """What the model reads from the batch beside text and mel: speakers, fed-back pitch."""
+        """What the model reads from the batch beside text and mel: speakers, fed-back pitch, and
+        a "prosody" reference's tracks and speaker registers."""
         model = self.config.model
-        pitch = model.pitch_feedback
+        prosody = model.reference_input == "prosody"
+        pitch = model.pitch_feedback or prosody
         return {"speaker_ids": batch.speaker_ids if model.n_speakers else None,
-                "log_f0": batch.log_f0 if pitch else None, "voiced": batch.voiced if pitch else None}
+                "log_f0": batch.log_f0 if pitch else None, "voiced": batch.voiced if pitch else None,
+                "energy": batch.energy if prosody else None,
+                "reference_register": self.speaker_registers[batch.speaker_ids] if prosody else None}
 
     def _log_train(self, window: MetricWindow, progress: ProgressDisplay) -> None:
         if not self.cluster.is_main:
