@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from einops import rearrange
 
 from .atomic import atomic_write
-from .errors import AudioError, ConfigError
+from .errors import AudioError, ConfigError, ReferenceInputError
 from .masked_norm import length_mask
 
 
@@ -236,6 +236,44 @@ def check_not_silent(wav: np.ndarray | torch.Tensor, source: str, error: type[Ex
     if peak <= SILENCE_PEAK:
         raise error(f"{source}: audio is digital silence (peak |x| = {peak:.2g} <= {SILENCE_PEAK:.2g}); "
                     "it carries no speech or prosody")
+
+
+def load_reference(reference, audio: AudioConfig, max_seconds: float | None = None) -> tuple[torch.Tensor, str]:
+    """A prosody reference, checked: a wav path, a waveform (N,) or a log-mel (T, n_mels) -> that
+    waveform or log-mel as a float32 CPU tensor, and the name of its source (the path, or
+    "reference") for messages. Refused with a ReferenceInputError naming the source: a wrong type
+    or shape, NaN or infinite values, anything longer than `max_seconds`, a log-mel that is empty
+    or all silence, a waveform too short for one frame (`AudioConfig.min_samples`) or digitally
+    silent. A file that cannot be read is an AudioError (`load_wav`)."""
+    source = "reference"
+    if isinstance(reference, (str, os.PathLike)):
+        source = str(reference)
+        reference = load_wav(reference, audio.sample_rate, max_seconds)
+    try:
+        tensor = torch.as_tensor(reference, dtype=torch.float32)
+    except (TypeError, ValueError, RuntimeError):
+        raise ReferenceInputError(f"{source}: expected a wav path, a waveform or a log-mel, "
+                                  f"got {type(reference).__name__}") from None
+    is_wav = tensor.dim() == 1
+    if not (is_wav or (tensor.dim() == 2 and tensor.shape[1] == audio.n_mels)):
+        raise ReferenceInputError(f"reference must be a wav path, a waveform (N,) or a log-mel (T, "
+                                  f"{audio.n_mels}), got shape {tuple(tensor.shape)}")
+    if not torch.isfinite(tensor).all():
+        raise ReferenceInputError(f"{source}: reference holds NaN or infinite values")
+    seconds = tensor.shape[0] / audio.sample_rate * (1 if is_wav else audio.hop_length)
+    if max_seconds is not None and seconds > max_seconds:
+        raise ReferenceInputError(f"{source}: reference of {seconds:.1f} s is over max_reference_seconds="
+                                  f"{max_seconds:g}; trim it or raise the limit")
+    if not is_wav:
+        if tensor.shape[0] == 0 or tensor.max() <= audio.pad_value + 1e-3:  # all at the log floor
+            raise ReferenceInputError(f"{source}: log-mel reference is empty or silence throughout")
+        return tensor, source
+    if tensor.shape[0] < audio.min_samples:
+        raise ReferenceInputError(
+            f"{source}: reference of {tensor.shape[0]} samples is too short: one mel frame needs "
+            f"{audio.min_samples} ({audio.min_samples / audio.sample_rate * 1000:.0f} ms)")
+    check_not_silent(tensor, source, ReferenceInputError)
+    return tensor, source
 
 
 def save_wav(path: str | os.PathLike, wav: np.ndarray | torch.Tensor, sample_rate: int = 22050) -> Path:

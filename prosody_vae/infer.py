@@ -75,7 +75,7 @@ from typing import Callable, Literal, Mapping, Optional, Sequence, Union
 import numpy as np
 import torch
 
-from .audio import MelSpectrogram, check_not_silent, griffin_lim, load_wav
+from .audio import MelSpectrogram, griffin_lim, load_reference
 from .controls import Calibration, KnobCalibration, control_paths, edit_f0, edit_level
 from .errors import ConfigError, ReferenceInputError, TextError
 from .pitch import FrameFeatures, frame_features
@@ -198,15 +198,13 @@ class Synthesizer:
     def reference_mel(self, reference: Reference) -> torch.Tensor:
         """A wav path, a waveform (N,) array/tensor, or a log-mel (T, n_mels) -> log-mel (T, n_mels).
 
-        Refused, with a message naming the file (or "reference"): a file that cannot be read
-        (AudioError), and with ReferenceInputError: a wrong shape, NaN or infinite values, a
-        waveform too short for one STFT frame (`AudioConfig.min_samples`, 17 ms at 22.05 kHz; the
-        encoder itself accepts any length >= 1 frame), digital silence (no prosody to transfer),
-        samples so large that the log-mel overflows, and anything longer than
-        `max_reference_seconds`. Other sample rates and stereo files
-        are resampled and mixed down by `load_wav`.
+        Refused, with a message naming the file (or "reference"): what `audio.load_reference`
+        refuses (a file that cannot be read, a wrong shape, NaN or infinite values, a waveform
+        too short for one STFT frame, 17 ms at 22.05 kHz, digital silence, anything longer than
+        `max_reference_seconds`), and samples so large that the log-mel overflows. Other sample
+        rates and stereo files are resampled and mixed down by `load_wav`.
         """
-        tensor, source = self._checked_reference(reference)
+        tensor, source = load_reference(reference, self.audio, self.max_reference_seconds)
         if tensor.dim() == 2:
             return tensor.to(self.device)
         with torch.no_grad():
@@ -221,43 +219,11 @@ class Synthesizer:
         as `FrameFeatures` pass through. A log-mel holds no F0 track and is refused."""
         if isinstance(reference, FrameFeatures):
             return reference
-        tensor, source = self._checked_reference(reference)
+        tensor, source = load_reference(reference, self.audio, self.max_reference_seconds)
         if tensor.dim() == 2:
             raise ReferenceInputError(f"{source}: this model reads the reference's pitch (reference_input='prosody'): "
                                       "give a wav path or a waveform, not a log-mel")
         return frame_features(tensor.numpy(), self.audio, source=source)
-
-    def _checked_reference(self, reference: Reference) -> tuple[torch.Tensor, str]:
-        """A checked waveform (N,) or log-mel (T, n_mels) on the CPU, and the name of its source."""
-        source = "reference"
-        if isinstance(reference, (str, os.PathLike)):
-            source = str(reference)
-            reference = load_wav(reference, self.audio.sample_rate, self.max_reference_seconds)
-        try:
-            tensor = torch.as_tensor(reference, dtype=torch.float32)
-        except (TypeError, ValueError, RuntimeError):
-            raise ReferenceInputError(f"{source}: expected a wav path, a waveform or a log-mel, "
-                                      f"got {type(reference).__name__}") from None
-        is_wav = tensor.dim() == 1
-        if not (is_wav or (tensor.dim() == 2 and tensor.shape[1] == self.audio.n_mels)):
-            raise ReferenceInputError(f"reference must be a wav path, a waveform (N,) or a log-mel (T, "
-                                      f"{self.audio.n_mels}), got shape {tuple(tensor.shape)}")
-        if not torch.isfinite(tensor).all():
-            raise ReferenceInputError(f"{source}: reference holds NaN or infinite values")
-        seconds = tensor.shape[0] / self.audio.sample_rate * (1 if is_wav else self.audio.hop_length)
-        if self.max_reference_seconds is not None and seconds > self.max_reference_seconds:
-            raise ReferenceInputError(f"{source}: reference of {seconds:.1f} s is over max_reference_seconds="
-                                      f"{self.max_reference_seconds:g}; trim it or raise the limit")
-        if not is_wav:
-            if tensor.shape[0] == 0 or tensor.max() <= self.audio.pad_value + 1e-3:  # all at the log floor
-                raise ReferenceInputError(f"{source}: log-mel reference is empty or silence throughout")
-            return tensor, source
-        if tensor.shape[0] < self.audio.min_samples:
-            raise ReferenceInputError(
-                f"{source}: reference of {tensor.shape[0]} samples is too short: one mel frame needs "
-                f"{self.audio.min_samples} ({self.audio.min_samples / self.audio.sample_rate * 1000:.0f} ms)")
-        check_not_silent(tensor, source, ReferenceInputError)
-        return tensor, source
 
     def _encode_texts(self, texts: Sequence[str], argument: str = "texts") -> tuple[torch.Tensor, torch.Tensor]:
         """Ids (B, L) padded and lengths (B,); a refused text is a TextError naming `argument`[i]."""
