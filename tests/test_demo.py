@@ -107,9 +107,10 @@ def test_cli_train_reports_a_bad_config_in_one_line(tmp_path):
 @pytest.mark.slow
 def test_cli_demo_end_to_end(tmp_path):
     config = tmp_path / "micro.toml"
-    # as the demo recipe: told who speaks, with a pitch head
+    # as the demo recipe: told who speaks, with a pitch head, reading the reference's prosody tracks
     config.write_text(MICRO_TOML.replace("[data]\nn_val = 2", "[data]\nn_val = 4").replace(
-        "max_decoder_steps = 12", "max_decoder_steps = 12\nn_speakers = 12\nspeaker_dim = 4\npitch_head = true"))
+        "max_decoder_steps = 12", "max_decoder_steps = 12\nn_speakers = 12\nspeaker_dim = 4\npitch_head = true\n"
+                                  "reference_input = \"prosody\""))
     result = run_cli("demo", "--out", str(tmp_path / "demo"), "--n", "16", "--config", str(config))
     assert result.returncode == 0, result.stderr
     out = tmp_path / "demo"
