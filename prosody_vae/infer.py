@@ -148,7 +148,7 @@ class Synthesizer:
         n_speakers = model.config.n_speakers
         # the registers an unnamed reference of a "prosody" model is matched to (a single-speaker
         # model's table holds its one voice)
-        self.registers = tuple(speaker_table.log_f0_mean or ()) if speaker_table is not None else ()
+        self.known_registers = tuple(speaker_table.log_f0_mean or ()) if speaker_table is not None else ()
         # a model may have more speaker ids than its corpus had speakers; only named ones are spoken
         self.speaker_table = (speaker_table if speaker_table is not None and 0 < len(speaker_table) <= n_speakers
                               else SpeakerTable(tuple(str(i) for i in range(n_speakers))))
@@ -290,7 +290,7 @@ class Synthesizer:
         log_f0, voiced, energy, lengths = batch_tracks([self.reference_tracks(r) for r in references])
         registers = torch.tensor(self.speaker_table.registers(reference_speaker, len(references), "reference_speaker")
                                  if self.speakers else [math.nan] * len(references))  # (B,) NaN: not named
-        unnamed = nearest_register(utterance_register(log_f0, voiced), self.registers)
+        unnamed = nearest_register(utterance_register(log_f0, voiced), self.known_registers)
         features = reference_features(log_f0, voiced, energy, torch.where(torch.isnan(registers), unnamed, registers))
         return features.to(self.device), lengths.to(self.device)
 
