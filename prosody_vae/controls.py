@@ -375,9 +375,12 @@ def calibrate_checkpoint(checkpoint: str | os.PathLike, data_dir: str | os.PathL
     written atomically; everything else in the file is kept)."""
     from .checkpoint import load_model_and_state, save_checkpoint
     from .infer import Synthesizer
+    from .speakers import SpeakerTable
 
     model, config, state = load_model_and_state(checkpoint)
-    synth = Synthesizer(model, config)
+    # the speaker table names the corpus's voices, so a "prosody" model reads each utterance
+    # relative to its own speaker's register
+    synth = Synthesizer(model, config, speaker_table=SpeakerTable.from_checkpoint(state, str(checkpoint)))
     calibration = calibrate(synth, data_dir, cache_dir=cache_dir, refine=refine)
     # in place means into the file itself: writing over a link (a run's last.pt) would replace the link
     save_checkpoint(out or Path(checkpoint).resolve(), {**state, "calibration": calibration.to_dict()})
