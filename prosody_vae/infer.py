@@ -325,14 +325,14 @@ class Synthesizer:
             z = mean if mode == "mean" else mean + temperature * std * noise
         return z if shift is None else z + shift.to(self.device)
 
-    def _control_paths(self, controls: Optional[Mapping[str, float]]) -> dict[str, dict[str, float]]:
+    def control_paths(self, controls: Optional[Mapping[str, float]]) -> dict[str, dict[str, float]]:
         """The requested knobs, checked, by the path each takes (controls.control_paths)."""
         return control_paths(self.calibration, controls, pitch_path=self.pitch_path,
                              pitch_head=self.model.config.pitch_head, checkpoint=self.checkpoint)
 
     def _control_offset(self, controls: Optional[Mapping[str, float]]) -> Optional[torch.Tensor]:
         """The z shift (latent,) of the knobs that act in z; None when none does."""
-        in_z = self._control_paths(controls)["z"]
+        in_z = self.control_paths(controls)["z"]
         return self.calibration.offset(in_z) if in_z else None
 
     # ----------------------------------------------------------------------------- synthesis
@@ -389,7 +389,7 @@ class Synthesizer:
         mels = [out.mel_postnet[i, :n].float() for i, n in enumerate(lengths)]
         f0 = [] if out.log_f0 is None else [torch.where(out.voiced[i, :n], out.log_f0[i, :n].exp(), 0.0).float()
                                             for i, n in enumerate(lengths)]
-        paths = self._control_paths(controls)
+        paths = self.control_paths(controls)
         if "energy" in paths["mel"]:
             mels = [edit_level(mel, paths["mel"]["energy"]) for mel in mels]
         if self.postfilter is not None:  # last: its floor also bounds a quieter mel

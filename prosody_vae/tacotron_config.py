@@ -9,7 +9,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, get_args
 
 from .errors import ConfigError
 from .reference import CAPACITRON_CHANNELS
@@ -76,8 +76,8 @@ class TacotronConfig:
     # speakers (0 = single speaker)
     n_speakers: int = 0
     speaker_dim: int = 0
-    # a speaker classifier on the posterior mean behind a gradient reversal (speaker_adversary.py),
-    # which pushes the voice out of z; its loss weight is loss.speaker_adversary_weight
+    # a speaker classifier on the posterior mean and a confusion loss that pushes z to make its
+    # guess uniform (speaker_adversary.py); its loss weight is loss.speaker_adversary_weight
     speaker_adversary: bool = False
     # variational reference encoder
     latent_dim: int = 128
@@ -110,8 +110,9 @@ class TacotronConfig:
                      "dca_dynamic_kernel_size", "postnet_kernel_size"):
             value = getattr(self, name)
             _require(value % 2 == 1, f"TacotronConfig.{name} must be odd (same padding), got {value}")
-        for name, allowed in (("attention_kind", ("location", "forward", "dca")),
-                              ("posterior", ("V", "V+S", "V+T", "V+T+S")), ("reference_input", ("mel", "prosody"))):
+        for name, kind in (("attention_kind", AttentionKind), ("posterior", PosteriorVariant),
+                           ("reference_input", ReferenceInput)):
+            allowed = get_args(kind)
             value = getattr(self, name)
             _require(value in allowed, f"TacotronConfig.{name} must be one of {allowed}, got {value!r}")
         _require(self.encoder_lstm_dim % 2 == 0,

@@ -185,7 +185,7 @@ class SynthesisEngine:
         refusal names `controls.<knob>`."""
         for name, value in controls.items():
             try:
-                self.synth._control_paths({name: value})  # tts's own check
+                self.synth.control_paths({name: value})  # tts's own check
             except ControlError as exc:
                 raise RequestError(f"controls.{name}", str(exc)) from None
 
