@@ -117,3 +117,26 @@ def test_the_rate_knob_changes_the_duration_the_right_way(server, browser):
         durations[name] = synthesize_in_page(browser)
     assert durations["slower"] > durations["neutral"] > durations["faster"], durations
     assert severe_console_messages(browser) == []
+
+
+def test_the_voice_menu_lists_the_models_voices_and_the_request_names_the_chosen_one(server, browser):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import Select, WebDriverWait
+
+    card = httpx.get(server + "/v1/model", timeout=30).json()
+    browser.get(server + "/")
+    WebDriverWait(browser, 30).until(lambda d: "latent" in d.find_element(By.ID, "model-summary").text)
+    menu = Select(browser.find_element(By.ID, "speaker"))
+    assert [option.get_attribute("value") for option in menu.options] == card["speakers"]
+    assert browser.find_element(By.ID, "voices").is_displayed() == bool(card["speakers"])
+    voice = card["speakers"][-1]
+    menu.select_by_value(voice)
+    text = browser.find_element(By.ID, "text")
+    text.clear()
+    text.send_keys(TEXT)
+    duration = synthesize_in_page(browser)
+    assert browser.find_element(By.CSS_SELECTOR, "#history li .params").text.startswith(f"voice {voice}, ")
+    api = httpx.post(server + "/v1/synthesize", json={"text": TEXT, "seed": 0, "temperature": 1.0, "speaker": voice},
+                     timeout=120)
+    assert duration == pytest.approx(float(api.headers["X-Duration-Seconds"]), abs=0.005)
+    assert severe_console_messages(browser) == []

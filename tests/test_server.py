@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import io
+import math
 import socket
 import threading
 import time
@@ -249,6 +250,33 @@ def test_speakers_by_name_and_an_unknown_one_listing_the_known():
         assert "en-us+f3, en-us+m1" in response.json()["error"]["message"]
         voices = [decoded(multi.post("/v1/synthesize", json={"text": "Hi.", "speaker": name, "format": "json"}
                                      ).json()["results"][0]) for name in synth.speakers]
+        assert len(voices[0]) and not np.array_equal(voices[0], voices[1])
+
+
+def test_reference_speaker_absolute_pitch_and_the_interpolation_voice_reach_the_synthesizer_checked():
+    synth = make_synth(n_speakers=2, speaker_dim=4, pitch_head=True)
+    synth.speaker_table = SpeakerTable(("en-us+f3", "en-us+m1"), log_f0_mean=(math.log(220.0), math.log(110.0)))
+    with app_client(ServeConfig(warm_up=False), synth) as multi:
+        upload = multi.post("/v1/encode", files={"reference": ("a.wav", wav_file(reference_wav()), "audio/wav")})
+        ref = upload.json()["reference_id"]
+        ask = lambda **kw: multi.post("/v1/synthesize", json={"text": "Hi.", "seed": 1, "format": "json",
+                                                               "include": ["f0"], **kw})
+        assert_refused(ask(reference_id=ref, reference_speaker="nobody"), 422, "reference_speaker")
+        assert "en-us+f3, en-us+m1" in ask(reference_id=ref, reference_speaker="nobody").json()["error"]["message"]
+        assert_refused(ask(reference_speaker="en-us+f3"), 422, "reference_speaker")  # and no reference
+        assert_refused(ask(reference_id=ref, speaker="en-us+m1", pitch_mode="absolute"), 422, "pitch_mode")
+        relative, absolute = (ask(reference_id=ref, speaker="en-us+m1", reference_speaker="en-us+f3",
+                                  pitch_mode=mode).json()["results"][0] for mode in ("relative", "absolute"))
+        # absolute: the output voice's predicted F0 moved up by the register gap, one octave (x2)
+        voiced = [(a, r) for a, r in zip(absolute["f0_hz"], relative["f0_hz"]) if r > 0]
+        assert voiced and all(a == pytest.approx(2 * r, abs=0.15) for a, r in voiced)  # f0_hz: 0.1 Hz steps
+        direct = synth.tts("Hi.", reference=reference_wav(), seed=1, speaker="en-us+m1",
+                           reference_speaker="en-us+f3", pitch_mode="absolute")
+        assert np.allclose(absolute["f0_hz"], direct.f0[0].numpy(), atol=0.06)
+        walk = lambda name: multi.post("/v1/interpolate", json={"text": "Hi.", "reference_a": ref, "reference_b": ref,
+                                                                "steps": 2, "seed": 1, "speaker": name})
+        assert_refused(walk("nobody"), 422, "speaker")
+        voices = [decoded(walk(name).json()["results"][0]) for name in synth.speakers]
         assert len(voices[0]) and not np.array_equal(voices[0], voices[1])
 
 

@@ -189,12 +189,12 @@ class SynthesisEngine:
             except ControlError as exc:
                 raise RequestError(f"controls.{name}", str(exc)) from None
 
-    def check_speaker(self, speaker: str) -> None:
+    def check_speaker(self, speaker: str, field: str = "speaker") -> None:
         known = self.synth.speakers
         if not known:
-            raise RequestError("speaker", "this is a single-speaker model: leave `speaker` out")
+            raise RequestError(field, f"this is a single-speaker model: leave `{field}` out")
         if speaker not in known:
-            raise RequestError("speaker", f"unknown speaker {speaker!r}; known: {', '.join(known)}")
+            raise RequestError(field, f"unknown speaker {speaker!r}; known: {', '.join(known)}")
 
     # ----------------------------------------------------------------------------- jobs
     def synthesis_jobs(self, request: SynthesizeRequest, reference: Optional[np.ndarray],
@@ -213,9 +213,17 @@ class SynthesisEngine:
             self.check_text(request.reference_text, "reference_text")
         self.check_controls(request.controls)
         extra = {}
-        if request.speaker is not None:
-            self.check_speaker(request.speaker)
-            extra["speaker"] = request.speaker
+        for field in ("speaker", "reference_speaker"):
+            if getattr(request, field) is not None:
+                self.check_speaker(getattr(request, field), field)
+                extra[field] = getattr(request, field)
+        if request.reference_speaker is not None and reference is None:
+            raise RequestError("reference_speaker", "who speaks the reference needs a reference")
+        if request.pitch_mode == "absolute":
+            if request.speaker is None or request.reference_speaker is None or not self.synth.model.config.pitch_head:
+                raise RequestError("pitch_mode", "\"absolute\" needs a model with speakers and a pitch head, "
+                                                 "`speaker` and `reference_speaker`")
+            extra["pitch_mode"] = "absolute"
         seeds = request.seeds if request.seeds is not None else [request.seed]
         items = len(texts) * len(seeds) * request.n_samples
         if items > self.config.max_items:
@@ -233,7 +241,8 @@ class SynthesisEngine:
             # a batch shares every argument but the texts; n_samples results come back in tts's order
             key = None if request.n_samples > 1 else (
                 reference_key, request.reference_text, request.mode, request.temperature, seed,
-                request.strength, tuple(sorted(request.controls.items())), request.speaker)
+                request.strength, tuple(sorted(request.controls.items())), request.speaker,
+                request.reference_speaker, request.pitch_mode)
             jobs.append((key, TTSJob(texts, kwargs, request.vocoder), items // len(seeds)))
         return jobs
 
@@ -241,8 +250,13 @@ class SynthesisEngine:
         self.check_text(request.text, "text")
         self.vocoder(request.vocoder)
         ends = {name: self.references.get(getattr(request, name), name) for name in ("reference_a", "reference_b")}
+        voice = {}
+        if request.speaker is not None:
+            self.check_speaker(request.speaker)
+            voice["speaker"] = request.speaker
         # the ends' posterior means are encoded in the worker, like every other use of the model
-        return TTSJob([request.text] * request.steps, {"interpolate": ends, "seed": request.seed}, request.vocoder)
+        return TTSJob([request.text] * request.steps, {"interpolate": ends, "seed": request.seed, **voice},
+                      request.vocoder)
 
     def encode_job(self, wav: np.ndarray, reference_text: Optional[str]) -> Callable[[], dict[str, Any]]:
         if reference_text is not None:

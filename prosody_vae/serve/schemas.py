@@ -42,7 +42,13 @@ class SynthesizeRequest(_Closed):
     strength: float = Field(1.0, ge=0.0, le=4.0, description="0: the prior mean; 1: the reference's prosody")
     controls: dict[str, float] = Field(default_factory=dict, description="calibrated knobs within their ranges "
                                        "(GET /v1/model: server.knobs), e.g. {\"rate\": 0.8}: " + KNOB_UNITS)
-    speaker: Optional[str] = None
+    speaker: Optional[str] = Field(None, description="the output's voice (GET /v1/model lists them)")
+    reference_speaker: Optional[str] = Field(None, description="who speaks the reference, one of the model's voices "
+                                             "(unnamed: the output's voice, or for a model that reads prosody tracks, "
+                                             "the voice of nearest pitch register)")
+    pitch_mode: Literal["relative", "absolute"] = Field(
+        "relative", description="relative: the reference's pitch offset on the output voice's register; absolute: "
+                                "the reference's Hz (needs `reference_speaker`)")
     vocoder: Optional[str] = Field(None, description="a vocoder name (GET /v1/model lists them)")
     format: Literal["wav", "json"] = Field("wav", description="wav: the audio; json: base64 audio + extras")
     include: list[Extra] = Field(default_factory=list, description="arrays (per result) to add to a JSON answer")
@@ -63,5 +69,6 @@ class InterpolateRequest(_Closed):
     reference_b: str = Field(description="a reference id (POST /v1/encode)")
     steps: int = Field(5, ge=2, le=16)
     seed: Optional[Seed] = None
+    speaker: Optional[str] = Field(None, description="the output's voice (GET /v1/model lists them)")
     vocoder: Optional[str] = None
     include: list[Extra] = Field(default_factory=list)

@@ -94,9 +94,17 @@ function buildKnobs(card) {
   const vocoder = $("vocoder");
   vocoder.replaceChildren(new Option(`default (${server.vocoder})`, ""),
                           ...server.vocoders.map((name) => new Option(name, name)));
+  buildVoices(card.speakers || []);
   const speakers = card.speakers && card.speakers.length ? `, ${card.speakers.length} speakers` : "";
   $("model-summary").textContent = `latent ${card.latent_dim ?? "?"} dims${speakers}, ` +
     `${server.sample_rate} Hz, vocoder ${server.vocoder}.`;
+}
+
+function buildVoices(names) {  // a single-speaker model has no voices to choose
+  $("voices").hidden = names.length === 0;
+  $("speaker").replaceChildren(...names.map((name) => new Option(name, name)));
+  $("reference-speaker").replaceChildren(new Option("not one of these voices (nearest pitch register)", ""),
+                                         ...names.map((name) => new Option(name, name)));
 }
 
 // ------------------------------------------------------------------------------ requests
@@ -104,9 +112,12 @@ function options() {
   const body = { text: $("text").value, temperature: Number($("temperature").value),
                  seed: Math.max(0, Math.floor(Number($("seed").value) || 0)), format: "json",
                  include: ["mel", "f0", "alignment"] };
+  if (!$("voices").hidden) body.speaker = $("speaker").value;
   if (state.referenceA) {
     body.reference_id = state.referenceA.id;
     body.mode = $("reference-mode").value;
+    if (!$("voices").hidden && $("reference-speaker").value) body.reference_speaker = $("reference-speaker").value;
+    if (!$("voices").hidden && $("pitch-mode").value !== "relative") body.pitch_mode = $("pitch-mode").value;
   }
   if ($("vocoder").value) body.vocoder = $("vocoder").value;
   const controls = {};
@@ -120,6 +131,9 @@ function options() {
 
 function describe(body) {
   const parts = [body.reference_id ? `reference ${body.mode}` : "prior sample", `T ${body.temperature}`];
+  if (body.speaker) parts.unshift(`voice ${body.speaker}`);
+  if (body.reference_speaker) parts.push(`reference voice ${body.reference_speaker}`);
+  if (body.pitch_mode) parts.push(`${body.pitch_mode} pitch`);
   if (body.seed !== undefined) parts.push(`seed ${body.seed}`);
   for (const [name, value] of Object.entries(body.controls || {})) parts.push(`${name} ${value.toFixed(2)}`);
   if (body.strength !== undefined) parts.push(`strength ${body.strength}`);
@@ -147,6 +161,7 @@ async function interpolate() {
   const steps = Math.min(8, Math.max(2, Math.floor(Number($("steps").value) || 5)));
   const body = { text: $("text").value, reference_a: state.referenceA.id, reference_b: state.referenceB.id,
                  steps, seed: Number($("seed").value) || 0, include: ["mel", "f0", "alignment"] };
+  if (!$("voices").hidden) body.speaker = $("speaker").value;
   if ($("vocoder").value) body.vocoder = $("vocoder").value;
   const answer = await postJSON("/v1/interpolate", body);
   answer.results.forEach((result, i) => addResult(body.text, `A → B, step ${i + 1}/${steps}`, result,
