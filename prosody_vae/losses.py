@@ -59,11 +59,10 @@ class LossConfig:
     f0_weight: float = 1.0  # pitch head: L1 on log-F0 over voiced frames
     voicing_weight: float = 1.0  # pitch head: BCE of the voicing logit over valid frames
     speaker_adversary_weight: float = 1.0  # model.speaker_adversary: its classifier's loss plus z's confusion loss
-    voice_consistency_weight: float = 1.0  # model.voice_critic: the critic's verdict on the output (its own loss: 1)
 
     def __post_init__(self) -> None:
         for name in ("stop_pos_weight", "guided_attention_weight", "kl_alpha", "guided_attention_fade_start",
-                     "f0_weight", "voicing_weight", "speaker_adversary_weight", "voice_consistency_weight"):
+                     "f0_weight", "voicing_weight", "speaker_adversary_weight"):
             if not getattr(self, name) >= 0:
                 raise ConfigError(f"LossConfig.{name} must be >= 0, got {getattr(self, name)}")
         if not self.guided_attention_sigma > 0:
@@ -88,8 +87,6 @@ class LossTerms:
     f0: torch.Tensor | float = 0.0  # pitch head: mean |log-F0 error| on voiced frames (0 without one)
     voicing: torch.Tensor | float = 0.0  # pitch head: voicing BCE (0 without one)
     speaker_adversary: torch.Tensor | float = 0.0  # the speaker classifier's cross-entropy (0 without one)
-    voice_critic: torch.Tensor | float = 0.0  # the voice critic's cross-entropy on the recordings (0 without one)
-    voice_consistency: torch.Tensor | float = 0.0  # its cross-entropy on the output, unweighted (0 without one)
 
     def as_floats(self) -> dict[str, float]:
         return {f.name: float(torch.as_tensor(getattr(self, f.name)).detach()) for f in fields(self)}
@@ -206,11 +203,4 @@ class TacotronLoss:
             guess, confusion_logits = output.speaker_logits
             adversary = F.cross_entropy(guess.float(), batch.speaker_ids)  # trains the classifier
             total = total + cfg.speaker_adversary_weight * (adversary + confusion_loss(confusion_logits))  # and z
-        critic = consistency = 0.0
-        if output.voice_logits is not None:
-            on_recordings, on_output = output.voice_logits
-            critic = F.cross_entropy(on_recordings.float(), batch.speaker_ids)  # trains the critic
-            consistency = F.cross_entropy(on_output.float(), batch.speaker_ids)  # trains the decoder
-            total = total + critic + cfg.voice_consistency_weight * consistency
-        return LossTerms(mel_l1, postnet_l1, stop, guided, guided_weight, kl, kl_term, total, f0, voicing, adversary,
-                         critic, consistency)
+        return LossTerms(mel_l1, postnet_l1, stop, guided, guided_weight, kl, kl_term, total, f0, voicing, adversary)

@@ -33,7 +33,6 @@ from .masked_norm import length_mask
 from .prosody_reference import N_FEATURES, reference_features
 from .reference import Posterior, VariationalReferenceEncoder, condition_on_z
 from .speaker_adversary import SpeakerAdversary
-from .voice_critic import VoiceCritic
 from .tacotron_config import TacotronConfig
 
 
@@ -50,8 +49,6 @@ class TacotronOutput:
     voicing_logits: Optional[torch.Tensor] = None  # (B, T)
     # the speaker adversary's logits on detached z and, with frozen weights, on z (B, n_speakers); None without one
     speaker_logits: Optional[tuple[torch.Tensor, torch.Tensor]] = None
-    # the voice critic's logits on the recordings and, with frozen weights, on mel_postnet (B, n_speakers)
-    voice_logits: Optional[tuple[torch.Tensor, torch.Tensor]] = None
 
 
 @dataclass
@@ -88,8 +85,6 @@ class ProsodyTacotron(nn.Module):
             gru_dim=config.ref_gru_dim, mlp_dim=config.ref_mlp_dim, text_dropout=config.text_dropout)
         self.speaker_adversary = (SpeakerAdversary(config.latent_dim, config.ref_mlp_dim, config.n_speakers)
                                   if config.speaker_adversary else None)
-        self.voice_critic = (VoiceCritic(config.n_mels, config.ref_mlp_dim, config.n_speakers)
-                             if config.voice_critic else None)
         memory_dim = config.encoder_lstm_dim + config.latent_dim + config.speaker_dim
         self.decoder = Decoder(config, memory_dim)
         self.postnet = Postnet(config)
@@ -136,14 +131,8 @@ class ProsodyTacotron(nn.Module):
         n_steps = decoder_steps(mel_lengths, self.config.reduction_factor)
         pitch = (layout.log_f0(out), layout.voicing_logits(out)) if layout.pitch else (None, None)
         speaker_logits = None if self.speaker_adversary is None else self.speaker_adversary(posterior.mean)
-        voice_logits = None if self.voice_critic is None else self.voice_critic(mel, mel_postnet, mel_lengths)
         return TacotronOutput(mel_decoder, mel_postnet, layout.stop_logit(out), _zero_beyond(alignments, n_steps),
-                              posterior, *pitch, speaker_logits, voice_logits)
-
-    def critics(self) -> list[nn.Module]:
-        """The classifiers trained on their own loss beside the model (the speaker adversary, the
-        voice critic): the trainer clips their gradient apart from the model's."""
-        return [m for m in (self.speaker_adversary, self.voice_critic) if m is not None]
+                              posterior, *pitch, speaker_logits)
 
     def infer(self, text: torch.Tensor, text_lengths: torch.Tensor, z: Optional[torch.Tensor] = None,
               speaker_ids: Optional[torch.Tensor] = None, max_decoder_steps: Optional[int] = None,

@@ -79,9 +79,6 @@ class TacotronConfig:
     # a speaker classifier on the posterior mean and a confusion loss that pushes z to make its
     # guess uniform (speaker_adversary.py); its loss weight is loss.speaker_adversary_weight
     speaker_adversary: bool = False
-    # a speaker classifier on log-mels, trained on the recordings, whose frozen copy the decoder's
-    # output must name its speaker to (voice_critic.py); weight loss.voice_consistency_weight
-    voice_critic: bool = False
     # variational reference encoder
     latent_dim: int = 128
     ref_conv_channels: tuple[int, ...] = CAPACITRON_CHANNELS
@@ -129,7 +126,6 @@ class TacotronConfig:
                  f"TacotronConfig.posterior {self.posterior!r} needs n_speakers >= 1")
         _require(not self.speaker_adversary or self.n_speakers > 0,
                  "TacotronConfig.speaker_adversary needs n_speakers >= 1")
-        _require(not self.voice_critic or self.n_speakers > 0, "TacotronConfig.voice_critic needs n_speakers >= 1")
         _require(self.stop_gate_tokens >= 0, f"TacotronConfig.stop_gate_tokens must be >= 0, got {self.stop_gate_tokens}")
         _require(self.pitch_head or not self.pitch_feedback, "TacotronConfig.pitch_feedback needs pitch_head = true")
         _require(self.text_dropout == 0.0 or self.posterior != "V",

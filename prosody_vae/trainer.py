@@ -151,12 +151,6 @@ class _Trainer:
                                          weight_decay=o.weight_decay)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lr_schedule(o))
         self.max_grad_norm = o.grad_clip if o.grad_clip > 0 else math.inf
-        # a critic's gradient is clipped on its own: a classifier learning fast (the voice critic's
-        # norm reached 20 against the model's 4) would otherwise shrink every step of the model
-        critic_params = {id(p) for critic in self.model.critics() for p in critic.parameters()}
-        self.clip_groups = [group for group in (
-            [p for p in self.model.parameters() if id(p) not in critic_params],
-            [p for p in self.model.parameters() if id(p) in critic_params]) if group]
         # what a step calls: under torchrun the DDP wrapper, whose backward pass all-reduces gradients
         self.step_model = self.model
         if cluster.world > 1:
@@ -246,8 +240,7 @@ class _Trainer:
                                      **self._conditioning(batch))
         terms = self.loss_fn(output, batch, self.controller, step)
         terms.total.backward()
-        norms = [float(torch.nn.utils.clip_grad_norm_(group, self.max_grad_norm)) for group in self.clip_groups]
-        grad_norm = norms[0] if all(math.isfinite(n) for n in norms) else math.nan  # the model's, unless any broke
+        grad_norm = float(torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.max_grad_norm))
         local = torch.stack([terms.kl.detach().float(), (terms.mel_l1 + terms.postnet_l1).detach().float(),
                              (~torch.isfinite(terms.total.detach())).float()])
         kl_sum, recon_sum, bad_ranks = self.cluster.sum(local).tolist()
