@@ -19,6 +19,10 @@ outputs that no reference can have pulled towards A, and for B's own recordings:
 - "copy_synthesis": a training recording of B (not one of the enrolment ones) through the same
   vocoder from its own log-mel and Praat F0;
 - "recording": that recording itself.
+With `--voice-id`, a stricter figure for the same three sources: each voice speaks (z = 0) the
+texts of the first `--voice-id-texts` held-out references, and how often the output's nearest
+enrolled voice, of all of them, is its own (the copy-synthesis and recording rows: as many spare
+training recordings per voice).
 Prints one JSON object per checkpoint.
 """
 
@@ -44,7 +48,7 @@ ENROLLED = 4  # enrol_voices's per_speaker: each voice's first 4 training uttera
 
 
 def measure(checkpoint: str, data: str, n_probe: int, n_references: int, seed: int,
-            vocoder: str = "source-filter", baselines: bool = False) -> dict:
+            vocoder: str = "source-filter", baselines: bool = False, voice_id_texts: int = 0) -> dict:
     synth = Synthesizer.from_checkpoint(checkpoint, vocoder=vocoder)
     utterances = read_metadata(data)
     training, held_out = split_train_val(utterances, synth.config.data.n_val, synth.config.data.seed)
@@ -61,6 +65,9 @@ def measure(checkpoint: str, data: str, n_probe: int, n_references: int, seed: i
         figures[f"pairs_{pitch}"] = [asdict(p) for p in pairs]
     if baselines and synth.speakers:
         figures["baselines"] = voice_baselines(synth, references, texts, training, voices, data)
+    if voice_id_texts and synth.speakers:
+        figures["voice_id"] = voice_identification(synth, [u.text for u in references[:voice_id_texts]],
+                                                   training, voices, data)
     figures["seconds"] = time.perf_counter() - started
     return figures
 
@@ -93,6 +100,26 @@ def voice_baselines(synth, references, texts, training, voices, data: str) -> di
             for name, pairs in scores.items()}
 
 
+def voice_identification(synth, texts, training, voices, data: str) -> dict:
+    """How often each voice's z = 0 outputs of `texts`, its copy-synthesised spare recordings and
+    those recordings are nearest (resemblyzer) their own voice among all enrolled ones."""
+    cache = MelCache(Path(data) / ".mel_cache", synth.audio)
+    sr, names = synth.audio.sample_rate, sorted(voices)
+    enrolled = np.stack([voices[n].embedding for n in names])  # (V, D)
+    hits = {"prior_mean": [], "copy_synthesis": [], "recording": []}
+    for name in names:
+        spare = [u for u in training if u.speaker == name][ENROLLED:ENROLLED + len(texts)]
+        wavs = {"prior_mean": synth.tts(list(texts), temperature=0.0, speaker=name).wav,
+                "copy_synthesis": [synth.vocode(torch.from_numpy(cache.get(u)), torch.from_numpy(
+                    cache.features(u).f0_hz).nan_to_num(0.0).float()) for u in spare],
+                "recording": [load_wav(u.wav_path, sr) for u in spare]}
+        for source, outputs in wavs.items():
+            nearest = (speaker_embeddings(outputs, sr) @ enrolled.T).argmax(axis=1)
+            hits[source] += [names[int(i)] == name for i in nearest]
+    return {"voices": len(names), "chance": 1 / len(names),
+            **{f"{source}_accuracy": float(np.mean(h)) for source, h in hits.items()}}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--data", required=True)
@@ -103,6 +130,8 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--vocoder", default="source-filter")
     parser.add_argument("--baselines", action="store_true", help="also the z = 0, copy-synthesis and recording wins")
+    parser.add_argument("--voice-id", action="store_true", help="also each voice's nearest-voice accuracy")
+    parser.add_argument("--voice-id-texts", type=int, default=4)
     parser.add_argument("--out", help="also write the JSON here")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -110,7 +139,7 @@ def main() -> None:
     for item in args.checkpoint:
         name, path = item.split("=", 1)
         results[name] = measure(path, args.data, args.n_probe, args.n_references, args.seed,
-                                args.vocoder, args.baselines)
+                                args.vocoder, args.baselines, args.voice_id_texts if args.voice_id else 0)
         print(json.dumps({name: {k: v for k, v in results[name].items() if not k.startswith("pairs")}}), flush=True)
     if args.out:
         with open(args.out, "w", encoding="utf-8") as f:

@@ -94,17 +94,18 @@ function buildKnobs(card) {
   const vocoder = $("vocoder");
   vocoder.replaceChildren(new Option(`default (${server.vocoder})`, ""),
                           ...server.vocoders.map((name) => new Option(name, name)));
-  buildVoices(card.speakers || []);
+  buildVoices(card.speakers || [], card.reference_input);
   const speakers = card.speakers && card.speakers.length ? `, ${card.speakers.length} speakers` : "";
   $("model-summary").textContent = `latent ${card.latent_dim ?? "?"} dims${speakers}, ` +
     `${server.sample_rate} Hz, vocoder ${server.vocoder}.`;
 }
 
-function buildVoices(names) {  // a single-speaker model has no voices to choose
+function buildVoices(names, reads) {  // a single-speaker model has no voices to choose
   $("voices").hidden = names.length === 0;
   $("speaker").replaceChildren(...names.map((name) => new Option(name, name)));
-  $("reference-speaker").replaceChildren(new Option("not one of these voices (nearest pitch register)", ""),
-                                         ...names.map((name) => new Option(name, name)));
+  // what the synthesizer assumes of an unnamed reference depends on what its encoder reads
+  const unnamed = reads === "prosody" ? "unnamed (the voice of nearest pitch register)" : "unnamed (the output's voice)";
+  $("reference-speaker").replaceChildren(new Option(unnamed, ""), ...names.map((name) => new Option(name, name)));
 }
 
 // ------------------------------------------------------------------------------ requests
