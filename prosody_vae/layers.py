@@ -79,16 +79,13 @@ class Postnet(nn.Module):
 
     def __init__(self, config: TacotronConfig) -> None:
         super().__init__()
-        extra = config.speaker_dim if config.postnet_speaker else 0
-        channels = (config.n_mels + extra, *[config.postnet_channels] * (config.postnet_layers - 1), config.n_mels)
+        channels = (config.n_mels, *[config.postnet_channels] * (config.postnet_layers - 1), config.n_mels)
         self.convs, self.norms = _conv_stack(channels, config.postnet_kernel_size)
         self.dropout = config.postnet_dropout
 
-    def forward(self, mel: torch.Tensor, mask: torch.Tensor, speaker: Optional[torch.Tensor] = None) -> torch.Tensor:
+    def forward(self, mel: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         # where, not multiply: frames past a length may be non-finite, and 0 * nan is nan
         x = torch.where(mask[:, None], rearrange(mel, "b t f -> b f t"), 0.0)
-        if speaker is not None:  # (B, S) over every frame
-            x = torch.cat([x, speaker[:, :, None].expand(-1, -1, x.shape[2]) * mask[:, None]], dim=1)
         last = len(self.convs) - 1  # the last layer is linear
         for index, (conv, norm) in enumerate(zip(self.convs, self.norms)):
             x = norm.normalise_tanh_dropout(conv(x), mask, self.dropout, tanh=index < last)  # (B, C, T)

@@ -127,7 +127,7 @@ class ProsodyTacotron(nn.Module):
         memory = self._memory(embedded, text_lengths, text_mask, posterior.z, speaker)
         out, alignments = self.decoder(memory, text_mask, mel, None if log_f0 is None else (log_f0, voiced))
         layout = self.decoder.layout
-        mel_decoder, mel_postnet = self.add_postnet(layout.frames(out), length_mask(mel_lengths, mel.shape[1]), speaker)
+        mel_decoder, mel_postnet = self.add_postnet(layout.frames(out), length_mask(mel_lengths, mel.shape[1]))
         n_steps = decoder_steps(mel_lengths, self.config.reduction_factor)
         pitch = (layout.log_f0(out), layout.voicing_logits(out)) if layout.pitch else (None, None)
         speaker_logits = None if self.speaker_adversary is None else self.speaker_adversary(posterior.mean)
@@ -153,7 +153,7 @@ class ProsodyTacotron(nn.Module):
                 memory, text_mask, max_steps, self.config.stop_threshold, generator)
             frames = self.decoder.layout.frames(out)
             _, mel_postnet = self.add_postnet(frames, length_mask(stop_steps * self.config.reduction_factor,
-                                                                  frames.shape[1]), speaker)
+                                                                  frames.shape[1]))
         return inference_output(self.config, out, mel_postnet, alignments, stop_steps, hit_max, max_steps)
 
     def encode_reference(self, mel: torch.Tensor, mel_lengths: torch.Tensor, text: Optional[torch.Tensor] = None,
@@ -184,10 +184,9 @@ class ProsodyTacotron(nn.Module):
             return None
         return summarise_text(self.text_summary, self.embedding, text, lengths)
 
-    def add_postnet(self, frames: torch.Tensor, frame_mask: torch.Tensor, speaker: Optional[torch.Tensor] = None
-                    ) -> tuple[torch.Tensor, torch.Tensor]:
+    def add_postnet(self, frames: torch.Tensor, frame_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Add the postnet residual; frames beyond each length become pad_value. Both (B, T, n_mels)."""
-        mel_postnet = frames + self.postnet(frames, frame_mask, speaker if self.config.postnet_speaker else None)
+        mel_postnet = frames + self.postnet(frames, frame_mask)
         valid = frame_mask[:, :, None]
         pad = self.config.pad_value
         return frames.where(valid, pad), mel_postnet.where(valid, pad)

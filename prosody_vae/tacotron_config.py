@@ -76,7 +76,6 @@ class TacotronConfig:
     # speakers (0 = single speaker)
     n_speakers: int = 0
     speaker_dim: int = 0
-    postnet_speaker: bool = False  # the postnet also reads the speaker embedding (trial)
     # a speaker classifier on the posterior mean and a confusion loss that pushes z to make its
     # guess uniform (speaker_adversary.py); its loss weight is loss.speaker_adversary_weight
     speaker_adversary: bool = False
