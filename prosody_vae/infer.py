@@ -370,7 +370,7 @@ class Synthesizer:
         if pitch_mode not in ("relative", "absolute"):
             raise ConfigError(f"pitch_mode must be 'relative' or 'absolute', got {pitch_mode!r}")
         speaker_ids = self.speaker_ids(speaker, len(texts))
-        f0_shift = (self._absolute_pitch_shift(speaker_ids, reference_speaker, len(texts))
+        f0_shift = (self.absolute_pitch_shift(speaker_ids, reference_speaker, len(texts))
                     if pitch_mode == "absolute" else None)
         n_references = len(reference) if isinstance(reference, (list, tuple)) else 1
         if (reference_speaker is None and self.model.config.reference_input == "mel"
@@ -402,8 +402,8 @@ class Synthesizer:
             alignment=[out.alignments[i, : int(out.stop_steps[i]), : int(text_lengths[i])] for i in range(len(texts))],
             stop_step=out.stop_steps.tolist(), hit_max_steps=out.hit_max_steps.tolist(), z=z, f0=f0)
 
-    def _absolute_pitch_shift(self, speaker_ids: Optional[torch.Tensor], reference_speaker: Speaker,
-                              batch: int) -> torch.Tensor:
+    def absolute_pitch_shift(self, speaker_ids: Optional[torch.Tensor], reference_speaker: Speaker,
+                             batch: int) -> torch.Tensor:
         """(B,) ln-F0 to add to each item: the reference speaker's register minus the target's."""
         if speaker_ids is None or not self.model.config.pitch_head:
             raise ConfigError("pitch_mode='absolute' needs a model with speakers and a pitch head; this one has "

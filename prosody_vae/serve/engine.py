@@ -220,9 +220,10 @@ class SynthesisEngine:
         if request.reference_speaker is not None and reference is None:
             raise RequestError("reference_speaker", "who speaks the reference needs a reference")
         if request.pitch_mode == "absolute":
-            if request.speaker is None or request.reference_speaker is None or not self.synth.model.config.pitch_head:
-                raise RequestError("pitch_mode", "\"absolute\" needs a model with speakers and a pitch head, "
-                                                 "`speaker` and `reference_speaker`")
+            try:  # tts's own check
+                self.synth.absolute_pitch_shift(self.synth.speaker_ids(request.speaker, 1), request.reference_speaker, 1)
+            except ProsodyVAEError as exc:
+                raise RequestError("pitch_mode", str(exc)) from None
             extra["pitch_mode"] = "absolute"
         seeds = request.seeds if request.seeds is not None else [request.seed]
         items = len(texts) * len(seeds) * request.n_samples
