@@ -72,6 +72,12 @@ def measure(checkpoint: str, data: str, n_probe: int, n_references: int, seed: i
     return figures
 
 
+def copy_synthesis(synth, cache: MelCache, utterance) -> np.ndarray:
+    """A recording through the synthesizer's vocoder from its own cached log-mel and Praat F0."""
+    f0 = torch.from_numpy(cache.features(utterance).f0_hz).nan_to_num(0.0).float()
+    return synth.vocode(torch.from_numpy(cache.get(utterance)), f0)
+
+
 def voice_baselines(synth, references, texts, training, voices, data: str) -> dict:
     """Target-voice wins, over the pairs `cross_speaker_transfer` forms, of z = 0 outputs, of
     copy-synthesised recordings of the target voice, and of those recordings."""
@@ -87,8 +93,7 @@ def voice_baselines(synth, references, texts, training, voices, data: str) -> di
         k += 2
         wavs = {"prior_mean": synth.tts(own_texts, temperature=0.0, speaker=targets).wav}
         recordings = [spare[t][i % len(spare[t])] for t in targets]
-        wavs["copy_synthesis"] = [synth.vocode(torch.from_numpy(cache.get(u)), torch.from_numpy(
-            cache.features(u).f0_hz).nan_to_num(0.0).float()) for u in recordings]
+        wavs["copy_synthesis"] = [copy_synthesis(synth, cache, u) for u in recordings]
         wavs["recording"] = [load_wav(u.wav_path, sr) for u in recordings]
         for name, outputs in wavs.items():
             for embedding, target in zip(speaker_embeddings(outputs, sr), targets):
@@ -110,8 +115,7 @@ def voice_identification(synth, texts, training, voices, data: str) -> dict:
     for name in names:
         spare = [u for u in training if u.speaker == name][ENROLLED:ENROLLED + len(texts)]
         wavs = {"prior_mean": synth.tts(list(texts), temperature=0.0, speaker=name).wav,
-                "copy_synthesis": [synth.vocode(torch.from_numpy(cache.get(u)), torch.from_numpy(
-                    cache.features(u).f0_hz).nan_to_num(0.0).float()) for u in spare],
+                "copy_synthesis": [copy_synthesis(synth, cache, u) for u in spare],
                 "recording": [load_wav(u.wav_path, sr) for u in spare]}
         for source, outputs in wavs.items():
             nearest = (speaker_embeddings(outputs, sr) @ enrolled.T).argmax(axis=1)
