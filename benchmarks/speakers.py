@@ -6,9 +6,9 @@ Per checkpoint, on the checkpoint's own split of CORPUS (its metadata must name 
 - the linear speaker probe on the posterior means of `--n-probe` training utterances
   (cross-validated accuracy, and chance);
 - cross-speaker transfer: each of the first `--n-references` held-out references of at least
-  three words (speaker_leakage.measurable) spoken in two other voices on another held-out
-  utterance's text; how often the output is closer (resemblyzer) to the target voice than to the
-  reference's; Pearson r of speaking rate and of speaker-relative F0 (pyin on the rendered audio,
+  three words (speaker_leakage.measurable) spoken in `--targets-per-reference` other voices
+  (default two) on other held-out utterances' texts; how often the output is closer (resemblyzer)
+  to the target voice than to the reference's, with its 95% (Wilson) interval; Pearson r of speaking rate and of speaker-relative F0 (pyin on the rendered audio,
   "source-filter" vocoder); and the mean semitone distance of the output F0 from relative transfer
   (target register + the reference's offset) and from the reference's Hz. A model with speakers
   is measured with pitch_mode="relative" and "absolute".
@@ -42,13 +42,13 @@ from prosody_vae import Synthesizer, load_wav
 from prosody_vae.data import MelCache, read_metadata, split_train_val
 from prosody_vae.quality import speaker_embeddings
 from prosody_vae.speaker_leakage import (cross_speaker_transfer, enrol_voices, measurable, posterior_means,
-                                         speaker_probe, summarise_pairs)
+                                         speaker_probe, summarise_pairs, transfer_schedule, wins_interval)
 
 ENROLLED = 4  # enrol_voices's per_speaker: each voice's first 4 training utterances
 
 
-def measure(checkpoint: str, data: str, n_probe: int, n_references: int, seed: int,
-            vocoder: str = "source-filter", baselines: bool = False, voice_id_texts: int = 0) -> dict:
+def measure(checkpoint: str, data: str, n_probe: int, n_references: int, seed: int, vocoder: str = "source-filter",
+            targets_per_reference: int = 2, baselines: bool = False, voice_id_texts: int = 0) -> dict:
     synth = Synthesizer.from_checkpoint(checkpoint, vocoder=vocoder)
     utterances = read_metadata(data)
     training, held_out = split_train_val(utterances, synth.config.data.n_val, synth.config.data.seed)
@@ -60,11 +60,12 @@ def measure(checkpoint: str, data: str, n_probe: int, n_references: int, seed: i
     references = [u for u in held_out if measurable(u)][:n_references]
     texts = [u.text for u in references[1:] + references[:1]]
     for pitch in ("relative", "absolute") if synth.speakers else ("relative",):
-        pairs = cross_speaker_transfer(synth, references, texts, voices, seed=seed, pitch_mode=pitch)
+        pairs = cross_speaker_transfer(synth, references, texts, voices, targets_per_reference, seed, pitch)
         figures[f"cross_speaker_{pitch}"] = summarise_pairs(pairs)
         figures[f"pairs_{pitch}"] = [asdict(p) for p in pairs]
     if baselines and synth.speakers:
-        figures["baselines"] = voice_baselines(synth, references, texts, training, voices, data)
+        figures["baselines"] = voice_baselines(synth, references, texts, training, voices, data,
+                                               targets_per_reference)
     if voice_id_texts and synth.speakers:
         figures["voice_id"] = voice_identification(synth, [u.text for u in references[:voice_id_texts]],
                                                    training, voices, data)
@@ -78,19 +79,14 @@ def copy_synthesis(synth, cache: MelCache, utterance) -> np.ndarray:
     return synth.vocode(torch.from_numpy(cache.get(utterance)), f0)
 
 
-def voice_baselines(synth, references, texts, training, voices, data: str) -> dict:
+def voice_baselines(synth, references, texts, training, voices, data: str, targets_per_reference: int) -> dict:
     """Target-voice wins, over the pairs `cross_speaker_transfer` forms, of z = 0 outputs, of
     copy-synthesised recordings of the target voice, and of those recordings."""
     cache = MelCache(Path(data) / ".mel_cache", synth.audio)
-    sr, names = synth.audio.sample_rate, sorted(voices)
-    spare = {n: [u for u in training if u.speaker == n][ENROLLED:] for n in names}  # never enrolment ones
+    sr = synth.audio.sample_rate
+    spare = {n: [u for u in training if u.speaker == n][ENROLLED:] for n in voices}  # never enrolment ones
     scores = {"prior_mean": [], "copy_synthesis": [], "recording": []}
-    k = 0
-    for i, ref in enumerate(r for r in references if r.speaker in voices and measurable(r)):
-        others = [n for n in names if n != ref.speaker]
-        targets = [others[(2 * i + j) % len(others)] for j in range(2)]
-        own_texts = [texts[(k + j) % len(texts)] for j in range(2)]
-        k += 2
+    for i, ref, targets, own_texts in transfer_schedule(references, texts, voices, targets_per_reference):
         wavs = {"prior_mean": synth.tts(own_texts, temperature=0.0, speaker=targets).wav}
         recordings = [spare[t][i % len(spare[t])] for t in targets]
         wavs["copy_synthesis"] = [copy_synthesis(synth, cache, u) for u in recordings]
@@ -100,6 +96,7 @@ def voice_baselines(synth, references, texts, training, voices, data: str) -> di
                 scores[name].append((float(embedding @ voices[target].embedding),
                                      float(embedding @ voices[ref.speaker].embedding)))
     return {name: {"target_voice_wins": float(np.mean([a > b for a, b in pairs])),
+                   "target_voice_wins_95ci": wins_interval(sum(a > b for a, b in pairs), len(pairs)),
                    "similarity_to_target": float(np.mean([a for a, _ in pairs])),
                    "similarity_to_reference": float(np.mean([b for _, b in pairs]))}
             for name, pairs in scores.items()}
@@ -130,6 +127,8 @@ def main() -> None:
     parser.add_argument("--checkpoint", nargs="+", required=True, help="NAME=PATH ...")
     parser.add_argument("--n-probe", type=int, default=360)
     parser.add_argument("--n-references", type=int, default=20)
+    parser.add_argument("--targets-per-reference", type=int, default=2,
+                        help="voices each reference is spoken in (11 on the demo corpus: every other voice)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--vocoder", default="source-filter")
@@ -142,8 +141,8 @@ def main() -> None:
     results = {}
     for item in args.checkpoint:
         name, path = item.split("=", 1)
-        results[name] = measure(path, args.data, args.n_probe, args.n_references, args.seed,
-                                args.vocoder, args.baselines, args.voice_id_texts if args.voice_id else 0)
+        results[name] = measure(path, args.data, args.n_probe, args.n_references, args.seed, args.vocoder,
+                                args.targets_per_reference, args.baselines, args.voice_id_texts if args.voice_id else 0)
         print(json.dumps({name: {k: v for k, v in results[name].items() if not k.startswith("pairs")}}), flush=True)
     if args.out:
         with open(args.out, "w", encoding="utf-8") as f:

@@ -249,10 +249,11 @@ def _speaker_markdown(figures: dict) -> list[str]:
              f"{probe['chance']:.3f}).", ""]
     if "cross_speaker" in figures:
         c = figures["cross_speaker"]
+        low, high = c["target_voice_wins_95ci"]
         lines += [f"Cross-speaker transfer, {c['pairs']} pairs (a held-out reference spoken in another voice):", "",
                   "| closer to target voice | similarity to target | to reference voice | rate r | relative F0 r "
                   "| relative F0 error (st) | absolute F0 error (st) |", "|---|---|---|---|---|---|---|",
-                  f"| {c['target_voice_wins']:.0%} | {c['similarity_to_target']:.3f} | "
+                  f"| {c['target_voice_wins']:.0%} (95% CI {low:.0%}-{high:.0%}) | {c['similarity_to_target']:.3f} | "
                   f"{c['similarity_to_reference']:.3f} | {c['rate_r']:.3f} | {c['relative_f0_r']:.3f} | "
                   f"{c['relative_f0_error_st']:.2f} | {c['absolute_f0_error_st']:.2f} |", ""]
     if "cross_speaker_skipped" in figures:

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Iterator, Sequence
 
 import numpy as np
 import torch
@@ -127,21 +127,32 @@ def measurable(utterance: Utterance) -> bool:
     return len(utterance.text.split()) >= MIN_REFERENCE_WORDS
 
 
+def transfer_schedule(references: Sequence[Utterance], texts: Sequence[str], voices: dict[str, Voice],
+                      targets_per_reference: int = 2) -> Iterator[tuple[int, Utterance, list[str], list[str]]]:
+    """(index, reference, target voices, texts) of each reference `cross_speaker_transfer` speaks:
+    `targets_per_reference` other voices (at most all of them) in turn through the sorted voices,
+    each time on the next of `texts`. References of a voice not in `voices`, and
+    those too short to measure a rate on (`measurable`), are left out."""
+    if targets_per_reference < 1:
+        raise ValueError(f"targets_per_reference must be at least 1, got {targets_per_reference}")
+    names = sorted(voices)
+    per_reference = min(targets_per_reference, len(names) - 1)
+    k = 0
+    for i, ref in enumerate(r for r in references if (r.speaker or "") in voices and measurable(r)):
+        others = [n for n in names if n != (ref.speaker or "")]
+        targets = [others[(i * per_reference + j) % len(others)] for j in range(per_reference)]
+        yield i, ref, targets, [texts[(k + j) % len(texts)] for j in range(len(targets))]
+        k += len(targets)
+
+
 def cross_speaker_transfer(synth, references: Sequence[Utterance], texts: Sequence[str], voices: dict[str, Voice],
                            targets_per_reference: int = 2, seed: int = 0, pitch_mode: str = "relative"
                            ) -> list[CrossSpeakerPair]:
-    """Each reference spoken in `targets_per_reference` other voices (in turn through the sorted
-    voices), each time on the next of `texts`. References of a voice not in `voices`, and those
-    too short to measure a rate on (`measurable`), are left out."""
+    """Each reference spoken in other voices on other texts, as `transfer_schedule` pairs them."""
     sr = synth.audio.sample_rate
-    names = sorted(voices)
-    pairs, k = [], 0
-    for i, ref in enumerate(r for r in references if (r.speaker or "") in voices and measurable(r)):
+    pairs = []
+    for _, ref, targets, own_texts in transfer_schedule(references, texts, voices, targets_per_reference):
         source = ref.speaker or ""
-        others = [n for n in names if n != source]
-        targets = [others[(i * targets_per_reference + j) % len(others)] for j in range(targets_per_reference)]
-        own_texts = [texts[(k + j) % len(texts)] for j in range(len(targets))]
-        k += len(targets)
         conditioned = dict(speaker=targets, reference_speaker=source, pitch_mode=pitch_mode) if synth.speakers else {}
         result = synth.tts(own_texts, reference=ref.wav_path, seed=seed, **conditioned)
         ref_summary = prosody_summary(load_wav(ref.wav_path, sr), sr, text=ref.text)
@@ -168,12 +179,15 @@ def _semitones(f0_hz: float, log_register: float) -> float:
     return 12 / math.log(2) * (math.log(f0_hz) - log_register) if f0_hz > 0 else math.nan
 
 
-def summarise_pairs(pairs: Sequence[CrossSpeakerPair]) -> dict[str, float]:
+def summarise_pairs(pairs: Sequence[CrossSpeakerPair]) -> dict:
     """The figures of a cross-speaker transfer: how often the target voice wins, and the prosody
     correlations between outputs and references."""
     target = np.array([p.similarity_to_target for p in pairs])
     reference = np.array([p.similarity_to_reference for p in pairs])
-    return {"pairs": len(pairs), "target_voice_wins": float(np.mean(target > reference)),
+    wins = int(np.sum(target > reference))
+    return {"pairs": len(pairs), "target_voice_wins": wins / len(pairs),
+            # with 40 pairs one pair is 2.5 points: the interval says what the share can tell apart
+            "target_voice_wins_95ci": wins_interval(wins, len(pairs)),
             "similarity_to_target": float(target.mean()), "similarity_to_reference": float(reference.mean()),
             "rate_r": pearson([p.reference_rate for p in pairs], [p.output_rate for p in pairs]),
             "relative_f0_r": pearson([p.reference_f0_st for p in pairs], [p.output_f0_st for p in pairs]),
@@ -181,3 +195,11 @@ def summarise_pairs(pairs: Sequence[CrossSpeakerPair]) -> dict[str, float]:
             # target's register plus the reference's offset from its own), and the reference's Hz
             "relative_f0_error_st": float(np.nanmean(np.abs([p.output_f0_st - p.reference_f0_st for p in pairs]))),
             "absolute_f0_error_st": float(np.nanmean(np.abs([p.output_f0_re_reference_st for p in pairs])))}
+
+
+def wins_interval(wins: int, n: int) -> tuple[float, float]:
+    """The 95% Wilson score interval of a share of `wins` out of `n` (binomial)."""
+    from scipy.stats import binomtest
+
+    interval = binomtest(wins, n).proportion_ci(confidence_level=0.95, method="wilson")
+    return float(interval.low), float(interval.high)

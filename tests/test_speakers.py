@@ -158,6 +158,36 @@ def test_the_probe_finds_a_speaker_that_is_there_and_not_one_that_is_not():
 
 
 # ------------------------------------------------------------------------- cross-speaker transfer
+@pytest.mark.parametrize("per_reference, expected_pairs", [(1, 3), (2, 6), (5, 6)])
+def test_the_transfer_schedule_walks_the_other_voices_and_never_the_references_own(per_reference, expected_pairs):
+    from pathlib import Path
+
+    from prosody_vae.data import Utterance
+    from prosody_vae.speaker_leakage import Voice, transfer_schedule
+
+    voices = {v: Voice(np.zeros(256), 0.0) for v in VOICES}
+    references = [Utterance(f"u{i}", "three words here", "", Path(f"u{i}.wav"), v) for i, v in enumerate(VOICES)]
+    references.append(Utterance("short", "too short", "", Path("short.wav"), VOICES[0]))  # not measurable
+    texts = [f"text {i}" for i in range(4)]
+    schedule = list(transfer_schedule(references, texts, voices, per_reference))
+    pairs = [(ref.speaker, target) for _, ref, targets, _ in schedule for target in targets]
+    assert len(pairs) == expected_pairs and all(a != b for a, b in pairs)
+    assert len(set(pairs)) == len(pairs)  # all other voices at most once each (5 is more than the 2 there are)
+    spoken = [text for *_, own_texts in schedule for text in own_texts]
+    assert spoken == [texts[k % 4] for k in range(expected_pairs)]  # each pair on the next text
+    with pytest.raises(ValueError, match="targets_per_reference"):
+        list(transfer_schedule(references, texts, voices, 0))
+
+
+def test_the_wins_interval_is_the_wilson_score_interval():
+    from prosody_vae.speaker_leakage import wins_interval
+
+    low, high = wins_interval(8, 10)
+    assert low == pytest.approx(0.4902, abs=1e-4) and high == pytest.approx(0.9433, abs=1e-4)  # textbook values
+    low, high = wins_interval(38, 38)
+    assert high == pytest.approx(1.0) and 0.90 < low < 0.92  # 38 of 38 still cannot rule out 91%
+
+
 # Two voices an octave apart, a model small enough to train in well under a minute on one thread:
 # it has not learnt to read yet, but it has learnt who speaks, which is what this test is about.
 TWO_VOICES = ("en-us+f3", "en-us+m1")
