@@ -5,13 +5,14 @@
 Per checkpoint, on the checkpoint's own split of CORPUS (its metadata must name the speakers):
 - the linear speaker probe on the posterior means of `--n-probe` training utterances
   (cross-validated accuracy, and chance);
-- cross-speaker transfer: each of the first `--n-references` held-out references of at least
-  three words (speaker_leakage.measurable) spoken in `--targets-per-reference` other voices
-  (default two) on other held-out utterances' texts; how often the output is closer (resemblyzer)
-  to the target voice than to the reference's, with its 95% (Wilson) interval; Pearson r of speaking rate and of speaker-relative F0 (pyin on the rendered audio,
-  "source-filter" vocoder); and the mean semitone distance of the output F0 from relative transfer
-  (target register + the reference's offset) and from the reference's Hz. A model with speakers
-  is measured with pitch_mode="relative" and "absolute".
+- cross-speaker transfer: each of the first `--n-references` held-out references of at least three
+  words (speaker_leakage.measurable) spoken in `--targets-per-reference` other voices (default
+  two) on other held-out utterances' texts; how often the output is closer (resemblyzer) to the
+  target voice than to the reference's, with its 95% (Wilson) interval; Pearson r of speaking rate
+  and of speaker-relative F0 (pyin on the rendered audio, "source-filter" vocoder); and the mean
+  semitone distance of the output F0 from relative transfer (target register + the reference's
+  offset) and from the reference's Hz. A model with speakers is measured with
+  pitch_mode="relative" and "absolute".
 With `--baselines`, for the same (reference voice A, target voice B) pairs, how often B wins for
 outputs that no reference can have pulled towards A, and for B's own recordings:
 - "prior_mean": the same texts spoken in B with z = 0 (no reference at all), so what is left is
@@ -42,7 +43,7 @@ from prosody_vae import Synthesizer, load_wav
 from prosody_vae.data import MelCache, read_metadata, split_train_val
 from prosody_vae.quality import speaker_embeddings
 from prosody_vae.speaker_leakage import (cross_speaker_transfer, enrol_voices, measurable, posterior_means,
-                                         speaker_probe, summarise_pairs, transfer_schedule, wins_interval)
+                                         speaker_probe, summarise_pairs, transfer_schedule, voice_wins)
 
 ENROLLED = 4  # enrol_voices's per_speaker: each voice's first 4 training utterances
 
@@ -95,11 +96,7 @@ def voice_baselines(synth, references, texts, training, voices, data: str, targe
             for embedding, target in zip(speaker_embeddings(outputs, sr), targets):
                 scores[name].append((float(embedding @ voices[target].embedding),
                                      float(embedding @ voices[ref.speaker].embedding)))
-    return {name: {"target_voice_wins": float(np.mean([a > b for a, b in pairs])),
-                   "target_voice_wins_95ci": wins_interval(sum(a > b for a, b in pairs), len(pairs)),
-                   "similarity_to_target": float(np.mean([a for a, _ in pairs])),
-                   "similarity_to_reference": float(np.mean([b for _, b in pairs]))}
-            for name, pairs in scores.items()}
+    return {name: voice_wins(*zip(*pairs)) for name, pairs in scores.items()}
 
 
 def voice_identification(synth, texts, training, voices, data: str) -> dict:

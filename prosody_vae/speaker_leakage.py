@@ -131,8 +131,8 @@ def transfer_schedule(references: Sequence[Utterance], texts: Sequence[str], voi
                       targets_per_reference: int = 2) -> Iterator[tuple[int, Utterance, list[str], list[str]]]:
     """(index, reference, target voices, texts) of each reference `cross_speaker_transfer` speaks:
     `targets_per_reference` other voices (at most all of them) in turn through the sorted voices,
-    each time on the next of `texts`. References of a voice not in `voices`, and
-    those too short to measure a rate on (`measurable`), are left out."""
+    each time on the next of `texts`. References of a voice not in `voices`, and those too short
+    to measure a rate on (`measurable`), are left out."""
     if targets_per_reference < 1:
         raise ValueError(f"targets_per_reference must be at least 1, got {targets_per_reference}")
     names = sorted(voices)
@@ -182,19 +182,25 @@ def _semitones(f0_hz: float, log_register: float) -> float:
 def summarise_pairs(pairs: Sequence[CrossSpeakerPair]) -> dict:
     """The figures of a cross-speaker transfer: how often the target voice wins, and the prosody
     correlations between outputs and references."""
-    target = np.array([p.similarity_to_target for p in pairs])
-    reference = np.array([p.similarity_to_reference for p in pairs])
-    wins = int(np.sum(target > reference))
-    return {"pairs": len(pairs), "target_voice_wins": wins / len(pairs),
-            # with 40 pairs one pair is 2.5 points: the interval says what the share can tell apart
-            "target_voice_wins_95ci": wins_interval(wins, len(pairs)),
-            "similarity_to_target": float(target.mean()), "similarity_to_reference": float(reference.mean()),
+    return {"pairs": len(pairs),
+            **voice_wins([p.similarity_to_target for p in pairs], [p.similarity_to_reference for p in pairs]),
             "rate_r": pearson([p.reference_rate for p in pairs], [p.output_rate for p in pairs]),
             "relative_f0_r": pearson([p.reference_f0_st for p in pairs], [p.output_f0_st for p in pairs]),
             # mean |semitones| between each output's F0 and what relative transfer would give (the
             # target's register plus the reference's offset from its own), and the reference's Hz
             "relative_f0_error_st": float(np.nanmean(np.abs([p.output_f0_st - p.reference_f0_st for p in pairs]))),
             "absolute_f0_error_st": float(np.nanmean(np.abs([p.output_f0_re_reference_st for p in pairs])))}
+
+
+def voice_wins(to_target: Sequence[float], to_reference: Sequence[float]) -> dict:
+    """How often outputs are closer to their target voice than to the reference's, given each
+    output's similarity to both, with the share's 95% interval and the mean similarities."""
+    target, reference = np.asarray(to_target, dtype=float), np.asarray(to_reference, dtype=float)
+    wins = int(np.sum(target > reference))
+    return {"target_voice_wins": wins / len(target),
+            # with 40 pairs one pair is 2.5 points: the interval says what the share can tell apart
+            "target_voice_wins_95ci": wins_interval(wins, len(target)),
+            "similarity_to_target": float(target.mean()), "similarity_to_reference": float(reference.mean())}
 
 
 def wins_interval(wins: int, n: int) -> tuple[float, float]:
