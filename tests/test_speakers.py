@@ -163,9 +163,9 @@ def test_the_transfer_schedule_walks_the_other_voices_and_never_the_references_o
     from pathlib import Path
 
     from prosody_vae.data import Utterance
-    from prosody_vae.speaker_leakage import Voice, transfer_schedule
+    from prosody_vae.speaker_leakage import transfer_schedule
 
-    voices = {v: Voice(np.zeros(256), 0.0) for v in VOICES}
+    voices = list(VOICES)  # the names are all the schedule reads (a dict of Voices works the same)
     references = [Utterance(f"u{i}", "three words here", "", Path(f"u{i}.wav"), v) for i, v in enumerate(VOICES)]
     references.append(Utterance("short", "too short", "", Path("short.wav"), VOICES[0]))  # not measurable
     texts = [f"text {i}" for i in range(4)]
@@ -186,6 +186,30 @@ def test_the_wins_interval_is_the_wilson_score_interval():
     assert low == pytest.approx(0.4902, abs=1e-4) and high == pytest.approx(0.9433, abs=1e-4)  # textbook values
     low, high = wins_interval(38, 38)
     assert high == pytest.approx(1.0) and 0.90 < low < 0.92  # 38 of 38 still cannot rule out 91%
+
+
+@pytest.mark.parametrize("recordings", [40, 5])
+def test_a_voice_is_enrolled_from_its_first_recordings(monkeypatch, recordings):
+    """The centroid is the unit mean of the first ENROLMENT_UTTERANCES embeddings (all, when a voice
+    has fewer), and the register the geometric mean of their F0."""
+    from pathlib import Path
+    from types import SimpleNamespace
+
+    from prosody_vae import speaker_leakage
+    from prosody_vae.data import Utterance
+
+    # recording i of a voice "is" embedding e_i and F0 100 + i Hz, so what was averaged shows
+    monkeypatch.setattr(speaker_leakage, "load_wav", lambda path, sr: int(Path(path).stem.split("_")[1]))
+    monkeypatch.setattr(speaker_leakage, "speaker_embeddings", lambda wavs, sr: np.eye(64)[list(wavs)])
+    monkeypatch.setattr(speaker_leakage, "prosody_summary", lambda i, sr: SimpleNamespace(f0_mean_hz=100.0 + i))
+    utterances = [Utterance(f"{v}_{i}", "a b c", "", Path(f"{v}_{i}.wav"), v)
+                  for i in range(recordings) for v in VOICES]
+    voices = speaker_leakage.enrol_voices(utterances, 22050)
+    used = min(recordings, speaker_leakage.ENROLMENT_UTTERANCES)
+    assert sorted(voices) == sorted(VOICES)
+    for voice in voices.values():
+        assert voice.embedding == pytest.approx(np.r_[np.ones(used), np.zeros(64 - used)] / math.sqrt(used))
+        assert voice.log_f0 == pytest.approx(np.mean(np.log(100.0 + np.arange(used))))
 
 
 # Two voices an octave apart, a model small enough to train in well under a minute on one thread:
