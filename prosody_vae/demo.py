@@ -183,7 +183,8 @@ def _cross_voice(synth, corpus: Path, reference: dict, speak) -> list[dict]:
 
 def _voice_similarity(corpus: Path, rows: list[dict], out_dir: Path, sample_rate: int) -> dict[str, float]:
     """Mean resemblyzer similarity of the cross-voice outputs to the target and to the reference
-    voice (each voice enrolled from its first ENROLMENT_UTTERANCES corpus utterances); {} without resemblyzer."""
+    voice (each enrolled from its first ENROLMENT_UTTERANCES corpus utterances); {} without
+    resemblyzer."""
     from .data import read_metadata
     from .quality import MissingExtraError
     from .speaker_leakage import cross_speaker_similarity, enrol_voices

@@ -7,8 +7,8 @@
   another utterance. Per pair: resemblyzer similarity of the output to B's and to A's voice (each
   voice's centroid over ENROLMENT_UTTERANCES of its recordings, never the reference itself),
   speaking rate of output and reference, and F0 in semitones relative to each voice's register
-  (the geometric mean of pyin's F0 over that voice's enrolment utterances). A model without speakers cannot be told
-  B; its pairs show where its voice goes on its own.
+  (the geometric mean of pyin's F0 over the same recordings). A model without speakers cannot be
+  told B; its pairs show where its voice goes on its own.
 """
 
 from __future__ import annotations
@@ -140,8 +140,8 @@ def transfer_schedule(references: Sequence[Utterance], texts: Sequence[str], voi
     """(index, reference, target voices, texts) of each reference `cross_speaker_transfer` speaks:
     `targets_per_reference` other voices (at most all of them) in turn through the sorted voices,
     each time on the next of `texts`. `voices` are the names (or a dict keyed by them). References
-    of a voice not in `voices`, and those too short
-    to measure a rate on (`measurable`), are left out."""
+    of a voice not in `voices`, and those too short to measure a rate on (`measurable`), are left
+    out."""
     if targets_per_reference < 1:
         raise ValueError(f"targets_per_reference must be at least 1, got {targets_per_reference}")
     names = sorted(voices)
