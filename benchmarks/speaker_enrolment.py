@@ -29,9 +29,8 @@ from prosody_vae.quality import speaker_embeddings
 from prosody_vae.speaker_leakage import measurable, transfer_schedule
 
 
-def output_embeddings(checkpoint: str, schedule: list, sample_rate: int, seed: int) -> dict[str, np.ndarray]:
-    """(P, 256) resemblyzer embeddings of the checkpoint's transfer (and, with speakers, z = 0) outputs."""
-    synth = Synthesizer.from_checkpoint(checkpoint, vocoder="source-filter")
+def output_embeddings(synth: Synthesizer, schedule: list, sample_rate: int, seed: int) -> dict[str, np.ndarray]:
+    """(P, 256) resemblyzer embeddings of the model's transfer (and, with speakers, z = 0) outputs."""
     transfer, prior_mean = [], []
     for _, ref, targets, texts in schedule:
         told = dict(speaker=targets, reference_speaker=ref.speaker, pitch_mode="relative") if synth.speakers else {}
@@ -78,7 +77,8 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     checkpoints = dict(item.split("=", 1) for item in args.checkpoint)
-    first = Synthesizer.from_checkpoint(next(iter(checkpoints.values())), vocoder="source-filter")
+    synths = {name: Synthesizer.from_checkpoint(path, vocoder="source-filter") for name, path in checkpoints.items()}
+    first = next(iter(synths.values()))
     sr = first.audio.sample_rate
     training, held_out = split_train_val(read_metadata(args.data), first.config.data.n_val, first.config.data.seed)
     by_voice: dict[str, list] = {}
@@ -93,8 +93,8 @@ def main() -> None:
     pool = {voice: speaker_embeddings([load_wav(u.wav_path, sr) for u in own if u.id not in held_back], sr)
             for voice, own in by_voice.items()}
     outputs = {"recording": speaker_embeddings([load_wav(u.wav_path, sr) for _, _, u in pairs], sr)}
-    for name, path in checkpoints.items():
-        outputs.update({f"{name}/{k}": v for k, v in output_embeddings(path, schedule, sr, args.seed).items()})
+    for name, synth in synths.items():
+        outputs.update({f"{name}/{k}": v for k, v in output_embeddings(synth, schedule, sr, args.seed).items()})
     figures = share_by_enrolment(outputs, pool, [t for _, t, _ in pairs], [r for r, _, _ in pairs],
                                  args.sizes, args.draws, args.seed)
     result = {"pairs": len(pairs), "draws": args.draws, "checkpoints": checkpoints,
