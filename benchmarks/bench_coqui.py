@@ -191,11 +191,11 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--skip-train", action="store_true")
     parser.add_argument("--keep-freed-memory", action="store_true",
-                        help="apply our trainer's glibc malloc settings (prosody_vae.cpu_memory) to Coqui too")
+                        help="apply our trainer's glibc malloc settings (prosody_vae.training.cpu_memory) to Coqui too")
     args = parser.parse_args()
     malloc_tuned = False
     if args.keep_freed_memory:
-        from prosody_vae.cpu_memory import keep_freed_memory
+        from prosody_vae.training.cpu_memory import keep_freed_memory
         malloc_tuned = keep_freed_memory()
 
     import_coqui_without_torchaudio()

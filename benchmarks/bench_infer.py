@@ -37,9 +37,9 @@ import warnings
 
 import torch
 
-from prosody_vae import speedups
-from prosody_vae.quantize import PRECISIONS, reduce_precision
-from prosody_vae.tacotron import ProsodyTacotron, TacotronConfig
+from prosody_vae.plugin import speedups
+from prosody_vae.inference.quantize import PRECISIONS, reduce_precision
+from prosody_vae.model.tacotron import ProsodyTacotron, TacotronConfig
 
 TEXTS = ["The boat arrived at noon, and nobody was waiting.", "Did you really see it?",
          "Bread, milk and honey!", "She sells sea shells by the shore."]
@@ -93,8 +93,8 @@ def bench_speed(model: ProsodyTacotron, chars: int, steps: int, warmup: int, run
 
 
 def bench_quality(checkpoint: str, texts: list[str]) -> dict:
-    from prosody_vae.infer import Synthesizer
-    from prosody_vae.metrics import cepstra_of_log_mel, mcd_from_cepstra
+    from prosody_vae.inference.synthesizer import Synthesizer
+    from prosody_vae.evaluation.metrics import cepstra_of_log_mel, mcd_from_cepstra
 
     outputs = {precision: Synthesizer.from_checkpoint(checkpoint, precision=precision).tts(texts, seed=0, vocode=False)
                for precision in PRECISIONS}

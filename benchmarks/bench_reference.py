@@ -29,10 +29,10 @@ import time
 import torch
 from torch import nn
 
-from prosody_vae.cpu_memory import keep_freed_memory
-from prosody_vae.reference import VariationalReferenceEncoder
-from prosody_vae.layers import summarise_text
-from prosody_vae.text import SYMBOLS
+from prosody_vae.training.cpu_memory import keep_freed_memory
+from prosody_vae.plugin.reference import VariationalReferenceEncoder
+from prosody_vae.model.layers import summarise_text
+from prosody_vae.data.text import SYMBOLS
 
 DEFAULT_BATCH = {"V": 32, "V+T": 16}
 TEXT_EMBEDDING_DIM, TEXT_SUMMARY_DIM = 512, 128

@@ -37,12 +37,12 @@ import warnings
 
 import torch
 
-from prosody_vae import speedups
-from prosody_vae.capacity import DualAscent
-from prosody_vae.cpu_memory import keep_freed_memory
-from prosody_vae.data import Batch
-from prosody_vae.losses import TacotronLoss
-from prosody_vae.tacotron import ProsodyTacotron, TacotronConfig
+from prosody_vae.plugin import speedups
+from prosody_vae.plugin.capacity import DualAscent
+from prosody_vae.training.cpu_memory import keep_freed_memory
+from prosody_vae.data.ljspeech import Batch
+from prosody_vae.training.losses import TacotronLoss
+from prosody_vae.model.tacotron import ProsodyTacotron, TacotronConfig
 
 
 def peak_rss_mib() -> float:

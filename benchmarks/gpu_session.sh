@@ -273,7 +273,7 @@ record corpus "$status" "$t" "$WORK/corpus.json" "$WORK/corpus.log"
 export TRAIN_TOML=$WORK/train.toml
 "$PYTHON" - >"$WORK/config.log" 2>&1 <<'PY'
 import json, os, tomllib
-from prosody_vae.config import load_config, recipe_config
+from prosody_vae.training.config import load_config, recipe_config
 
 config = tomllib.loads(recipe_config("demo").read_text(encoding="utf-8"))
 config["device"] = os.environ["DEVICE"]
@@ -315,8 +315,8 @@ if [ "$config_rc" = 0 ] && [ -f "$CORPUS/metadata.csv" ]; then
 import json, os
 from multiprocessing import get_context
 from pathlib import Path
-from prosody_vae.config import load_config
-from prosody_vae.data import MelCache, read_metadata
+from prosody_vae.training.config import load_config
+from prosody_vae.data.ljspeech import MelCache, read_metadata
 
 # the cache the trainer reads (training_data.build_data): same folder, audio config and F0 settings
 config = load_config(os.environ["TRAIN_TOML"])
@@ -379,7 +379,7 @@ first_step = int(resumed.group(1)) if resumed else 0
 last = run / "checkpoints" / "last.pt"
 out["checkpoint"] = str(last.resolve()) if last.exists() else None
 if last.exists():
-    from prosody_vae.checkpoint import load_checkpoint, save_checkpoint
+    from prosody_vae.training.checkpoint import load_checkpoint, save_checkpoint
     state = load_checkpoint(last)  # proves it is whole, not just present
     out["checkpoint_step"] = state["step"]
     out["steps"] = state["step"] - first_step

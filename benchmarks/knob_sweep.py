@@ -24,13 +24,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from prosody_vae.controls import KNOBS, prosody_targets, statistic_targets
-from prosody_vae.data import read_metadata
-from prosody_vae.infer import Synthesizer
-from prosody_vae.metrics import f0_track
-from prosody_vae.pitch import frame_energy_db
-from prosody_vae.sentences import make_sentence
-from prosody_vae.stats import SPEECH_TOP_DB, corpus_stats, count_syllables, semitones
+from prosody_vae.inference.knobs import KNOBS, prosody_targets, statistic_targets
+from prosody_vae.data.ljspeech import read_metadata
+from prosody_vae.inference.synthesizer import Synthesizer
+from prosody_vae.evaluation.metrics import f0_track
+from prosody_vae.audio.pitch import frame_energy_db
+from prosody_vae.data.sentences import make_sentence
+from prosody_vae.data.stats import SPEECH_TOP_DB, corpus_stats, count_syllables, semitones
 
 # how far each sweep reaches at most, in fitted units (semitones, ln ratio, dB); it stops earlier
 # at the knob's calibrated range, sweeping both ends and the halfway points

@@ -10,8 +10,8 @@ sample t * 256 + 128), so tracks compare frame by frame:
 - praat-cc: Praat's "To Pitch (cc)", same range.
 - dio: WORLD's DIO + StoneMask through pyworld (floor 60, ceiling 600 Hz).
 - harvest: WORLD's Harvest through pyworld (same range).
-- pyin: librosa.pyin (the tracker of prosody_vae.metrics), frame 1024, same range.
-- package: prosody_vae.pitch.track_pitch, what the feature cache runs (Praat ac, edges zero-padded).
+- pyin: librosa.pyin (the tracker of prosody_vae.evaluation.metrics), frame 1024, same range.
+- package: prosody_vae.audio.pitch.track_pitch, what the feature cache runs (Praat ac, edges zero-padded).
 
 Accuracy, two ways:
 
@@ -114,7 +114,7 @@ def pyin(wav: np.ndarray) -> Track:
 
 
 def package(wav: np.ndarray) -> Track:
-    from prosody_vae.pitch import track_pitch
+    from prosody_vae.audio.pitch import track_pitch
 
     log_f0, voiced = track_pitch(wav)
     return np.where(voiced, np.exp(log_f0), 0.0), voiced
@@ -136,7 +136,7 @@ def candidates() -> dict[str, Callable[[np.ndarray], Track]]:
         pass
     found["pyin"] = pyin
     try:
-        import prosody_vae.pitch  # noqa: F401
+        import prosody_vae.audio.pitch  # noqa: F401
 
         found["package"] = package
     except ImportError:
@@ -200,8 +200,8 @@ def rate(a: int, b: int) -> float:
 
 
 def load_corpus(data: Path, limit: int | None) -> list[np.ndarray]:
-    from prosody_vae.audio import load_wav
-    from prosody_vae.data import read_metadata
+    from prosody_vae.audio.mel import load_wav
+    from prosody_vae.data.ljspeech import read_metadata
 
     return [load_wav(u.wav_path, SR) for u in read_metadata(data)[:limit]]
 
@@ -211,7 +211,7 @@ def cache_fill_seconds(data: Path, limit: int | None) -> float:
     energy and the writes, all that filling a training cache costs."""
     import tempfile
 
-    from prosody_vae.data import MelCache, read_metadata
+    from prosody_vae.data.ljspeech import MelCache, read_metadata
 
     utterances = read_metadata(data)[:limit]
     with tempfile.TemporaryDirectory() as folder:
@@ -261,7 +261,7 @@ def main() -> None:
             tracks[name] = [method(w) for w in wavs]
             best = min(best, time.process_time() - start)
         seconds_per_hour[name] = round(best / audio_s * 3600, 1)
-    from prosody_vae.audio import MelSpectrogram
+    from prosody_vae.audio.mel import MelSpectrogram
 
     mel = MelSpectrogram()
     with torch.no_grad():

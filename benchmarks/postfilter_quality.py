@@ -19,9 +19,9 @@ import numpy as np
 import torch
 
 from prosody_vae import Synthesizer
-from prosody_vae.audio import load_wav
+from prosody_vae.audio.mel import load_wav
 from prosody_vae.demo import TRANSFER_SENTENCES
-from prosody_vae.quality import copy_synthesis, dnsmos, mean_dnsmos
+from prosody_vae.evaluation.quality import copy_synthesis, dnsmos, mean_dnsmos
 
 
 def main() -> None:

@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 
 from load_test import text_for
-from prosody_vae.infer import Synthesizer
+from prosody_vae.inference.synthesizer import Synthesizer
 from prosody_vae.serve.app import _wav_bytes
 
 

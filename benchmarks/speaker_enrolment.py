@@ -24,9 +24,9 @@ import numpy as np
 import torch
 
 from prosody_vae import Synthesizer, load_wav
-from prosody_vae.data import read_metadata, split_train_val
-from prosody_vae.quality import speaker_embeddings
-from prosody_vae.speaker_leakage import measurable, transfer_schedule
+from prosody_vae.data.ljspeech import read_metadata, split_train_val
+from prosody_vae.evaluation.quality import speaker_embeddings
+from prosody_vae.evaluation.speaker_leakage import measurable, transfer_schedule
 
 
 def output_embeddings(synth: Synthesizer, schedule: list, sample_rate: int, seed: int) -> dict[str, np.ndarray]:

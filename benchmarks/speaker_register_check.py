@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from prosody_vae import Synthesizer
-from prosody_vae.data import read_metadata, split_train_val
+from prosody_vae.data.ljspeech import read_metadata, split_train_val
 
 SENTENCE = "We bought apples, bread and honey at the market."
 

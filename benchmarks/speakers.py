@@ -42,9 +42,9 @@ import numpy as np
 import torch
 
 from prosody_vae import Synthesizer, load_wav
-from prosody_vae.data import MelCache, read_metadata, split_train_val
-from prosody_vae.quality import speaker_embeddings
-from prosody_vae.speaker_leakage import (ENROLMENT_UTTERANCES, cross_speaker_transfer, enrol_voices, measurable,
+from prosody_vae.data.ljspeech import MelCache, read_metadata, split_train_val
+from prosody_vae.evaluation.quality import speaker_embeddings
+from prosody_vae.evaluation.speaker_leakage import (ENROLMENT_UTTERANCES, cross_speaker_transfer, enrol_voices, measurable,
                                          posterior_means, speaker_probe, summarise_pairs, transfer_schedule,
                                          voice_wins)
 

@@ -73,7 +73,7 @@ def spoken_texts(corpus: Path) -> set[str]:
 
 
 def pick_vocoder(requested: str | None) -> str:
-    from prosody_vae.vocoders import available_vocoders, best_available_vocoder
+    from prosody_vae.vocoders.registry import available_vocoders, best_available_vocoder
 
     if requested:
         return requested
@@ -88,7 +88,7 @@ def finite(value: float) -> float | None:
 
 def measure(result, hop_length: int, sample_rate: int) -> list[dict]:
     """Per output: frames, stop, pyin F0 (semitones re 100 Hz), voiced fraction, track error."""
-    from prosody_vae.metrics import f0_track
+    from prosody_vae.evaluation.metrics import f0_track
 
     outputs = []
     predicted_tracks = result.f0 or [None] * len(result.wav)  # empty without a pitch head

@@ -55,11 +55,11 @@ import numpy as np
 import scipy.fft
 import torch
 
-from prosody_vae.audio import MelSpectrogram, load_wav
-from prosody_vae.corpus import DEFAULT_VOICES, EspeakSynth, Factors
-from prosody_vae.metrics import compare_f0, f0_track, mel_cepstral_distortion
-from prosody_vae.source_filter import SourceFilterVocoder
-from prosody_vae.vocoders import available_vocoders, load_vocoder
+from prosody_vae.audio.mel import MelSpectrogram, load_wav
+from prosody_vae.data.corpus import DEFAULT_VOICES, EspeakSynth, Factors
+from prosody_vae.evaluation.metrics import compare_f0, f0_track, mel_cepstral_distortion
+from prosody_vae.vocoders.source_filter import SourceFilterVocoder
+from prosody_vae.vocoders.registry import available_vocoders, load_vocoder
 
 SENTENCES = (
     "She sells sea shells by the sea shore.",

@@ -9,96 +9,96 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING
 
-__version__ = "0.1.0"
+from .version import __version__
 
 # public name -> submodule that defines it
 _EXPORTS = {
     # errors
-    "ProsodyVAEError": "errors",
-    "ConfigError": "errors",
-    "AudioError": "errors",
-    "TextError": "errors",
-    "DataError": "errors",
-    "ReferenceInputError": "errors",
-    "CheckpointError": "errors",
-    "CorpusError": "errors",
-    "RunLockedError": "errors",
-    "ControlError": "errors",
+    "ProsodyVAEError": "plugin.errors",
+    "ConfigError": "plugin.errors",
+    "AudioError": "plugin.errors",
+    "TextError": "plugin.errors",
+    "DataError": "plugin.errors",
+    "ReferenceInputError": "plugin.errors",
+    "CheckpointError": "plugin.errors",
+    "CorpusError": "plugin.errors",
+    "RunLockedError": "plugin.errors",
+    "ControlError": "plugin.errors",
     # audio
-    "AudioConfig": "audio",
-    "MelSpectrogram": "audio",
-    "load_wav": "audio",
-    "save_wav": "audio",
-    "griffin_lim": "audio",
+    "AudioConfig": "audio.mel",
+    "MelSpectrogram": "audio.mel",
+    "load_wav": "audio.mel",
+    "save_wav": "audio.mel",
+    "griffin_lim": "audio.mel",
     # text
-    "TextProcessor": "text",
-    "normalize_text": "text",
+    "TextProcessor": "data.text",
+    "normalize_text": "data.text",
     # data
-    "Utterance": "data",
-    "read_metadata": "data",
-    "split_train_val": "data",
-    "MelCache": "data",
-    "TTSDataset": "data",
-    "collate_batch": "data",
-    "BucketBatchSampler": "data",
+    "Utterance": "data.ljspeech",
+    "read_metadata": "data.ljspeech",
+    "split_train_val": "data.ljspeech",
+    "MelCache": "data.ljspeech",
+    "TTSDataset": "data.ljspeech",
+    "collate_batch": "data.ljspeech",
+    "BucketBatchSampler": "data.ljspeech",
     # corpus
-    "CorpusConfig": "corpus",
-    "make_corpus": "corpus",
+    "CorpusConfig": "data.corpus",
+    "make_corpus": "data.corpus",
     # the plugin
-    "ReferenceEncoder": "reference",
-    "VariationalReferenceEncoder": "reference",
-    "Posterior": "reference",
-    "MeanEncoder": "reference",
-    "condition_on_z": "reference",
-    "ZConditioner": "reference",
-    "FixedBeta": "capacity",
-    "KLAnnealing": "capacity",
-    "CapacityAnnealing": "capacity",
-    "DualAscent": "capacity",
-    "GECO": "capacity",
-    "FreeBits": "capacity",
-    "ControllerConfig": "capacity",
-    "build_controller": "capacity",
+    "ReferenceEncoder": "plugin.reference",
+    "VariationalReferenceEncoder": "plugin.reference",
+    "Posterior": "plugin.reference",
+    "MeanEncoder": "plugin.reference",
+    "condition_on_z": "plugin.reference",
+    "ZConditioner": "plugin.reference",
+    "FixedBeta": "plugin.capacity",
+    "KLAnnealing": "plugin.capacity",
+    "CapacityAnnealing": "plugin.capacity",
+    "DualAscent": "plugin.capacity",
+    "GECO": "plugin.capacity",
+    "FreeBits": "plugin.capacity",
+    "ControllerConfig": "plugin.capacity",
+    "build_controller": "plugin.capacity",
     # the model
-    "TacotronConfig": "tacotron",
-    "ProsodyTacotron": "tacotron",
-    "TacotronOutput": "tacotron",
-    "InferenceOutput": "tacotron",
-    "LossConfig": "losses",
-    "LossTerms": "losses",
-    "TacotronLoss": "losses",
-    "TrainingError": "errors",
+    "TacotronConfig": "model.tacotron",
+    "ProsodyTacotron": "model.tacotron",
+    "TacotronOutput": "model.tacotron",
+    "InferenceOutput": "model.tacotron",
+    "LossConfig": "training.losses",
+    "LossTerms": "training.losses",
+    "TacotronLoss": "training.losses",
+    "TrainingError": "plugin.errors",
     # training
-    "TrainConfig": "config",
-    "load_config": "config",
-    "train": "trainer",
-    "TrainResult": "trainer",
-    "keep_freed_memory": "cpu_memory",
-    "load_model": "checkpoint",
+    "TrainConfig": "training.config",
+    "load_config": "training.config",
+    "train": "training.trainer",
+    "TrainResult": "training.trainer",
+    "keep_freed_memory": "training.cpu_memory",
+    "load_model": "training.checkpoint",
     # inference and evaluation
-    "Synthesizer": "infer",
-    "SynthesisResult": "infer",
-    "Calibration": "controls",
-    "calibrate_checkpoint": "controls",
-    "KNOBS": "controls",
-    "ModelCard": "model_card",
-    "model_card": "model_card",
-    "GlobalVariance": "postfilter",
-    "reduce_precision": "quantize",
-    "SpeakerTable": "speakers",
-    "reference_features": "prosody_reference",
-    "UnknownSpeakerError": "speakers",
-    "speaker_probe": "speaker_leakage",
-    "cross_speaker_transfer": "speaker_leakage",
+    "Synthesizer": "inference.synthesizer",
+    "SynthesisResult": "inference.synthesizer",
+    "Calibration": "inference.knobs",
+    "calibrate_checkpoint": "inference.knobs",
+    "KNOBS": "inference.knobs",
+    "ModelCard": "inference.model_card",
+    "model_card": "inference.model_card",
+    "GlobalVariance": "audio.postfilter",
+    "reduce_precision": "inference.quantize",
+    "SpeakerTable": "data.speakers",
+    "reference_features": "audio.prosody_tracks",
+    "UnknownSpeakerError": "data.speakers",
+    "speaker_probe": "evaluation.speaker_leakage",
+    "cross_speaker_transfer": "evaluation.speaker_leakage",
     # deployment
-    "export_reference_encoder_onnx": "export",
-    "OnnxReferenceEncoder": "export",
-    "ExportedSynthesizer": "export_synth",
+    "export_reference_encoder_onnx": "inference.export_onnx",
+    "OnnxReferenceEncoder": "inference.export_onnx",
+    "ExportedSynthesizer": "inference.export_program",
     "ServeConfig": "serve",
-    "mel_cepstral_distortion": "metrics",
-    "f0_track": "metrics",
-    "compare_f0": "metrics",
-    "prosody_summary": "metrics",
+    "mel_cepstral_distortion": "evaluation.metrics",
+    "f0_track": "evaluation.metrics",
+    "compare_f0": "evaluation.metrics",
+    "prosody_summary": "evaluation.metrics",
 }
 
 __all__ = ["__version__", *_EXPORTS]
@@ -118,32 +118,32 @@ def __dir__() -> list[str]:
 
 
 if TYPE_CHECKING:  # let type checkers and IDEs see the real names
-    from .audio import AudioConfig, MelSpectrogram, griffin_lim, load_wav, save_wav
-    from .capacity import (GECO, CapacityAnnealing, ControllerConfig, DualAscent, FixedBeta, FreeBits,
+    from .audio.mel import AudioConfig, MelSpectrogram, griffin_lim, load_wav, save_wav
+    from .plugin.capacity import (GECO, CapacityAnnealing, ControllerConfig, DualAscent, FixedBeta, FreeBits,
                            KLAnnealing, build_controller)
-    from .corpus import CorpusConfig, make_corpus
-    from .data import (BucketBatchSampler, MelCache, TTSDataset, Utterance, collate_batch,
+    from .data.corpus import CorpusConfig, make_corpus
+    from .data.ljspeech import (BucketBatchSampler, MelCache, TTSDataset, Utterance, collate_batch,
                        read_metadata, split_train_val)
-    from .checkpoint import load_model
-    from .config import TrainConfig, load_config
-    from .errors import (AudioError, CheckpointError, ConfigError, ControlError, CorpusError, DataError,
+    from .training.checkpoint import load_model
+    from .training.config import TrainConfig, load_config
+    from .plugin.errors import (AudioError, CheckpointError, ConfigError, ControlError, CorpusError, DataError,
                          ProsodyVAEError, ReferenceInputError, RunLockedError, TextError, TrainingError)
-    from .trainer import TrainResult, train
-    from .reference import (MeanEncoder, Posterior, ReferenceEncoder, VariationalReferenceEncoder, ZConditioner,
+    from .training.trainer import TrainResult, train
+    from .plugin.reference import (MeanEncoder, Posterior, ReferenceEncoder, VariationalReferenceEncoder, ZConditioner,
                             condition_on_z)
-    from .cpu_memory import keep_freed_memory
-    from .export import OnnxReferenceEncoder, export_reference_encoder_onnx
-    from .export_synth import ExportedSynthesizer
+    from .training.cpu_memory import keep_freed_memory
+    from .inference.export_onnx import OnnxReferenceEncoder, export_reference_encoder_onnx
+    from .inference.export_program import ExportedSynthesizer
     from .serve import ServeConfig
-    from .infer import SynthesisResult, Synthesizer
-    from .controls import KNOBS, Calibration, calibrate_checkpoint
-    from .model_card import ModelCard, model_card
-    from .postfilter import GlobalVariance
-    from .quantize import reduce_precision
-    from .speaker_leakage import cross_speaker_transfer, speaker_probe
-    from .prosody_reference import reference_features
-    from .speakers import SpeakerTable, UnknownSpeakerError
-    from .losses import LossConfig, LossTerms, TacotronLoss
-    from .metrics import compare_f0, f0_track, mel_cepstral_distortion, prosody_summary
-    from .tacotron import InferenceOutput, ProsodyTacotron, TacotronConfig, TacotronOutput
-    from .text import TextProcessor, normalize_text
+    from .inference.synthesizer import SynthesisResult, Synthesizer
+    from .inference.knobs import KNOBS, Calibration, calibrate_checkpoint
+    from .inference.model_card import ModelCard, model_card
+    from .audio.postfilter import GlobalVariance
+    from .inference.quantize import reduce_precision
+    from .evaluation.speaker_leakage import cross_speaker_transfer, speaker_probe
+    from .audio.prosody_tracks import reference_features
+    from .data.speakers import SpeakerTable, UnknownSpeakerError
+    from .training.losses import LossConfig, LossTerms, TacotronLoss
+    from .evaluation.metrics import compare_f0, f0_track, mel_cepstral_distortion, prosody_summary
+    from .model.tacotron import InferenceOutput, ProsodyTacotron, TacotronConfig, TacotronOutput
+    from .data.text import TextProcessor, normalize_text

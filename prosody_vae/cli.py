@@ -11,8 +11,8 @@ import argparse
 import sys
 from pathlib import Path
 
-from . import __version__
-from .errors import ProsodyVAEError
+from .version import __version__
+from .plugin.errors import ProsodyVAEError
 
 
 class _OneLineParser(argparse.ArgumentParser):
@@ -31,7 +31,7 @@ def _positive_int(text: str) -> int:
 
 
 def cmd_make_corpus(args: argparse.Namespace) -> None:
-    from .corpus import CorpusConfig, make_corpus
+    from .data.corpus import CorpusConfig, make_corpus
 
     summary = make_corpus(args.out, CorpusConfig(n=args.n, seed=args.seed, workers=args.workers))
     print(summary.format())
@@ -42,7 +42,7 @@ def cmd_stats(args: argparse.Namespace) -> None:
     import math
     import statistics
 
-    from .stats import corpus_stats, speaker_stats, speakers_path, write_speaker_stats, write_stats
+    from .data.stats import corpus_stats, speaker_stats, speakers_path, write_speaker_stats, write_stats
 
     rows = corpus_stats(args.data, cache_dir=args.cache_dir)
     out = args.out or args.data / "prosody_stats.csv"
@@ -57,8 +57,8 @@ def cmd_stats(args: argparse.Namespace) -> None:
 
 
 def cmd_train(args: argparse.Namespace) -> None:
-    from .config import load_config, recipe_config
-    from .trainer import train
+    from .training.config import load_config, recipe_config
+    from .training.trainer import train
 
     config = load_config(args.config or recipe_config(args.recipe))
     result = train(config, args.data, args.out, resume=args.resume, max_steps=args.max_steps)
@@ -80,7 +80,7 @@ def cmd_demo(args: argparse.Namespace) -> None:
 
 
 def _synthesizer(args: argparse.Namespace):
-    from .infer import Synthesizer
+    from .inference.synthesizer import Synthesizer
 
     return Synthesizer.from_checkpoint(args.checkpoint, device=args.device, precision=args.precision,
                                        vocoder=args.vocoder, max_reference_seconds=args.max_reference_seconds)
@@ -88,7 +88,7 @@ def _synthesizer(args: argparse.Namespace):
 
 def _check_text(synth, text: str, where: str) -> None:
     """Encode `text` once up front, so a refused text names its flag or file line before any work."""
-    from .errors import TextError
+    from .plugin.errors import TextError
 
     try:
         synth.text.encode(text)
@@ -98,7 +98,7 @@ def _check_text(synth, text: str, where: str) -> None:
 
 def _wav_files(paths: list[Path]) -> list[Path]:
     """Files as given, and the .wav files inside any folder, sorted; a folder without one is an error."""
-    from .errors import AudioError
+    from .plugin.errors import AudioError
 
     files = []
     for path in paths:
@@ -120,7 +120,7 @@ def cmd_synthesize(args: argparse.Namespace) -> None:
                        temperature=args.temperature, seed=args.seed, n_samples=args.n_samples,
                        strength=args.strength, controls=controls, speaker=args.speaker,
                        reference_speaker=args.reference_speaker, pitch_mode=args.pitch_mode)
-    from .audio import save_wav
+    from .audio.mel import save_wav
 
     outs = [args.out] if args.n_samples == 1 else [args.out.with_name(f"{args.out.stem}_{i:02d}{args.out.suffix}")
                                                    for i in range(args.n_samples)]
@@ -131,7 +131,7 @@ def cmd_synthesize(args: argparse.Namespace) -> None:
 
 
 def cmd_calibrate(args: argparse.Namespace) -> None:
-    from .controls import calibrate_checkpoint
+    from .inference.knobs import calibrate_checkpoint
 
     calibration = calibrate_checkpoint(args.checkpoint, args.data, out=args.out, cache_dir=args.cache_dir)
     for knob in calibration.knobs.values():
@@ -148,8 +148,8 @@ def cmd_inspect(args: argparse.Namespace) -> None:
 
 
 def cmd_transfer(args: argparse.Namespace) -> None:
-    from .errors import TextError
-    from .infer import save_result
+    from .plugin.errors import TextError
+    from .inference.synthesizer import save_result
 
     synth = _synthesizer(args)
     try:
@@ -191,7 +191,7 @@ def cmd_encode(args: argparse.Namespace) -> None:
 
 
 def cmd_interpolate(args: argparse.Namespace) -> None:
-    from .infer import save_result
+    from .inference.synthesizer import save_result
 
     synth = _synthesizer(args)
     _check_text(synth, args.text, "--text")
@@ -201,7 +201,7 @@ def cmd_interpolate(args: argparse.Namespace) -> None:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> None:
-    from .evaluate import evaluate
+    from .evaluation.evaluate import evaluate
 
     evaluate(args.checkpoint, args.data, args.out, n_items=args.n_items, seed=args.seed,
              synthesizer=_synthesizer(args))
@@ -210,7 +210,7 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
 
 
 def cmd_analyze(args: argparse.Namespace) -> None:
-    from .analysis import analyze_runs
+    from .evaluation.analysis import analyze_runs
 
     print(analyze_runs(args.runs, args.out, data_dir=args.data, max_train_batches=args.max_train_batches))
     print(f"wrote {args.out}/analysis.md, analysis.json and rate_distortion.png")

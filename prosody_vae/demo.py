@@ -21,9 +21,9 @@ from pathlib import Path
 
 import numpy as np
 
-from .audio import load_wav, save_wav
-from .quality import QUALITY_NOTE, ConditionQuality, QualityMeter, copy_synthesis, quality_table
-from .runlog import read_metrics
+from .audio.mel import load_wav, save_wav
+from .evaluation.quality import QUALITY_NOTE, ConditionQuality, QualityMeter, copy_synthesis, quality_table
+from .training.runlog import read_metrics
 
 TRANSFER_SENTENCES = ("The painter carried a wooden ladder across the river.",
                       "Did you find the golden key near the station?",
@@ -52,13 +52,13 @@ def run_demo(out_dir: str | Path, n_utterances: int = 1000, max_steps: int | Non
     """Run the demo into `out_dir` with the demo recipe or `config_path`. `max_steps` and
     `max_decoder_steps` (free-running synthesis; default: the model config's) override the
     config, for a quick run."""
-    from .config import load_config, recipe_config
-    from .controls import calibrate_checkpoint
-    from .errors import ControlError
-    from .infer import Synthesizer
-    from .corpus import CorpusConfig, make_corpus
-    from .trainer import train
-    from .vocoders import best_available_vocoder
+    from .training.config import load_config, recipe_config
+    from .inference.knobs import calibrate_checkpoint
+    from .plugin.errors import ControlError
+    from .inference.synthesizer import Synthesizer
+    from .data.corpus import CorpusConfig, make_corpus
+    from .training.trainer import train
+    from .vocoders.registry import best_available_vocoder
 
     started = time.perf_counter()
     out_dir = Path(out_dir)
@@ -185,9 +185,9 @@ def _voice_similarity(corpus: Path, rows: list[dict], out_dir: Path, sample_rate
     """Mean resemblyzer similarity of the cross-voice outputs to the target and to the reference
     voice (each enrolled from its first ENROLMENT_UTTERANCES corpus utterances); {} without
     resemblyzer."""
-    from .data import read_metadata
-    from .quality import MissingExtraError
-    from .speaker_leakage import cross_speaker_similarity, enrol_voices
+    from .data.ljspeech import read_metadata
+    from .evaluation.quality import MissingExtraError
+    from .evaluation.speaker_leakage import cross_speaker_similarity, enrol_voices
 
     cross = [r for r in rows if r["condition"] == "cross_voice_relative"]
     if not cross:
@@ -208,7 +208,7 @@ def _measure_quality(meter: QualityMeter, corpus: Path, out_dir: Path, rows: lis
                      ) -> dict[str, ConditionQuality]:
     """Quality of the saved outputs (the 16-bit files a listener hears): the transfer outputs
     against their references, and the prior conditions on their own."""
-    from .data import read_metadata
+    from .data.ljspeech import read_metadata
 
     reference_texts = {u.id: u.text for u in read_metadata(corpus)}
     transfer = [r for r in rows if "reference_id" in r]
@@ -228,7 +228,7 @@ def _measure_quality(meter: QualityMeter, corpus: Path, out_dir: Path, rows: lis
 
 
 def _f0_mean(wav: np.ndarray, sample_rate: int) -> float:
-    from .corpus import measure_prosody
+    from .data.corpus import measure_prosody
 
     return float(measure_prosody(wav, sample_rate).f0_mean_hz)
 

@@ -10,12 +10,12 @@ import numpy as np
 import pytest
 import torch
 
-from prosody_vae.analysis import (RatePoint, entropy_sum_diagnostic, evaluate_split, plot_rate_distortion,
+from prosody_vae.evaluation.analysis import (RatePoint, entropy_sum_diagnostic, evaluate_split, plot_rate_distortion,
                                   rate_distortion_table, read_run)
-from prosody_vae.data import Sample, collate_batch
-from prosody_vae.errors import ConfigError, DataError
-from prosody_vae.losses import masked_l1
-from prosody_vae.tacotron import ProsodyTacotron, TacotronConfig
+from prosody_vae.data.ljspeech import Sample, collate_batch
+from prosody_vae.plugin.errors import ConfigError, DataError
+from prosody_vae.training.losses import masked_l1
+from prosody_vae.model.tacotron import ProsodyTacotron, TacotronConfig
 
 
 # ------------------------------------------------------------------------------ entropy sums

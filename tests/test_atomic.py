@@ -12,10 +12,10 @@ import pytest
 from conftest import write_tiny_corpus
 from prosody_vae import atomic
 from prosody_vae.atomic import atomic_write, write_atomically
-from prosody_vae.audio import save_wav
-from prosody_vae.checkpoint import save_checkpoint
-from prosody_vae.corpus import CorpusConfig, make_corpus
-from prosody_vae.data import MelCache, read_metadata
+from prosody_vae.audio.mel import save_wav
+from prosody_vae.training.checkpoint import save_checkpoint
+from prosody_vae.data.corpus import CorpusConfig, make_corpus
+from prosody_vae.data.ljspeech import MelCache, read_metadata
 
 
 @pytest.fixture(params=[0o022, 0o077], ids=["umask022", "umask077"])

@@ -7,8 +7,8 @@ import pytest
 import soundfile as sf
 import torch
 
-from prosody_vae.audio import AudioConfig, MelSpectrogram, griffin_lim, load_wav, save_wav
-from prosody_vae.errors import AudioError, ConfigError
+from prosody_vae.audio.mel import AudioConfig, MelSpectrogram, griffin_lim, load_wav, save_wav
+from prosody_vae.plugin.errors import AudioError, ConfigError
 
 SR = 22050
 

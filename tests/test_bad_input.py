@@ -27,16 +27,16 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from conftest import write_tiny_corpus
-from prosody_vae.audio import AudioConfig, load_wav
-from prosody_vae.checkpoint import FORMAT_VERSION, load_checkpoint, load_model, save_checkpoint
+from prosody_vae.audio.mel import AudioConfig, load_wav
+from prosody_vae.training.checkpoint import FORMAT_VERSION, load_checkpoint, load_model, save_checkpoint
 from prosody_vae.cli import main
-from prosody_vae.config import TrainConfig, config_from_dict, config_to_dict
-from prosody_vae.data import MelCache, TTSDataset, Utterance, read_metadata
-from prosody_vae.errors import AudioError, CheckpointError, DataError, ReferenceInputError, TextError
-from prosody_vae.infer import Synthesizer
-from prosody_vae.reference import VariationalReferenceEncoder
-from prosody_vae.tacotron import ProsodyTacotron
-from prosody_vae.text import TextProcessor
+from prosody_vae.training.config import TrainConfig, config_from_dict, config_to_dict
+from prosody_vae.data.ljspeech import MelCache, TTSDataset, Utterance, read_metadata
+from prosody_vae.plugin.errors import AudioError, CheckpointError, DataError, ReferenceInputError, TextError
+from prosody_vae.inference.synthesizer import Synthesizer
+from prosody_vae.plugin.reference import VariationalReferenceEncoder
+from prosody_vae.model.tacotron import ProsodyTacotron
+from prosody_vae.data.text import TextProcessor
 
 SR = 22050
 N_MELS = 20

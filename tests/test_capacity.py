@@ -15,9 +15,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch import nn
 
-from prosody_vae.capacity import (CONTROLLERS, GECO, CapacityAnnealing, ControllerConfig,
+from prosody_vae.plugin.capacity import (CONTROLLERS, GECO, CapacityAnnealing, ControllerConfig,
                                   DualAscent, FixedBeta, FreeBits, KLAnnealing, build_controller)
-from prosody_vae.errors import CheckpointError, ConfigError
+from prosody_vae.plugin.errors import CheckpointError, ConfigError
 
 # ---------------------------------------------------------------- the Capacitron claim in miniature
 

@@ -12,13 +12,13 @@ import numpy as np
 import pytest
 import torch
 
-from prosody_vae.checkpoint import save_checkpoint
+from prosody_vae.training.checkpoint import save_checkpoint
 from prosody_vae.cli import main
-from prosody_vae.config import config_to_dict
-from prosody_vae.controls import (KNOBS, Calibration, KnobCalibration, calibrate_checkpoint, edit_f0, edit_level,
+from prosody_vae.training.config import config_to_dict
+from prosody_vae.inference.knobs import (KNOBS, Calibration, KnobCalibration, calibrate_checkpoint, edit_f0, edit_level,
                                   fit_directions)
-from prosody_vae.errors import CheckpointError, ControlError, ReferenceInputError
-from prosody_vae.infer import Synthesizer
+from prosody_vae.plugin.errors import CheckpointError, ControlError, ReferenceInputError
+from prosody_vae.inference.synthesizer import Synthesizer
 from conftest import write_tiny_corpus
 from test_infer import TEXTS, make_synth, reference_wav
 

@@ -11,11 +11,11 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from prosody_vae.corpus import (DEFAULT_VOICES, FACTOR_COLUMNS, SAMPLE_RATE, CorpusConfig, EspeakSynth,
+from prosody_vae.data.corpus import (DEFAULT_VOICES, FACTOR_COLUMNS, SAMPLE_RATE, CorpusConfig, EspeakSynth,
                                 Factors, make_corpus, synthesize)
-from prosody_vae.sentences import MAX_WORDS, MIN_WORDS, SENTENCE_KINDS, make_sentence
-from prosody_vae.data import read_metadata
-from prosody_vae.errors import ConfigError, CorpusError
+from prosody_vae.data.sentences import MAX_WORDS, MIN_WORDS, SENTENCE_KINDS, make_sentence
+from prosody_vae.data.ljspeech import read_metadata
+from prosody_vae.plugin.errors import ConfigError, CorpusError
 
 
 def read_factors(root: Path) -> list[dict[str, str]]:

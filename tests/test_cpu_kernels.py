@@ -10,7 +10,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from prosody_vae.cpu_kernels import PackedMatmul, _RecurrentMatmul
+from prosody_vae.model.cpu_kernels import PackedMatmul, _RecurrentMatmul
 from test_tacotron import make_batch, micro_model, run
 
 needs_onednn = pytest.mark.skipif(not torch.backends.mkldnn.is_available(), reason="torch built without oneDNN")
@@ -97,7 +97,7 @@ def test_a_copied_or_pickled_packed_matmul_packs_its_own_weight():
 def test_attention_context_gradient_is_exact():
     """Memory's deferred gradient (one bmm after the loop) and the alignments' per-step ones, against
     autograd, through a loop where each alignment depends on the previous context."""
-    from prosody_vae.cpu_kernels import AttentionContext
+    from prosody_vae.model.cpu_kernels import AttentionContext
 
     def loop(memory, query):
         context_of = AttentionContext(memory)

@@ -11,15 +11,15 @@ import sys
 
 import pytest
 
-import prosody_vae.trainer
+import prosody_vae.training.trainer
 from conftest import write_tiny_corpus
-from prosody_vae.speedups import fast_path
+from prosody_vae.plugin.speedups import fast_path
 from test_train import make_config
 
 STEP_FAULTS = """
 import resource, sys, torch
-from prosody_vae.cpu_memory import keep_freed_memory
-from prosody_vae.reference import VariationalReferenceEncoder
+from prosody_vae.training.cpu_memory import keep_freed_memory
+from prosody_vae.plugin.reference import VariationalReferenceEncoder
 applied = keep_freed_memory() if sys.argv[1] == "keep" else False
 torch.manual_seed(0)
 torch.set_num_threads(1)
@@ -55,9 +55,9 @@ def test_freed_activation_memory_is_reused_instead_of_faulted_in_again():
 @pytest.mark.parametrize("fast", [True, False])
 def test_the_trainer_tunes_malloc_on_the_cpu_only_on_the_fast_path(fast, tmp_path, monkeypatch):
     calls = []
-    monkeypatch.setattr(prosody_vae.trainer, "keep_freed_memory", lambda: calls.append("tuned") or True)
+    monkeypatch.setattr(prosody_vae.training.trainer, "keep_freed_memory", lambda: calls.append("tuned") or True)
     corpus = write_tiny_corpus(tmp_path / "corpus", n=8)
     config = make_config(str(tmp_path / "mels"), max_steps=1, device="cpu")
     with fast_path(fast):
-        prosody_vae.trainer.train(config, corpus, tmp_path / "run")
+        prosody_vae.training.trainer.train(config, corpus, tmp_path / "run")
     assert calls == (["tuned"] if fast else [])

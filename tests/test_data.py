@@ -8,11 +8,11 @@ import numpy as np
 import pytest
 import torch
 
-from prosody_vae.audio import AudioConfig, MelSpectrogram, load_wav
-from prosody_vae.data import (Batch, BucketBatchSampler, MelCache, Sample, TTSDataset, collate_batch,
+from prosody_vae.audio.mel import AudioConfig, MelSpectrogram, load_wav
+from prosody_vae.data.ljspeech import (Batch, BucketBatchSampler, MelCache, Sample, TTSDataset, collate_batch,
                               read_metadata, split_train_val)
-from prosody_vae.errors import AudioError, ConfigError, DataError
-from prosody_vae.pitch import PitchConfig
+from prosody_vae.plugin.errors import AudioError, ConfigError, DataError
+from prosody_vae.audio.pitch import PitchConfig
 
 
 def test_read_metadata(tiny_corpus):
@@ -99,7 +99,7 @@ def test_mel_cache_recovers_from_a_damaged_file(tiny_corpus, tmp_path):
 
 
 def test_dataset_and_collate(tiny_corpus, tmp_path):
-    from prosody_vae.text import TextProcessor
+    from prosody_vae.data.text import TextProcessor
 
     processor = TextProcessor()
     dataset = TTSDataset(read_metadata(tiny_corpus), processor, MelCache(tmp_path / "cache"))
@@ -180,7 +180,7 @@ def test_mel_cache_notices_a_rewritten_wav(tiny_corpus, tmp_path):
 @pytest.fixture
 def extractions(monkeypatch):
     """Counts the wavs whose frame features are computed."""
-    import prosody_vae.data as data_module
+    import prosody_vae.data.ljspeech as data_module
 
     calls = []
     real = data_module.frame_features
@@ -194,7 +194,7 @@ def extractions(monkeypatch):
 
 
 def test_get_caches_the_frame_features_in_the_same_pass(tiny_corpus, tmp_path, extractions):
-    from prosody_vae.pitch import frame_features
+    from prosody_vae.audio.pitch import frame_features
 
     utt = read_metadata(tiny_corpus)[0]
     cache = MelCache(tmp_path / "cache")
@@ -280,8 +280,8 @@ def test_features_of_a_missing_or_silent_wav_are_clear_errors(tiny_corpus, tmp_p
 
 
 def test_collate_pads_the_frame_features_like_the_mel(tiny_corpus, tmp_path):
-    from prosody_vae.pitch import ENERGY_FLOOR_DB
-    from prosody_vae.text import TextProcessor
+    from prosody_vae.audio.pitch import ENERGY_FLOOR_DB
+    from prosody_vae.data.text import TextProcessor
 
     dataset = TTSDataset(read_metadata(tiny_corpus), TextProcessor(), MelCache(tmp_path / "cache"))
     samples = [dataset[i] for i in range(4)]
@@ -305,7 +305,7 @@ def test_collate_pads_the_frame_features_like_the_mel(tiny_corpus, tmp_path):
 
 
 def test_without_features_the_batch_fields_are_none(tiny_corpus, tmp_path):
-    from prosody_vae.text import TextProcessor
+    from prosody_vae.data.text import TextProcessor
 
     dataset = TTSDataset(read_metadata(tiny_corpus), TextProcessor(), MelCache(tmp_path / "cache", pitch=None))
     batch = collate_batch([dataset[0], dataset[1]])
@@ -316,8 +316,8 @@ def test_without_features_the_batch_fields_are_none(tiny_corpus, tmp_path):
 
 
 def test_filling_the_training_cache_extracts_the_features(tiny_corpus, tmp_path, extractions):
-    from prosody_vae.distributed import Cluster
-    from prosody_vae.training_data import _fill_cache
+    from prosody_vae.training.distributed import Cluster
+    from prosody_vae.training.data import _fill_cache
 
     utts = read_metadata(tiny_corpus)
     cache = MelCache(tmp_path / "cache", pitch=None)

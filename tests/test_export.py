@@ -6,13 +6,13 @@ import numpy as np
 import pytest
 import torch
 
-from prosody_vae.errors import ReferenceInputError
-from prosody_vae.reference import VariationalReferenceEncoder
+from prosody_vae.plugin.errors import ReferenceInputError
+from prosody_vae.plugin.reference import VariationalReferenceEncoder
 
 pytest.importorskip("onnx")
 pytest.importorskip("onnxruntime")
 
-from prosody_vae.export import OnnxReferenceEncoder, export_reference_encoder_onnx  # noqa: E402
+from prosody_vae.inference.export_onnx import OnnxReferenceEncoder, export_reference_encoder_onnx  # noqa: E402
 
 
 def trained_like_encoder(text_summary_dim: int = 0) -> VariationalReferenceEncoder:

@@ -5,10 +5,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from prosody_vae.errors import CheckpointError, ReferenceInputError, TextError
-from prosody_vae.export_synth import STATE_NAMES, ExportedSynthesizer, prenet_noise
-from prosody_vae.decoder import DecoderPass, DecoderState
-from prosody_vae.masked_norm import length_mask
+from prosody_vae.plugin.errors import CheckpointError, ReferenceInputError, TextError
+from prosody_vae.inference.export_program import STATE_NAMES, ExportedSynthesizer, prenet_noise
+from prosody_vae.model.decoder import DecoderPass, DecoderState
+from prosody_vae.plugin.masked_norm import length_mask
 from test_tacotron import micro_model
 
 ATOL = 1e-5

@@ -20,12 +20,12 @@ import pytest
 import torch
 
 from conftest import write_tiny_corpus
-from prosody_vae.checkpoint import RunCheckpoints, load_checkpoint, save_checkpoint
-from prosody_vae.data import MelCache
-from prosody_vae.errors import CheckpointError
-from prosody_vae.runlog import KLInactivityWatch, read_metrics
-from prosody_vae.trainer import train
-from prosody_vae.training_data import build_data
+from prosody_vae.training.checkpoint import RunCheckpoints, load_checkpoint, save_checkpoint
+from prosody_vae.data.ljspeech import MelCache
+from prosody_vae.plugin.errors import CheckpointError
+from prosody_vae.training.runlog import KLInactivityWatch, read_metrics
+from prosody_vae.training.trainer import train
+from prosody_vae.training.data import build_data
 from test_train import config_dict, make_config, records
 
 REPO = Path(__file__).resolve().parents[1]

@@ -77,7 +77,7 @@ def test_training_stops_on_its_budget_with_a_checkpoint(session):
     assert Path(train["checkpoint"]).is_file()
     assert math.isfinite(train["final_val"]["postnet_l1"]) and train["final_val"]["step"] == train["steps"]
     assert train["steps_per_s_overall"] > 0
-    from prosody_vae.checkpoint import load_model
+    from prosody_vae.training.checkpoint import load_model
 
     model, config = load_model(out / "model.pt")  # the copy that comes back from the device
     assert config.device == "cpu" and config.data.n_val == 4

@@ -9,13 +9,13 @@ import pytest
 import soundfile as sf
 import torch
 
-from prosody_vae.config import TrainConfig, config_from_dict
-from prosody_vae.errors import ConfigError, ReferenceInputError
-from prosody_vae.infer import Synthesizer
-from prosody_vae.metrics import cepstra_of_log_mel, mcd_from_cepstra
-from prosody_vae.quantize import ReducedPrecisionDecoder
-from prosody_vae.decoder import Decoder
-from prosody_vae.tacotron import ProsodyTacotron
+from prosody_vae.training.config import TrainConfig, config_from_dict
+from prosody_vae.plugin.errors import ConfigError, ReferenceInputError
+from prosody_vae.inference.synthesizer import Synthesizer
+from prosody_vae.evaluation.metrics import cepstra_of_log_mel, mcd_from_cepstra
+from prosody_vae.inference.quantize import ReducedPrecisionDecoder
+from prosody_vae.model.decoder import Decoder
+from prosody_vae.model.tacotron import ProsodyTacotron
 
 MICRO = dict(n_mels=20, embedding_dim=16, encoder_conv_channels=16, encoder_lstm_dim=16, prenet_dims=[16, 16],
              attention_rnn_dim=16, decoder_rnn_dim=16, attention_dim=8, location_filters=4, location_kernel_size=7,

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from prosody_vae import Synthesizer
-from prosody_vae.checkpoint import load_model
+from prosody_vae.training.checkpoint import load_model
 
 FIXTURES = Path(__file__).parent / "fixtures"
 

@@ -8,8 +8,8 @@ from typing import Callable
 import pytest
 import torch
 
-from prosody_vae.masked_norm import MaskedBatchNorm1d, MaskedBatchNorm2d, conv_batchnorm_relu, length_mask
-from prosody_vae.speedups import fast_path
+from prosody_vae.plugin.masked_norm import MaskedBatchNorm1d, MaskedBatchNorm2d, conv_batchnorm_relu, length_mask
+from prosody_vae.plugin.speedups import fast_path
 
 
 def on_both_paths(run: Callable[[bool], list[torch.Tensor]]) -> list[list[torch.Tensor]]:

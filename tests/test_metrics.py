@@ -7,8 +7,8 @@ import math
 import numpy as np
 import pytest
 
-from prosody_vae.errors import AudioError, ConfigError, TextError
-from prosody_vae.metrics import (
+from prosody_vae.plugin.errors import AudioError, ConfigError, TextError
+from prosody_vae.evaluation.metrics import (
     MCD_CONSTANT,
     F0Config,
     cepstra_of_log_mel,

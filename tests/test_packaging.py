@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 
 from prosody_vae.cli import main
-from prosody_vae.config import load_config, recipe_config
-from prosody_vae.errors import ConfigError
+from prosody_vae.training.config import load_config, recipe_config
+from prosody_vae.plugin.errors import ConfigError
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -65,7 +65,7 @@ def test_a_wheel_in_a_fresh_venv_runs_the_demo_from_an_unrelated_folder(tmp_path
 
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
-    where = run([venv / "bin" / "python", "-c", "import prosody_vae.config as c; "
+    where = run([venv / "bin" / "python", "-c", "import prosody_vae.training.config as c; "
                  "print(c.__file__); print(c.recipe_config('demo'))"], cwd=elsewhere, env=env).stdout.split()
     site_packages = venv.resolve() / "lib"
     assert all(Path(path).resolve().is_relative_to(site_packages) for path in where), where

@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 import torch
 
-from prosody_vae.audio import AudioConfig, MelSpectrogram
-from prosody_vae.errors import AudioError, ConfigError
-from prosody_vae.pitch import (ENERGY_FLOOR_DB, PitchConfig, frame_centres, frame_energy_db, frame_features,
+from prosody_vae.audio.mel import AudioConfig, MelSpectrogram
+from prosody_vae.plugin.errors import AudioError, ConfigError
+from prosody_vae.audio.pitch import (ENERGY_FLOOR_DB, PitchConfig, frame_centres, frame_energy_db, frame_features,
                                resample_track, track_pitch)
 
 SR, HOP = 22050, 256

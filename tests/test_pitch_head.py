@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 import torch
 
-from prosody_vae.export_synth import ExportedSynthesizer
-from prosody_vae.losses import LossConfig, TacotronLoss
-from prosody_vae.quantize import reduce_precision
+from prosody_vae.inference.export_program import ExportedSynthesizer
+from prosody_vae.training.losses import LossConfig, TacotronLoss
+from prosody_vae.inference.quantize import reduce_precision
 from test_tacotron import make_batch, micro_model
 
 
@@ -118,8 +118,8 @@ def test_auto_vocoder_follows_the_pitch_head():
     hands it the predicted F0 (whose faithfulness test_vocoders and test_transfer measure); a model
     without a pitch head gets a mel-only vocoder."""
     from prosody_vae import Synthesizer
-    from prosody_vae.config import TrainConfig, config_from_dict
-    from prosody_vae.tacotron import ProsodyTacotron
+    from prosody_vae.training.config import TrainConfig, config_from_dict
+    from prosody_vae.model.tacotron import ProsodyTacotron
     from test_train import MICRO, N_MELS
 
     for pitch_head in (True, False):

@@ -9,12 +9,12 @@ import pytest
 import torch
 
 from conftest import write_tiny_corpus
-from prosody_vae.checkpoint import load_checkpoint, save_checkpoint
-from prosody_vae.errors import AudioError
-from prosody_vae.infer import Synthesizer
-from prosody_vae.postfilter import GlobalVariance
+from prosody_vae.training.checkpoint import load_checkpoint, save_checkpoint
+from prosody_vae.plugin.errors import AudioError
+from prosody_vae.inference.synthesizer import Synthesizer
+from prosody_vae.audio.postfilter import GlobalVariance
 from test_train import make_config
-from prosody_vae.trainer import train
+from prosody_vae.training.trainer import train
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 FLOOR = -11.5

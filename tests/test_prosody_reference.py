@@ -9,13 +9,13 @@ import numpy as np
 import pytest
 import torch
 
-from prosody_vae.config import TrainConfig, config_from_dict, config_to_dict
-from prosody_vae.errors import ReferenceInputError
-from prosody_vae.infer import Synthesizer
-from prosody_vae.pitch import ENERGY_FLOOR_DB
-from prosody_vae.prosody_reference import LEVEL_FLOOR_DB, LEVEL_SCALE_DB, nearest_register, reference_features
-from prosody_vae.speakers import SpeakerTable
-from prosody_vae.tacotron import ProsodyTacotron
+from prosody_vae.training.config import TrainConfig, config_from_dict, config_to_dict
+from prosody_vae.plugin.errors import ReferenceInputError
+from prosody_vae.inference.synthesizer import Synthesizer
+from prosody_vae.audio.pitch import ENERGY_FLOOR_DB
+from prosody_vae.audio.prosody_tracks import LEVEL_FLOOR_DB, LEVEL_SCALE_DB, nearest_register, reference_features
+from prosody_vae.data.speakers import SpeakerTable
+from prosody_vae.model.tacotron import ProsodyTacotron
 
 from conftest import write_tiny_corpus
 from test_speakers import VOICES, micro_config
@@ -110,7 +110,7 @@ def test_a_log_mel_reference_is_refused_because_it_has_no_pitch_track(prosody_sy
 
 
 def test_a_prosody_model_trains_and_its_checkpoint_synthesises_from_a_wav(tmp_path):
-    from prosody_vae.trainer import train
+    from prosody_vae.training.trainer import train
 
     corpus = write_tiny_corpus(tmp_path / "corpus", n=8)
     metadata = corpus / "metadata.csv"

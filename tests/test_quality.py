@@ -11,12 +11,12 @@ import numpy as np
 import pytest
 import torch
 
-from prosody_vae import quality
-from prosody_vae.audio import AudioConfig
-from prosody_vae.corpus import SAMPLE_RATE, Factors, synthesize
-from prosody_vae.errors import ProsodyVAEError
-from prosody_vae.metrics import mel_cepstral_distortion
-from prosody_vae.quality import (DNSMOS_INSTALL, SPEAKER_INSTALL, MissingExtraError, QualityMeter, copy_synthesis,
+from prosody_vae.evaluation import quality
+from prosody_vae.audio.mel import AudioConfig
+from prosody_vae.data.corpus import SAMPLE_RATE, Factors, synthesize
+from prosody_vae.plugin.errors import ProsodyVAEError
+from prosody_vae.evaluation.metrics import mel_cepstral_distortion
+from prosody_vae.evaluation.quality import (DNSMOS_INSTALL, SPEAKER_INSTALL, MissingExtraError, QualityMeter, copy_synthesis,
                                  dnsmos, pearson, prosody_correlations, quality_table, speaker_embeddings,
                                  speaker_similarity, voiced_fraction)
 

@@ -8,10 +8,10 @@ import warnings
 import pytest
 import torch
 
-from prosody_vae.errors import ConfigError, ReferenceInputError
-from prosody_vae.reference import (MeanEncoder, Posterior, ReferenceEncoder, VariationalReferenceEncoder,
+from prosody_vae.plugin.errors import ConfigError, ReferenceInputError
+from prosody_vae.plugin.reference import (MeanEncoder, Posterior, ReferenceEncoder, VariationalReferenceEncoder,
                                    ZConditioner, condition_on_z)
-from prosody_vae.speedups import fast_path
+from prosody_vae.plugin.speedups import fast_path
 
 N_MELS = 20
 SMALL = dict(n_mels=N_MELS, latent_dim=8, conv_channels=(4, 8, 8), gru_dim=16, mlp_dim=16)

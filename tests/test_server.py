@@ -19,15 +19,15 @@ pytest.importorskip("fastapi", reason="the serve extra (FastAPI) is not installe
 import uvicorn  # noqa: E402
 from fastapi.testclient import TestClient  # noqa: E402
 
-from prosody_vae.checkpoint import save_checkpoint  # noqa: E402
+from prosody_vae.training.checkpoint import save_checkpoint  # noqa: E402
 from prosody_vae.cli import build_parser  # noqa: E402
-from prosody_vae.config import config_to_dict  # noqa: E402
-from prosody_vae.errors import AudioError  # noqa: E402
-from prosody_vae.infer import Synthesizer  # noqa: E402
+from prosody_vae.training.config import config_to_dict  # noqa: E402
+from prosody_vae.plugin.errors import AudioError  # noqa: E402
+from prosody_vae.inference.synthesizer import Synthesizer  # noqa: E402
 from prosody_vae.serve import ServeConfig  # noqa: E402
 from prosody_vae.serve.app import BodyLimit, _wav_bytes, build_app  # noqa: E402
 from prosody_vae.serve.batching import BatchWorker, QueueFull  # noqa: E402
-from prosody_vae.speakers import SpeakerTable  # noqa: E402
+from prosody_vae.data.speakers import SpeakerTable  # noqa: E402
 from test_infer import TEXTS, make_synth, reference_wav  # noqa: E402
 
 pytestmark = pytest.mark.usefixtures("one_thread")

@@ -10,14 +10,14 @@ import numpy as np
 import pytest
 import torch
 
-from prosody_vae.checkpoint import load_checkpoint, save_checkpoint
-from prosody_vae.config import TrainConfig, config_from_dict, config_to_dict
-from prosody_vae.data import read_metadata, split_train_val
-from prosody_vae.errors import CheckpointError, ConfigError, ProsodyVAEError
-from prosody_vae.infer import Synthesizer
-from prosody_vae.speaker_leakage import speaker_probe
-from prosody_vae.speakers import SpeakerTable, UnknownSpeakerError
-from prosody_vae.tacotron import ProsodyTacotron
+from prosody_vae.training.checkpoint import load_checkpoint, save_checkpoint
+from prosody_vae.training.config import TrainConfig, config_from_dict, config_to_dict
+from prosody_vae.data.ljspeech import read_metadata, split_train_val
+from prosody_vae.plugin.errors import CheckpointError, ConfigError, ProsodyVAEError
+from prosody_vae.inference.synthesizer import Synthesizer
+from prosody_vae.evaluation.speaker_leakage import speaker_probe
+from prosody_vae.data.speakers import SpeakerTable, UnknownSpeakerError
+from prosody_vae.model.tacotron import ProsodyTacotron
 
 from conftest import write_tiny_corpus
 
@@ -77,7 +77,7 @@ def test_a_newer_or_malformed_table_is_a_checkpoint_error():
 
 
 def test_training_stores_the_table_with_each_speakers_f0(tmp_path):
-    from prosody_vae.trainer import train
+    from prosody_vae.training.trainer import train
 
     corpus = write_tiny_corpus(tmp_path / "corpus", n=8)
     metadata = corpus / "metadata.csv"
@@ -139,7 +139,7 @@ def test_absolute_pitch_moves_the_f0_by_the_register_difference(multi):
 
 
 def test_the_built_in_corpus_names_its_voice_in_the_metadata(tmp_path):
-    from prosody_vae.corpus import CorpusConfig, make_corpus
+    from prosody_vae.data.corpus import CorpusConfig, make_corpus
 
     make_corpus(tmp_path, CorpusConfig(n=3, voices=VOICES[:2], measure=False))
     utterances = read_metadata(tmp_path)
@@ -162,8 +162,8 @@ def test_the_probe_finds_a_speaker_that_is_there_and_not_one_that_is_not():
 def test_the_transfer_schedule_walks_the_other_voices_and_never_the_references_own(per_reference, expected_pairs):
     from pathlib import Path
 
-    from prosody_vae.data import Utterance
-    from prosody_vae.speaker_leakage import transfer_schedule
+    from prosody_vae.data.ljspeech import Utterance
+    from prosody_vae.evaluation.speaker_leakage import transfer_schedule
 
     voices = list(VOICES)  # the names are all the schedule reads (a dict of Voices works the same)
     references = [Utterance(f"u{i}", "three words here", "", Path(f"u{i}.wav"), v) for i, v in enumerate(VOICES)]
@@ -180,7 +180,7 @@ def test_the_transfer_schedule_walks_the_other_voices_and_never_the_references_o
 
 
 def test_the_wins_interval_is_the_wilson_score_interval():
-    from prosody_vae.speaker_leakage import wins_interval
+    from prosody_vae.evaluation.speaker_leakage import wins_interval
 
     low, high = wins_interval(8, 10)
     assert low == pytest.approx(0.4902, abs=1e-4) and high == pytest.approx(0.9433, abs=1e-4)  # textbook values
@@ -195,8 +195,8 @@ def test_a_voice_is_enrolled_from_its_first_recordings(monkeypatch, recordings):
     from pathlib import Path
     from types import SimpleNamespace
 
-    from prosody_vae import speaker_leakage
-    from prosody_vae.data import Utterance
+    from prosody_vae.evaluation import speaker_leakage
+    from prosody_vae.data.ljspeech import Utterance
 
     # recording i of a voice "is" embedding e_i and F0 100 + i Hz, so what was averaged shows
     monkeypatch.setattr(speaker_leakage, "load_wav", lambda path, sr: int(Path(path).stem.split("_")[1]))
@@ -224,9 +224,9 @@ TRANSFER_STEPS = 150
 
 @pytest.fixture(scope="module")
 def two_voice_model(tmp_path_factory):
-    from prosody_vae.config import load_config, recipe_config
-    from prosody_vae.corpus import CorpusConfig, make_corpus
-    from prosody_vae.trainer import train
+    from prosody_vae.training.config import load_config, recipe_config
+    from prosody_vae.data.corpus import CorpusConfig, make_corpus
+    from prosody_vae.training.trainer import train
 
     root = tmp_path_factory.mktemp("speakers")
     make_corpus(root / "corpus", CorpusConfig(n=96, voices=TWO_VOICES, measure=False))
@@ -241,7 +241,7 @@ def two_voice_model(tmp_path_factory):
 
 @pytest.mark.slow
 def test_cross_speaker_transfer_speaks_in_the_target_voice(two_voice_model):
-    from prosody_vae.speaker_leakage import cross_speaker_transfer, enrol_voices, measurable, summarise_pairs
+    from prosody_vae.evaluation.speaker_leakage import cross_speaker_transfer, enrol_voices, measurable, summarise_pairs
 
     corpus, checkpoint = two_voice_model
     synth = Synthesizer.from_checkpoint(checkpoint, vocoder="source-filter")
@@ -268,9 +268,9 @@ def test_a_v_plus_s_posterior_reads_the_reference_speaker():
 
 
 def test_the_speaker_adversary_trains_its_classifier_and_pushes_z_to_confuse_it():
-    from prosody_vae.losses import TacotronLoss
-    from prosody_vae.data import collate_batch, Sample
-    from prosody_vae.speaker_adversary import confusion_loss
+    from prosody_vae.training.losses import TacotronLoss
+    from prosody_vae.data.ljspeech import collate_batch, Sample
+    from prosody_vae.model.speaker_adversary import confusion_loss
 
     torch.manual_seed(0)
     model = ProsodyTacotron(micro_config(3, posterior="V+S", speaker_adversary=True).model)

@@ -9,9 +9,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from prosody_vae import speedups
-from prosody_vae.decoder import StepWeights
-from prosody_vae.cpu_kernels import _RecurrentMatmul
+from prosody_vae.plugin import speedups
+from prosody_vae.model.decoder import StepWeights
+from prosody_vae.model.cpu_kernels import _RecurrentMatmul
 from test_tacotron import make_batch, micro_model
 
 

@@ -11,10 +11,10 @@ import pytest
 import soundfile as sf
 
 from prosody_vae.cli import main
-from prosody_vae.data import Utterance
-from prosody_vae.errors import DataError
-from prosody_vae.pitch import FrameFeatures
-from prosody_vae.stats import (UtteranceStats, count_syllables, read_speaker_stats, read_stats, speaker_stats,
+from prosody_vae.data.ljspeech import Utterance
+from prosody_vae.plugin.errors import DataError
+from prosody_vae.audio.pitch import FrameFeatures
+from prosody_vae.data.stats import (UtteranceStats, count_syllables, read_speaker_stats, read_stats, speaker_stats,
                                speakers_path, utterance_stats, write_stats)
 
 SR, HOP = 22050, 256
@@ -141,7 +141,7 @@ def test_stats_cli_writes_the_columns_and_plausible_values(tmp_path, capsys, mon
     assert speakers["alice"].f0_mean_st == pytest.approx((rows[0].f0_mean_st + rows[1].f0_mean_st) / 2, abs=1e-4)
 
     # a second run reads the cache: nothing is extracted again
-    import prosody_vae.data as data_module
+    import prosody_vae.data.ljspeech as data_module
 
     monkeypatch.setattr(data_module, "frame_features", lambda *a, **k: pytest.fail("features recomputed"))
     other = tmp_path / "elsewhere.csv"

@@ -11,17 +11,17 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from prosody_vae.capacity import DualAscent, FixedBeta
-from prosody_vae.errors import ConfigError, DataError, TextError
-from prosody_vae.losses import (LossConfig, TacotronLoss, alignment_diagonal_score, guided_attention_loss,
+from prosody_vae.plugin.capacity import DualAscent, FixedBeta
+from prosody_vae.plugin.errors import ConfigError, DataError, TextError
+from prosody_vae.training.losses import (LossConfig, TacotronLoss, alignment_diagonal_score, guided_attention_loss,
                                 guided_attention_weight, masked_l1, stop_loss, stop_targets)
-from prosody_vae import cpu_kernels
-from prosody_vae.attention import DynamicConvolutionAttention, LocationSensitiveAttention, beta_binomial_pmf
-from prosody_vae.cpu_kernels import _RecurrentMatmul
-from prosody_vae.masked_norm import MaskedBatchNorm1d
-from prosody_vae.layers import dropout, summarise_text
-from prosody_vae.decoder import OutputLayout, run_free
-from prosody_vae.tacotron import ProsodyTacotron, TacotronConfig
+from prosody_vae.model import cpu_kernels
+from prosody_vae.model.attention import DynamicConvolutionAttention, LocationSensitiveAttention, beta_binomial_pmf
+from prosody_vae.model.cpu_kernels import _RecurrentMatmul
+from prosody_vae.plugin.masked_norm import MaskedBatchNorm1d
+from prosody_vae.model.layers import dropout, summarise_text
+from prosody_vae.model.decoder import OutputLayout, run_free
+from prosody_vae.model.tacotron import ProsodyTacotron, TacotronConfig
 
 N_MELS = 12
 # smaller than the tiny preset, so each test takes well under a second

@@ -7,8 +7,8 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from prosody_vae.errors import ConfigError, TextError
-from prosody_vae.text import ARPABET, PUNCTUATION, TextConfig, TextProcessor, normalize_text
+from prosody_vae.plugin.errors import ConfigError, TextError
+from prosody_vae.data.text import ARPABET, PUNCTUATION, TextConfig, TextProcessor, normalize_text
 
 
 # ---------------------------------------------------------------------------- normalisation

@@ -20,15 +20,15 @@ import pytest
 import torch
 
 from conftest import write_tiny_corpus
-from prosody_vae.checkpoint import FORMAT_VERSION, checkpoint_config, load_checkpoint, load_model
-from prosody_vae.config import TrainConfig, config_from_dict, config_to_dict, load_config
-from prosody_vae.errors import CheckpointError, ConfigError, DataError, RunLockedError, TrainingError
-from prosody_vae.losses import TacotronLoss
-from prosody_vae.run_lock import RunLock
-from prosody_vae.tacotron import ProsodyTacotron, TacotronConfig
-from prosody_vae.config import lr_schedule
-from prosody_vae.distributed import has_unused_parameters
-from prosody_vae.trainer import train
+from prosody_vae.training.checkpoint import FORMAT_VERSION, checkpoint_config, load_checkpoint, load_model
+from prosody_vae.training.config import TrainConfig, config_from_dict, config_to_dict, load_config
+from prosody_vae.plugin.errors import CheckpointError, ConfigError, DataError, RunLockedError, TrainingError
+from prosody_vae.training.losses import TacotronLoss
+from prosody_vae.training.run_lock import RunLock
+from prosody_vae.model.tacotron import ProsodyTacotron, TacotronConfig
+from prosody_vae.training.config import lr_schedule
+from prosody_vae.training.distributed import has_unused_parameters
+from prosody_vae.training.trainer import train
 
 REPO = Path(__file__).resolve().parents[1]
 LEGACY_CHECKPOINT = REPO / "tests" / "fixtures" / "legacy_checkpoint.pt"
@@ -129,10 +129,10 @@ def test_lr_schedule_warms_up_decays_and_floors():
 
 
 def test_the_train_function_is_not_shadowed_by_its_module():
-    import prosody_vae.trainer
+    import prosody_vae.training.trainer
     from prosody_vae import train as exported
 
-    assert exported is prosody_vae.trainer.train and prosody_vae.train is exported
+    assert exported is prosody_vae.training.trainer.train and prosody_vae.train is exported
 
 
 # ----------------------------------------------------------------------------------------- loop
@@ -348,8 +348,8 @@ def test_ddp_unused_parameter_rule_matches_a_real_step(posterior, text_dropout, 
 DRIVER = """
 import json, os, sys
 import torch
-from prosody_vae.config import TrainConfig, config_from_dict
-from prosody_vae.trainer import train
+from prosody_vae.training.config import TrainConfig, config_from_dict
+from prosody_vae.training.trainer import train
 
 config_path, data, out, dump = sys.argv[1:5]
 config = config_from_dict(TrainConfig, json.load(open(config_path)), config_path)
@@ -455,7 +455,7 @@ def test_under_torchrun_a_held_run_folder_stops_every_rank_before_any_write(corp
                                str(driver), str(config_path), str(corpus), str(run), str(tmp_path)],
                               capture_output=True, text=True, timeout=120, env={**os.environ, "OMP_NUM_THREADS": "1"})
         assert done.returncode != 0
-        refusal = rf"prosody_vae.errors.RunLockedError: {re.escape(str(run))} {held_by(os.getpid())}"
+        refusal = rf"prosody_vae.plugin.errors.RunLockedError: {re.escape(str(run))} {held_by(os.getpid())}"
         for rank in (0, 1):  # rank 1 stops on rank 0's refusal, instead of waiting for it
             assert re.search(rf"\[rank{rank}\]: {refusal}", done.stderr), done.stderr[-3000:]
         assert [p.name for p in run.iterdir()] == [".lock"]

@@ -23,7 +23,7 @@ import numpy as np
 import pytest
 
 from prosody_vae import Synthesizer
-from prosody_vae.metrics import f0_track
+from prosody_vae.evaluation.metrics import f0_track
 
 # the collapsed model may not have learned to stop on every text yet; that is what it does with
 # either reference alike, and the control test checks exactly that

@@ -12,14 +12,14 @@ import pytest
 import torch
 from torch import nn
 
-from prosody_vae import vocoders
-from prosody_vae.audio import AudioConfig, MelSpectrogram
-from prosody_vae.corpus import EspeakSynth, Factors
-from prosody_vae.errors import AudioError, CheckpointError, ConfigError, ProsodyVAEError
-from prosody_vae.hifigan import HiFiGANConfig, HiFiGANGenerator, fold_weight_norm, load_generator
-from prosody_vae.metrics import f0_track
-from prosody_vae.source_filter import SourceFilterVocoder
-from prosody_vae.vocoders import (GriffinLimVocoder, HiFiGANVocoder, available_vocoders, best_available_vocoder,
+from prosody_vae.vocoders import registry as vocoders
+from prosody_vae.audio.mel import AudioConfig, MelSpectrogram
+from prosody_vae.data.corpus import EspeakSynth, Factors
+from prosody_vae.plugin.errors import AudioError, CheckpointError, ConfigError, ProsodyVAEError
+from prosody_vae.vocoders.hifigan import HiFiGANConfig, HiFiGANGenerator, fold_weight_norm, load_generator
+from prosody_vae.evaluation.metrics import f0_track
+from prosody_vae.vocoders.source_filter import SourceFilterVocoder
+from prosody_vae.vocoders.registry import (GriffinLimVocoder, HiFiGANVocoder, available_vocoders, best_available_vocoder,
                                   load_vocoder)
 
 needs_hifigan = pytest.mark.skipif(
@@ -110,9 +110,9 @@ def test_bad_mel_input_names_the_layout():
 
 
 def test_synthesizer_takes_a_vocoder_name():
-    from prosody_vae.config import TrainConfig, config_from_dict
-    from prosody_vae.infer import Synthesizer
-    from prosody_vae.tacotron import ProsodyTacotron
+    from prosody_vae.training.config import TrainConfig, config_from_dict
+    from prosody_vae.inference.synthesizer import Synthesizer
+    from prosody_vae.model.tacotron import ProsodyTacotron
 
     def synthesizer(n_mels: int, vocoder):
         config = config_from_dict(TrainConfig, {"model": {"preset": "tiny", "n_mels": n_mels},
@@ -395,7 +395,7 @@ def test_source_filter_copy_synthesis_keeps_f0_of_every_voice(references, source
 
 
 def test_auto_choice_follows_the_model_and_its_mels():
-    from prosody_vae.audio import AudioConfig
+    from prosody_vae.audio.mel import AudioConfig
 
     assert best_available_vocoder(pitch=True, audio=AudioConfig(n_mels=20)) == "source-filter"
     # the pretrained generators read only the HiFi-GAN convention: other mels get Griffin-Lim

@@ -26,14 +26,14 @@ COLLAPSING_BETA = 1e5
 
 
 def make_transfer_corpus(out: Path) -> Path:
-    from prosody_vae.corpus import CorpusConfig, make_corpus
+    from prosody_vae.data.corpus import CorpusConfig, make_corpus
 
     make_corpus(out, CorpusConfig(n=N_UTTERANCES, voices=("en-us",), rate=(100, 280), pitch=(10, 90), workers=2))
     return out
 
 
 def demo_config(steps: int = STEPS):
-    from prosody_vae.config import load_config
+    from prosody_vae.training.config import load_config
 
     demo = load_config(RECIPE)
     return dataclasses.replace(demo, max_steps=steps, threads=1, val_every=steps, checkpoint_every=steps,
@@ -43,8 +43,8 @@ def demo_config(steps: int = STEPS):
 def train_demo_models(corpus: Path, steps: int = STEPS) -> dict[str, Path]:
     """The demo recipe and its C = 0 control (a posterior collapsed by a huge fixed beta), trained
     at once in two one-thread processes; {"demo", "collapsed"} -> its last checkpoint."""
-    from prosody_vae.capacity import ControllerConfig
-    from prosody_vae.trainer import train
+    from prosody_vae.plugin.capacity import ControllerConfig
+    from prosody_vae.training.trainer import train
 
     demo = demo_config(steps)
     collapsing = ControllerConfig(kind="fixed", beta=COLLAPSING_BETA)
@@ -59,7 +59,7 @@ def train_demo_models(corpus: Path, steps: int = STEPS) -> dict[str, Path]:
 
 def calibrate_copy(checkpoint: Path, corpus: Path, out: Path) -> Path:
     """A copy of `checkpoint` with its knobs calibrated on `corpus` (the original is untouched)."""
-    from prosody_vae.controls import calibrate_checkpoint
+    from prosody_vae.inference.knobs import calibrate_checkpoint
 
     out.parent.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(checkpoint, out)

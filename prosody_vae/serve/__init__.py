@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Optional
 
-from ..errors import ConfigError
+from ..plugin.errors import ConfigError
 from .engine import ServeConfig
 
 __all__ = ["ServeConfig", "build_app", "create_app", "serve"]
@@ -37,7 +37,7 @@ def serve(checkpoint, host: str = "127.0.0.1", port: int = 8000, config: Optiona
                           "pip install \"prosody_vae[serve]\"") from None
     import torch
 
-    from ..infer import Synthesizer
+    from ..inference.synthesizer import Synthesizer
 
     config = config or ServeConfig()
     torch.set_num_threads(config.threads)

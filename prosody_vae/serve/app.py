@@ -33,8 +33,8 @@ from pydantic import BaseModel, ValidationError
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
 
-from .. import __version__
-from ..errors import ProsodyVAEError, RequestError
+from ..version import __version__
+from ..plugin.errors import ProsodyVAEError, RequestError
 from .batching import Job, QueueFull
 from .engine import Rendered, ServeConfig, SynthesisEngine, request_error
 from .schemas import EncodeRequest, InterpolateRequest, SynthesizeRequest

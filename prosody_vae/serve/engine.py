@@ -26,10 +26,10 @@ from typing import Any, Callable, Optional
 import numpy as np
 import torch
 
-from ..audio import AudioConfig
-from ..controls import KNOBS, calibrate_command
-from ..errors import ConfigError, ControlError, ProsodyVAEError, ReferenceInputError, RequestError, TextError
-from ..vocoders import available_vocoders, load_vocoder, run_vocoder
+from ..audio.mel import AudioConfig
+from ..inference.knobs import KNOBS, calibrate_command
+from ..plugin.errors import ConfigError, ControlError, ProsodyVAEError, ReferenceInputError, RequestError, TextError
+from ..vocoders.registry import available_vocoders, load_vocoder, run_vocoder
 from .batching import BatchWorker
 from .schemas import InterpolateRequest, SynthesizeRequest
 from .uploads import ReferenceStore

@@ -11,7 +11,7 @@ from typing import Annotated, Literal, Optional
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from ..controls import KNOBS
+from ..inference.knobs import KNOBS
 
 KNOB_UNITS = ", ".join(f"{knob.name} ({knob.unit})" for knob in KNOBS.values())
 

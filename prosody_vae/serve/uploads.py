@@ -16,8 +16,8 @@ from typing import Optional
 
 import numpy as np
 
-from ..audio import AudioConfig, check_not_silent, load_wav
-from ..errors import AudioError, RequestError
+from ..audio.mel import AudioConfig, check_not_silent, load_wav
+from ..plugin.errors import AudioError, RequestError
 
 
 def decode_upload(data: bytes, audio: AudioConfig, max_seconds: Optional[float], field: str = "reference"
