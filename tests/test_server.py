@@ -22,7 +22,7 @@ from fastapi.testclient import TestClient  # noqa: E402
 from prosody_vae.training.checkpoint import save_checkpoint  # noqa: E402
 from prosody_vae.cli import build_parser  # noqa: E402
 from prosody_vae.training.config import config_to_dict  # noqa: E402
-from prosody_vae.plugin.errors import AudioError  # noqa: E402
+from prosody_vae.plugin.errors import AudioError, ControlError, ReferenceInputError, TextError  # noqa: E402
 from prosody_vae.inference.synthesizer import Synthesizer  # noqa: E402
 from prosody_vae.serve import ServeConfig  # noqa: E402
 from prosody_vae.serve.app import BodyLimit, _wav_bytes, build_app  # noqa: E402
@@ -202,6 +202,28 @@ TOO_LONG = wav_file(0.1 * np.sin(np.arange(31 * SR) / 10).astype(np.float32))
 ])
 def test_bad_input_is_a_4xx_naming_the_field(client, path, request_kwargs, status, field):
     assert_refused(client.post(path, **request_kwargs), status, field)
+
+
+@pytest.mark.parametrize("error, field", [
+    (ControlError("controls.rate: the wording may change", field="controls.rate"), "controls.rate"),
+    (ReferenceInputError("a message that mentions temperature and seed", field="strength"), "strength"),
+    (TextError("texts: reworded", field="texts"), "texts"),
+    (ReferenceInputError("no argument named at all"), "reference"),  # no field: the part its type is about
+])
+def test_an_error_from_the_model_answers_with_its_own_field_whatever_its_message_says(error, field):
+    """The API's error field is the exception's `field`, never read from its message: here the
+    Synthesizer raises while the worker runs the job, after every check before queueing passed."""
+    synth = make_synth()
+
+    def refuse(texts, **arguments):
+        if texts != ["Warm up the model."]:
+            raise error
+        return Synthesizer.tts(synth, texts, **arguments)
+    synth.tts = refuse
+    with app_client(synth=synth) as c:
+        response = c.post("/v1/synthesize", json={"text": "Hi."})
+    assert_refused(response, 422, field)
+    assert response.json()["error"]["message"] == str(error).removeprefix(f"{field}: ")
 
 
 def test_a_knob_on_an_uncalibrated_model_names_the_calibrate_command(client):

@@ -51,7 +51,7 @@ class SpeakerTable:
         """The id of speaker `name`; UnknownSpeakerError (listing the known names) if there is none."""
         if name not in self.names:
             known = ", ".join(repr(n) for n in self.names) if any(self.names) else "none (a single-speaker model)"
-            raise UnknownSpeakerError(f"{argument}: unknown speaker {name!r}; this model knows {known}")
+            raise UnknownSpeakerError(f"{argument}: unknown speaker {name!r}; this model knows {known}", field=argument)
         return self.names.index(name)
 
     def ids(self, speaker: "str | Sequence[str] | None", batch: int, argument: str = "speaker") -> Optional[list[int]]:
@@ -60,12 +60,13 @@ class SpeakerTable:
         if not self.names:
             if speaker is not None:
                 raise UnknownSpeakerError(f"{argument}={speaker!r}: this model was trained without speaker "
-                                          f"conditioning; it speaks in one voice (leave {argument} out)")
+                                          f"conditioning; it speaks in one voice (leave {argument} out)", field=argument)
             return None
         names = [self.names[0] if speaker is None else speaker] if isinstance(speaker, (str, type(None))) \
             else list(speaker)
         if len(names) not in (1, batch):
-            raise UnknownSpeakerError(f"{argument}: got {len(names)} speakers for {batch} texts (give 1 or {batch})")
+            raise UnknownSpeakerError(f"{argument}: got {len(names)} speakers for {batch} texts (give 1 or {batch})",
+                                      field=argument)
         return [self.index(name, argument) for name in names] * (batch // len(names))
 
     def register_shift(self, target_ids: Sequence[int], reference_ids: Sequence[int]) -> np.ndarray:

@@ -3,14 +3,21 @@
 Every error a user can trigger with bad input is a `ProsodyVAEError`, so a pipeline can catch
 one type, and the CLI can print one clear line. Each subclass also derives from the built-in
 type a caller would naturally expect (ValueError, OSError), so generic handlers keep working.
-Messages name the offending file, line or argument.
+Messages name the offending file, line or argument, and an error about one argument also carries
+its name as `field` ("texts[1]", "temperature", "controls.pitch"), so a caller such as the HTTP
+server can point at it without reading the message.
 """
 
 from __future__ import annotations
 
 
 class ProsodyVAEError(Exception):
-    """Base class of every error raised on purpose by prosody_vae."""
+    """Base class of every error raised on purpose by prosody_vae. `field`: the argument at fault,
+    where there is one (None: a file, a config, or the whole call)."""
+
+    def __init__(self, *args, field: str | None = None):
+        super().__init__(*args)
+        self.field = field
 
 
 class ConfigError(ProsodyVAEError, ValueError):
@@ -53,9 +60,11 @@ class RequestError(ProsodyVAEError, ValueError):
     """A server request is refused: `field` names the part of the request at fault, `status` is the
     HTTP status to answer with (a 4xx)."""
 
+    field: str
+
     def __init__(self, field: str, message: str, status: int = 422):
-        super().__init__(f"{field}: {message}")
-        self.field, self.message, self.status = field, message, status
+        super().__init__(f"{field}: {message}", field=field)
+        self.message, self.status = message, status
 
 
 class ControlError(ProsodyVAEError, ValueError):

@@ -33,8 +33,8 @@ from pydantic import BaseModel, ValidationError
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
 
-from ..version import __version__
 from ..plugin.errors import ProsodyVAEError, RequestError
+from ..version import __version__
 from .batching import Job, QueueFull
 from .engine import Rendered, ServeConfig, SynthesisEngine, request_error
 from .schemas import EncodeRequest, InterpolateRequest, SynthesizeRequest
@@ -92,9 +92,8 @@ def create_app(engine: SynthesisEngine) -> FastAPI:
             reference, reference_key = engine.references.get(body.reference_id), body.reference_id
         specs = engine.synthesis_jobs(body, reference, reference_key)
         jobs = await _run(request, specs)
-        asked = tuple(name for name in body.model_fields_set)
         results = await run_in_threadpool(engine.vocode, [_with_batch(r, job) for job in jobs
-                                                          for r in _result(job, asked)])
+                                                          for r in _result(job)])
         if body.format == "wav":
             (result,) = results
             return Response(_wav_bytes(result.wav, engine.sample_rate), media_type="audio/wav", headers={
@@ -113,12 +112,12 @@ def create_app(engine: SynthesisEngine) -> FastAPI:
             wav, reference_id, reference_text = (engine.references.get(body.reference_id), body.reference_id,
                                                  body.reference_text)
         (job,) = await _run(request, [(None, engine.encode_job(wav, reference_text), 1)])
-        return {"reference_id": reference_id, "duration_s": len(wav) / engine.sample_rate, **_result(job, ())}
+        return {"reference_id": reference_id, "duration_s": len(wav) / engine.sample_rate, **_result(job)}
 
     @app.post("/v1/interpolate", dependencies=authorized)
     async def interpolate(body: InterpolateRequest, request: Request) -> dict[str, Any]:
         (job,) = await _run(request, [(None, engine.interpolation_job(body), body.steps)])
-        results = await run_in_threadpool(engine.vocode, [_with_batch(r, job) for r in _result(job, ("text", "seed"))])
+        results = await run_in_threadpool(engine.vocode, [_with_batch(r, job) for r in _result(job)])
         return {"sample_rate": engine.sample_rate,
                 "results": [_as_json(r, engine.sample_rate, body.include) for r in results]}
 
@@ -205,11 +204,11 @@ class ClientGone(Exception):
     """The client hung up while its request waited."""
 
 
-def _result(job: Job, asked: tuple[str, ...]) -> Any:
+def _result(job: Job) -> Any:
     try:
         return job.future.result()
     except ProsodyVAEError as exc:
-        raise request_error(exc, asked) from None
+        raise request_error(exc) from None
 
 
 def _with_batch(result: Rendered, job: Job) -> Rendered:

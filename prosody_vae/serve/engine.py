@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import threading
 from dataclasses import asdict, dataclass, field
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Mapping, Optional
 
 import numpy as np
 import torch
@@ -73,10 +73,29 @@ class ServeConfig:
                               f"{self.max_wait_ms!r} and {self.timeout_s!r}")
 
 
+@dataclass(frozen=True)
+class Prosody:
+    """What a job asks of `Synthesizer.tts` besides its texts (tts's arguments of the same names).
+    `interpolate`: the two ends' reference audio, spoken from a's posterior mean to b's."""
+
+    reference: Optional[np.ndarray] = None
+    reference_text: Optional[str] = None
+    mode: str = "mean"
+    temperature: float = 1.0
+    seed: Optional[int] = None
+    n_samples: int = 1
+    strength: float = 1.0
+    controls: Mapping[str, float] = field(default_factory=dict)
+    speaker: Optional[str] = None
+    reference_speaker: Optional[str] = None
+    pitch_mode: str = "relative"
+    interpolate: Optional[tuple[np.ndarray, np.ndarray]] = None
+
+
 @dataclass
 class TTSJob:
     texts: list[str]
-    kwargs: dict[str, Any]  # Synthesizer.tts arguments besides the texts
+    prosody: Prosody
     vocoder: Optional[str]  # None: the Synthesizer's own
 
 
@@ -113,7 +132,7 @@ class SynthesisEngine:
             self._pool = ProcessPoolExecutor(self.config.vocoder_processes, multiprocessing.get_context("spawn"),
                                              initializer=torch.set_num_threads, initargs=(1,))
         if self.config.warm_up:  # the first batch pays for lazy allocations; not a client
-            self.vocode(self.worker.submit(None, TTSJob([WARM_UP_TEXT], {}, None)).future.result())
+            self.vocode(self.worker.submit(None, TTSJob([WARM_UP_TEXT], Prosody(), None)).future.result())
             self.worker.batch_sizes.clear()
 
     @property
@@ -212,11 +231,9 @@ class SynthesisEngine:
                 raise RequestError("reference_text", "a reference transcript needs a reference")
             self.check_text(request.reference_text, "reference_text")
         self.check_controls(request.controls)
-        extra = {}
-        for field in ("speaker", "reference_speaker"):
-            if getattr(request, field) is not None:
-                self.check_speaker(getattr(request, field), field)
-                extra[field] = getattr(request, field)
+        for name in ("speaker", "reference_speaker"):
+            if getattr(request, name) is not None:
+                self.check_speaker(getattr(request, name), name)
         if request.reference_speaker is not None and reference is None:
             raise RequestError("reference_speaker", "who speaks the reference needs a reference")
         if request.pitch_mode == "absolute":
@@ -224,7 +241,6 @@ class SynthesisEngine:
                 self.synth.absolute_pitch_shift(self.synth.speaker_ids(request.speaker, 1), request.reference_speaker, 1)
             except ProsodyVAEError as exc:
                 raise RequestError("pitch_mode", str(exc)) from None
-            extra["pitch_mode"] = "absolute"
         seeds = request.seeds if request.seeds is not None else [request.seed]
         items = len(texts) * len(seeds) * request.n_samples
         if items > self.config.max_items:
@@ -236,28 +252,26 @@ class SynthesisEngine:
         self.vocoder(request.vocoder)  # refused now, not in the worker
         jobs = []
         for seed in seeds:
-            kwargs = dict(reference=reference, reference_text=request.reference_text, mode=request.mode,
-                          temperature=request.temperature, seed=seed, n_samples=request.n_samples,
-                          strength=request.strength, controls=request.controls, **extra)
+            prosody = Prosody(reference, request.reference_text, request.mode, request.temperature, seed,
+                              request.n_samples, request.strength, request.controls, request.speaker,
+                              request.reference_speaker, request.pitch_mode)
             # a batch shares every argument but the texts; n_samples results come back in tts's order
             key = None if request.n_samples > 1 else (
                 reference_key, request.reference_text, request.mode, request.temperature, seed,
                 request.strength, tuple(sorted(request.controls.items())), request.speaker,
                 request.reference_speaker, request.pitch_mode)
-            jobs.append((key, TTSJob(texts, kwargs, request.vocoder), items // len(seeds)))
+            jobs.append((key, TTSJob(texts, prosody, request.vocoder), items // len(seeds)))
         return jobs
 
     def interpolation_job(self, request: InterpolateRequest) -> TTSJob:
         self.check_text(request.text, "text")
         self.vocoder(request.vocoder)
-        ends = {name: self.references.get(getattr(request, name), name) for name in ("reference_a", "reference_b")}
-        voice = {}
+        ends = tuple(self.references.get(getattr(request, name), name) for name in ("reference_a", "reference_b"))
         if request.speaker is not None:
             self.check_speaker(request.speaker)
-            voice["speaker"] = request.speaker
         # the ends' posterior means are encoded in the worker, like every other use of the model
-        return TTSJob([request.text] * request.steps, {"interpolate": ends, "seed": request.seed, **voice},
-                      request.vocoder)
+        return TTSJob([request.text] * request.steps, Prosody(seed=request.seed, speaker=request.speaker,
+                                                              interpolate=ends), request.vocoder)
 
     def encode_job(self, wav: np.ndarray, reference_text: Optional[str]) -> Callable[[], dict[str, Any]]:
         if reference_text is not None:
@@ -274,20 +288,23 @@ class SynthesisEngine:
         if callable(payloads[0]):  # encode: always alone
             return [payloads[0]()]
         texts = [text for job in payloads for text in job.texts]
-        kwargs = dict(payloads[0].kwargs)
-        ends = kwargs.pop("interpolate", None)
-        if ends is not None:
-            means = self.synth.encode([ends["reference_a"], ends["reference_b"]]).mean  # (2, latent)
+        p = payloads[0].prosody  # a batch shares it (synthesis_jobs' key)
+        z = None
+        if p.interpolate is not None:
+            means = self.synth.encode(list(p.interpolate)).mean  # (2, latent)
             weights = torch.linspace(0, 1, len(texts), device=self.synth.device)[:, None]
-            kwargs["z"] = (1 - weights) * means[0] + weights * means[1]  # (steps, latent)
-        result = self.synth.tts(texts, vocode=False, **kwargs)
+            z = (1 - weights) * means[0] + weights * means[1]  # (steps, latent)
+        result = self.synth.tts(texts, reference=p.reference, reference_text=p.reference_text, z=z, mode=p.mode,
+                                temperature=p.temperature, seed=p.seed, n_samples=p.n_samples, strength=p.strength,
+                                controls=p.controls, speaker=p.speaker, reference_speaker=p.reference_speaker,
+                                pitch_mode=p.pitch_mode, vocode=False)
         per_text = len(result.mel) // len(texts)  # n_samples results per text (1 unless asked)
         out, start = [], 0
         for job in payloads:
             count = len(job.texts) * per_text
             out.append([Rendered(wav=None, mel=result.mel[i], f0=result.f0[i] if result.f0 else None,
                                  alignment=result.alignment[i], z=result.z[i], stop_step=int(result.stop_step[i]),
-                                 hit_max_steps=bool(result.hit_max_steps[i]), seed=job.kwargs.get("seed"),
+                                 hit_max_steps=bool(result.hit_max_steps[i]), seed=job.prosody.seed,
                                  vocoder=job.vocoder) for i in range(start, start + count)])
             start += count
         return out
@@ -321,17 +338,16 @@ def _vocode_by_name(name: str, audio: AudioConfig, mel: np.ndarray, f0: Optional
     return run_vocoder(_PROCESS_VOCODERS[name], torch.from_numpy(mel), f0).float().numpy()
 
 
-def request_error(exc: ProsodyVAEError, asked: tuple[str, ...] = ()) -> RequestError:
-    """A Synthesizer error as a RequestError naming the request field its message points at."""
+# where an error that names no argument points: the part of a request that type of error is about
+_FIELD_OF_ERROR = ((TextError, "text"), (ReferenceInputError, "reference"), (ControlError, "controls"))
+
+
+def request_error(exc: ProsodyVAEError) -> RequestError:
+    """A Synthesizer error as a RequestError naming the argument the error carries as its `field`
+    (tts's arguments and the request's fields share their names), else the part of the request
+    its type is about. The message is passed on as it is, never read."""
     if isinstance(exc, RequestError):
         return exc
+    field = exc.field or next((name for kind, name in _FIELD_OF_ERROR if isinstance(exc, kind)), "request")
     message = str(exc)
-    head = message.split(":", 1)[0].strip()
-    if head.split("[")[0] in ("text", "texts", "reference_text", "n_samples", "strength", "speaker", "seed",
-                              "temperature", "mode"):
-        return RequestError(head, message.split(":", 1)[1].strip() if ":" in message else message)
-    named = next((name for name in asked if name in message), None)
-    if named:
-        return RequestError(named, message)
-    fallback = {TextError: "text", ReferenceInputError: "reference", ControlError: "controls"}
-    return RequestError(next((f for t, f in fallback.items() if isinstance(exc, t)), "request"), message)
+    return RequestError(field, message.removeprefix(f"{field}: "))
