@@ -6,6 +6,8 @@ running statistics and every parameter's gradient must agree."""
 
 from __future__ import annotations
 
+import threading
+
 import pytest
 import torch
 
@@ -85,8 +87,54 @@ def test_the_environment_variable_turns_the_fast_path_off(tmp_path):
     import subprocess
     import sys
 
-    code = "from prosody_vae import speedups; print(speedups.fast_path_enabled())"
+    code = "from prosody_vae.plugin import speedups; print(speedups.fast_path_enabled())"
     for value, expected in (("0", "False"), ("off", "False"), ("1", "True")):
         out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                              env={"PROSODY_VAE_FAST_PATH": value, "PATH": ""}).stdout.strip()
         assert out == expected
+
+
+def test_a_block_that_turns_the_switch_off_leaves_other_threads_alone():
+    """An export's `with fast_path(False)` must not reach a serving thread that is decoding."""
+    inside, checked = threading.Event(), threading.Event()
+    seen_elsewhere = []
+
+    def exporting_thread():
+        with speedups.fast_path(False):
+            assert not speedups.fast_path_enabled()
+            inside.set()
+            checked.wait(timeout=10)
+
+    before = speedups.fast_path_enabled()
+    exporter = threading.Thread(target=exporting_thread)
+    exporter.start()
+    assert inside.wait(timeout=10)
+    seen_elsewhere.append(speedups.fast_path_enabled())
+    checked.set()
+    exporter.join()
+    assert seen_elsewhere == [before]
+
+
+def test_a_pass_keeps_the_switch_it_started_with_while_another_thread_turns_it():
+    started, turned = threading.Event(), threading.Event()
+    seen_in_the_pass = []
+
+    @speedups.pinned
+    def a_pass():
+        seen_in_the_pass.append(speedups.fast_path_enabled())
+        started.set()
+        turned.wait(timeout=10)
+        seen_in_the_pass.append(speedups.fast_path_enabled())  # what a later layer of the pass reads
+
+    previous = speedups.set_fast_path(True)
+    try:
+        worker = threading.Thread(target=a_pass)
+        worker.start()
+        assert started.wait(timeout=10)
+        speedups.set_fast_path(False)
+        turned.set()
+        worker.join()
+        assert seen_in_the_pass == [True, True]
+        assert not speedups.fast_path_enabled()  # the process default did change, for the next pass
+    finally:
+        speedups.set_fast_path(previous)

@@ -54,13 +54,13 @@ from torch import nn
 from torch.export import Dim
 
 from ..model.decoder import DecoderPass, DecoderState, OutputLayout, SplitLSTMCell, StepWeights, run_free
-from ..plugin.errors import CheckpointError, ConfigError
 from ..model.inputs import check_speaker_ids, check_synthesis_args, check_text
 from ..model.layers import Generators, dropout_noise
+from ..model.tacotron import InferenceOutput, ProsodyTacotron, TacotronConfig, inference_output
+from ..plugin.errors import CheckpointError, ConfigError
 from ..plugin.masked_norm import length_mask
 from ..plugin.reference import condition_on_z
 from ..plugin.speedups import fast_path
-from ..model.tacotron import InferenceOutput, ProsodyTacotron, TacotronConfig, inference_output
 
 STATE_NAMES = DecoderState._fields
 PROGRAM_FILES = {"text": "text.pt2", "step": "step.pt2", "postnet": "postnet.pt2"}

@@ -13,7 +13,7 @@ Padding never changes an item's valid outputs in eval mode (layers.py says how);
 padded tokens zero weight, and output frames beyond each length hold `pad_value`. The model runs
 under `torch.autocast` (bf16 on CPU roughly halves a step on CPUs with bf16 units).
 
-The sizes live in `TacotronConfig` (tacotron_config.py), the input checks in inputs.py.
+The sizes live in `TacotronConfig` (model/config.py), the input checks in inputs.py.
 """
 
 from __future__ import annotations
@@ -25,15 +25,16 @@ from typing import Literal, Optional
 import torch
 from torch import nn
 
-from .decoder import Decoder, OutputLayout, decoder_steps
+from ..audio.prosody_tracks import N_FEATURES, reference_features
 from ..plugin.errors import DataError, ReferenceInputError
+from ..plugin.masked_norm import length_mask
+from ..plugin.reference import Posterior, VariationalReferenceEncoder, condition_on_z
+from ..plugin.speedups import pinned
+from .config import TacotronConfig
+from .decoder import Decoder, OutputLayout, decoder_steps
 from .inputs import check_mel, check_speaker_ids, check_synthesis_args, check_text
 from .layers import Generators, Postnet, TextEncoder, summarise_text
-from ..plugin.masked_norm import length_mask
-from ..audio.prosody_tracks import N_FEATURES, reference_features
-from ..plugin.reference import Posterior, VariationalReferenceEncoder, condition_on_z
 from .speaker_adversary import SpeakerAdversary
-from .config import TacotronConfig
 
 
 @dataclass
@@ -89,6 +90,7 @@ class ProsodyTacotron(nn.Module):
         self.decoder = Decoder(config, memory_dim)
         self.postnet = Postnet(config)
 
+    @pinned
     def forward(self, text: torch.Tensor, text_lengths: torch.Tensor, mel: torch.Tensor,
                 mel_lengths: torch.Tensor, speaker_ids: Optional[torch.Tensor] = None,
                 reference_mel: Optional[torch.Tensor] = None, reference_lengths: Optional[torch.Tensor] = None,
@@ -134,6 +136,7 @@ class ProsodyTacotron(nn.Module):
         return TacotronOutput(mel_decoder, mel_postnet, layout.stop_logit(out), _zero_beyond(alignments, n_steps),
                               posterior, *pitch, speaker_logits)
 
+    @pinned
     def infer(self, text: torch.Tensor, text_lengths: torch.Tensor, z: Optional[torch.Tensor] = None,
               speaker_ids: Optional[torch.Tensor] = None, max_decoder_steps: Optional[int] = None,
               generator: Generators = None) -> InferenceOutput:
@@ -154,8 +157,10 @@ class ProsodyTacotron(nn.Module):
             frames = self.decoder.layout.frames(out)
             _, mel_postnet = self.add_postnet(frames, length_mask(stop_steps * self.config.reduction_factor,
                                                                   frames.shape[1]))
-        return inference_output(self.config, out, mel_postnet, alignments, stop_steps, hit_max, max_steps)
+        # the warning points past `pinned`'s wrapper, at infer's caller
+        return inference_output(self.config, out, mel_postnet, alignments, stop_steps, hit_max, max_steps, stacklevel=4)
 
+    @pinned
     def encode_reference(self, mel: torch.Tensor, mel_lengths: torch.Tensor, text: Optional[torch.Tensor] = None,
                          text_lengths: Optional[torch.Tensor] = None, speaker_ids: Optional[torch.Tensor] = None,
                          mode: Literal["sample", "mean"] = "mean", temperature: float = 1.0,

@@ -42,6 +42,7 @@ from torch import nn
 
 from .errors import ConfigError, ReferenceInputError
 from .masked_norm import MaskedBatchNorm2d, at_least_float32, conv_batchnorm_relu, length_mask
+from .speedups import pinned
 
 CAPACITRON_CHANNELS = (32, 32, 64, 64, 128, 128)
 
@@ -71,6 +72,7 @@ class VariationalReferenceEncoder(nn.Module):
         self.head = nn.Sequential(nn.Linear(gru_dim + text_summary_dim + speaker_dim, mlp_dim), nn.Tanh(),
                                   nn.Linear(mlp_dim, 2 * latent_dim))
 
+    @pinned
     def forward(self, mel: torch.Tensor, mel_lengths: torch.Tensor,
                 text_summary: Optional[torch.Tensor] = None, speaker: Optional[torch.Tensor] = None,
                 mode: Literal["mean", "sample"] = "sample", temperature: float = 1.0,
@@ -96,6 +98,7 @@ class VariationalReferenceEncoder(nn.Module):
         kl_per_dim = 0.5 * (mean.square() + std.square() - 1.0) - torch.log(std)  # closed form vs N(0, I)
         return Posterior(z=z, mean=mean, std=std, kl=kl_per_dim.sum(dim=1), kl_per_dim=kl_per_dim)
 
+    @pinned
     def posterior_params(self, mel: torch.Tensor, mel_lengths: torch.Tensor,
                          text_summary: Optional[torch.Tensor] = None,
                          speaker: Optional[torch.Tensor] = None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -180,6 +183,7 @@ class ReferenceEncoder(nn.Module):
         self.gru = nn.GRU(conv_channels[-1] * n_freq, gru_dim, batch_first=True)
         self.out_dim = gru_dim
 
+    @pinned
     def forward(self, mel: torch.Tensor, mel_lengths: torch.Tensor) -> torch.Tensor:
         return self.summarise(mel, _check_mel(mel, mel_lengths, self.n_mels))
 
