@@ -24,7 +24,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from prosody_vae.inference.knobs import KNOBS, prosody_targets, statistic_targets
+from prosody_vae.inference.calibrate import prosody_targets, statistic_targets
+from prosody_vae.inference.knobs import KNOBS
 from prosody_vae.data.ljspeech import read_metadata
 from prosody_vae.inference.synthesizer import Synthesizer
 from prosody_vae.evaluation.metrics import f0_track

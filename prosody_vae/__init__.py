@@ -79,10 +79,10 @@ _EXPORTS = {
     "Synthesizer": "inference.synthesizer",
     "SynthesisResult": "inference.synthesizer",
     "Calibration": "inference.knobs",
-    "calibrate_checkpoint": "inference.knobs",
+    "calibrate_checkpoint": "inference.calibrate",
     "KNOBS": "inference.knobs",
     "ModelCard": "inference.model_card",
-    "model_card": "inference.model_card",
+    "model_card": "inference.synthesizer",
     "GlobalVariance": "audio.postfilter",
     "reduce_precision": "inference.quantize",
     "SpeakerTable": "data.speakers",
@@ -136,8 +136,10 @@ if TYPE_CHECKING:  # let type checkers and IDEs see the real names
     from .inference.export_program import ExportedSynthesizer
     from .serve import ServeConfig
     from .inference.synthesizer import SynthesisResult, Synthesizer
-    from .inference.knobs import KNOBS, Calibration, calibrate_checkpoint
-    from .inference.model_card import ModelCard, model_card
+    from .inference.calibrate import calibrate_checkpoint
+    from .inference.knobs import KNOBS, Calibration
+    from .inference.model_card import ModelCard
+    from .inference.synthesizer import model_card
     from .audio.postfilter import GlobalVariance
     from .inference.quantize import reduce_precision
     from .evaluation.speaker_leakage import cross_speaker_transfer, speaker_probe

@@ -11,8 +11,19 @@ import argparse
 import sys
 from pathlib import Path
 
+from .audio.mel import save_wav
+from .data.corpus import CorpusConfig, make_corpus
+from .data.stats import corpus_stats, speaker_stats, speakers_path, write_speaker_stats, write_stats
+from .demo import run_demo
+from .evaluation.analysis import analyze_runs
+from .evaluation.evaluate import evaluate
+from .inference.calibrate import calibrate_checkpoint
+from .inference.synthesizer import Synthesizer, save_result
+from .plugin.errors import AudioError, ProsodyVAEError, TextError
+from .serve import ServeConfig, serve
+from .training.config import load_config, recipe_config
+from .training.trainer import train
 from .version import __version__
-from .plugin.errors import ProsodyVAEError
 
 
 class _OneLineParser(argparse.ArgumentParser):
@@ -31,8 +42,6 @@ def _positive_int(text: str) -> int:
 
 
 def cmd_make_corpus(args: argparse.Namespace) -> None:
-    from .data.corpus import CorpusConfig, make_corpus
-
     summary = make_corpus(args.out, CorpusConfig(n=args.n, seed=args.seed, workers=args.workers))
     print(summary.format())
     print(f"wrote {args.out}/metadata.csv, {args.out}/factors.csv and {args.out}/wavs/")
@@ -42,7 +51,6 @@ def cmd_stats(args: argparse.Namespace) -> None:
     import math
     import statistics
 
-    from .data.stats import corpus_stats, speaker_stats, speakers_path, write_speaker_stats, write_stats
 
     rows = corpus_stats(args.data, cache_dir=args.cache_dir)
     out = args.out or args.data / "prosody_stats.csv"
@@ -57,9 +65,6 @@ def cmd_stats(args: argparse.Namespace) -> None:
 
 
 def cmd_train(args: argparse.Namespace) -> None:
-    from .training.config import load_config, recipe_config
-    from .training.trainer import train
-
     config = load_config(args.config or recipe_config(args.recipe))
     result = train(config, args.data, args.out, resume=args.resume, max_steps=args.max_steps)
     if result.checkpoint is not None:  # rank 0 reports; other ranks of a torchrun job stay quiet
@@ -70,8 +75,6 @@ def cmd_train(args: argparse.Namespace) -> None:
 
 
 def cmd_demo(args: argparse.Namespace) -> None:
-    from .demo import run_demo
-
     report = run_demo(args.out, n_utterances=args.n, max_steps=args.max_steps, config_path=args.config,
                       max_decoder_steps=args.max_decoder_steps)
     print(report.format())
@@ -80,16 +83,12 @@ def cmd_demo(args: argparse.Namespace) -> None:
 
 
 def _synthesizer(args: argparse.Namespace):
-    from .inference.synthesizer import Synthesizer
-
     return Synthesizer.from_checkpoint(args.checkpoint, device=args.device, precision=args.precision,
                                        vocoder=args.vocoder, max_reference_seconds=args.max_reference_seconds)
 
 
 def _check_text(synth, text: str, where: str) -> None:
     """Encode `text` once up front, so a refused text names its flag or file line before any work."""
-    from .plugin.errors import TextError
-
     try:
         synth.text.encode(text)
     except TextError as exc:
@@ -98,8 +97,6 @@ def _check_text(synth, text: str, where: str) -> None:
 
 def _wav_files(paths: list[Path]) -> list[Path]:
     """Files as given, and the .wav files inside any folder, sorted; a folder without one is an error."""
-    from .plugin.errors import AudioError
-
     files = []
     for path in paths:
         found = sorted(path.glob("*.wav")) if path.is_dir() else [path]
@@ -120,7 +117,6 @@ def cmd_synthesize(args: argparse.Namespace) -> None:
                        temperature=args.temperature, seed=args.seed, n_samples=args.n_samples,
                        strength=args.strength, controls=controls, speaker=args.speaker,
                        reference_speaker=args.reference_speaker, pitch_mode=args.pitch_mode)
-    from .audio.mel import save_wav
 
     outs = [args.out] if args.n_samples == 1 else [args.out.with_name(f"{args.out.stem}_{i:02d}{args.out.suffix}")
                                                    for i in range(args.n_samples)]
@@ -131,8 +127,6 @@ def cmd_synthesize(args: argparse.Namespace) -> None:
 
 
 def cmd_calibrate(args: argparse.Namespace) -> None:
-    from .inference.knobs import calibrate_checkpoint
-
     calibration = calibrate_checkpoint(args.checkpoint, args.data, out=args.out, cache_dir=args.cache_dir)
     for knob in calibration.knobs.values():
         print(f"{knob.name:<12} {knob.minimum:+.3g} .. {knob.maximum:+.3g} {knob.unit}, path {knob.path} "
@@ -148,9 +142,6 @@ def cmd_inspect(args: argparse.Namespace) -> None:
 
 
 def cmd_transfer(args: argparse.Namespace) -> None:
-    from .plugin.errors import TextError
-    from .inference.synthesizer import save_result
-
     synth = _synthesizer(args)
     try:
         lines = args.texts.read_text(encoding="utf-8").splitlines()
@@ -191,8 +182,6 @@ def cmd_encode(args: argparse.Namespace) -> None:
 
 
 def cmd_interpolate(args: argparse.Namespace) -> None:
-    from .inference.synthesizer import save_result
-
     synth = _synthesizer(args)
     _check_text(synth, args.text, "--text")
     result = synth.interpolate(args.reference_a, args.reference_b, args.text, steps=args.steps, seed=args.seed)
@@ -201,8 +190,6 @@ def cmd_interpolate(args: argparse.Namespace) -> None:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> None:
-    from .evaluation.evaluate import evaluate
-
     evaluate(args.checkpoint, args.data, args.out, n_items=args.n_items, seed=args.seed,
              synthesizer=_synthesizer(args))
     print((args.out / "evaluation.md").read_text(encoding="utf-8"))
@@ -210,8 +197,6 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
 
 
 def cmd_analyze(args: argparse.Namespace) -> None:
-    from .evaluation.analysis import analyze_runs
-
     print(analyze_runs(args.runs, args.out, data_dir=args.data, max_train_batches=args.max_train_batches))
     print(f"wrote {args.out}/analysis.md, analysis.json and rate_distortion.png")
 
@@ -219,7 +204,6 @@ def cmd_analyze(args: argparse.Namespace) -> None:
 def cmd_serve(args: argparse.Namespace) -> None:
     import os
 
-    from .serve import ServeConfig, serve
 
     config = ServeConfig(max_batch=args.max_batch, max_wait_ms=args.max_wait_ms, max_queue=args.max_queue,
                          timeout_s=args.timeout, token=args.token or os.environ.get("PROSODY_VAE_TOKEN") or None,

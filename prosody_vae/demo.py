@@ -22,8 +22,18 @@ from pathlib import Path
 import numpy as np
 
 from .audio.mel import load_wav, save_wav
-from .evaluation.quality import QUALITY_NOTE, ConditionQuality, QualityMeter, copy_synthesis, quality_table
+from .data.corpus import CorpusConfig, make_corpus, measure_prosody
+from .data.ljspeech import read_metadata
+from .evaluation.quality import (QUALITY_NOTE, ConditionQuality, MissingExtraError, QualityMeter, copy_synthesis,
+                                 quality_table)
+from .evaluation.speaker_leakage import cross_speaker_similarity, enrol_voices
+from .inference.calibrate import calibrate_with_best
+from .inference.synthesizer import Synthesizer
+from .plugin.errors import ControlError
+from .training.config import load_config, recipe_config
 from .training.runlog import read_metrics
+from .training.trainer import train
+from .vocoders.registry import best_available_vocoder
 
 TRANSFER_SENTENCES = ("The painter carried a wooden ladder across the river.",
                       "Did you find the golden key near the station?",
@@ -52,14 +62,6 @@ def run_demo(out_dir: str | Path, n_utterances: int = 1000, max_steps: int | Non
     """Run the demo into `out_dir` with the demo recipe or `config_path`. `max_steps` and
     `max_decoder_steps` (free-running synthesis; default: the model config's) override the
     config, for a quick run."""
-    from .training.config import load_config, recipe_config
-    from .inference.knobs import calibrate_checkpoint
-    from .plugin.errors import ControlError
-    from .inference.synthesizer import Synthesizer
-    from .data.corpus import CorpusConfig, make_corpus
-    from .training.trainer import train
-    from .vocoders.registry import best_available_vocoder
-
     started = time.perf_counter()
     out_dir = Path(out_dir)
     config = load_config(config_path or recipe_config("demo"))
@@ -74,8 +76,8 @@ def run_demo(out_dir: str | Path, n_utterances: int = 1000, max_steps: int | Non
     result = train(config, corpus, run, resume=True, max_steps=max_steps)
 
     print("[3/3] calibrating the knobs, synthesising and writing the report", flush=True)
-    try:  # the pitch/rate/energy knobs, stored in the checkpoint
-        calibrate_checkpoint(result.checkpoint, corpus)
+    try:  # the pitch/rate/energy knobs, stored in the checkpoint and in best.pt (what the README serves)
+        calibrate_with_best(result.checkpoint, corpus)
     except ControlError as exc:  # a smoke run's few utterances cannot fit them; the report then has no knobs
         print(f"knobs not calibrated: {exc}", flush=True)
     vocoder = best_available_vocoder(pitch=config.model.pitch_head)
@@ -185,10 +187,6 @@ def _voice_similarity(corpus: Path, rows: list[dict], out_dir: Path, sample_rate
     """Mean resemblyzer similarity of the cross-voice outputs to the target and to the reference
     voice (each enrolled from its first ENROLMENT_UTTERANCES corpus utterances); {} without
     resemblyzer."""
-    from .data.ljspeech import read_metadata
-    from .evaluation.quality import MissingExtraError
-    from .evaluation.speaker_leakage import cross_speaker_similarity, enrol_voices
-
     cross = [r for r in rows if r["condition"] == "cross_voice_relative"]
     if not cross:
         return {}
@@ -208,8 +206,6 @@ def _measure_quality(meter: QualityMeter, corpus: Path, out_dir: Path, rows: lis
                      ) -> dict[str, ConditionQuality]:
     """Quality of the saved outputs (the 16-bit files a listener hears): the transfer outputs
     against their references, and the prior conditions on their own."""
-    from .data.ljspeech import read_metadata
-
     reference_texts = {u.id: u.text for u in read_metadata(corpus)}
     transfer = [r for r in rows if "reference_id" in r]
     names = list(dict.fromkeys(r["condition"] for r in transfer))  # reference order: slow/low, fast/high
@@ -228,8 +224,6 @@ def _measure_quality(meter: QualityMeter, corpus: Path, out_dir: Path, rows: lis
 
 
 def _f0_mean(wav: np.ndarray, sample_rate: int) -> float:
-    from .data.corpus import measure_prosody
-
     return float(measure_prosody(wav, sample_rate).f0_mean_hz)
 
 

@@ -1,4 +1,4 @@
-"""Behavioural tests of prosody_vae/analysis.py: entropy sums, rate-distortion runs, split evaluation."""
+"""Behavioural tests of prosody_vae/evaluation/analysis.py: entropy sums, rate-distortion runs, split evaluation."""
 
 from __future__ import annotations
 

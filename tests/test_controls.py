@@ -7,6 +7,7 @@ algebra, the checkpoint round trip, the API's guarantees and its errors.
 from __future__ import annotations
 
 import json
+import shutil
 
 import numpy as np
 import pytest
@@ -15,8 +16,8 @@ import torch
 from prosody_vae.training.checkpoint import save_checkpoint
 from prosody_vae.cli import main
 from prosody_vae.training.config import config_to_dict
-from prosody_vae.inference.knobs import (KNOBS, Calibration, KnobCalibration, calibrate_checkpoint, edit_f0, edit_level,
-                                  fit_directions)
+from prosody_vae.inference.calibrate import calibrate_checkpoint, calibrate_with_best, fit_directions
+from prosody_vae.inference.knobs import KNOBS, Calibration, KnobCalibration, edit_f0, edit_level
 from prosody_vae.plugin.errors import CheckpointError, ControlError, ReferenceInputError
 from prosody_vae.inference.synthesizer import Synthesizer
 from conftest import write_tiny_corpus
@@ -178,3 +179,27 @@ def test_cli_calibrate_inspect_and_synthesize(checkpoint, tmp_path, capsys):
                  "--n-samples", "2", "--strength", "0.5", "--max-reference-seconds", "30",
                  "--out", str(tmp_path / "s.wav")]) == 0
     assert (tmp_path / "s_00.wav").exists() and (tmp_path / "s_01.wav").exists()
+
+
+@pytest.mark.parametrize("best_step", [7, 5])
+def test_a_runs_best_checkpoint_is_calibrated_with_it(checkpoint, tmp_path, best_step, capsys):
+    """The README serves and loads best.pt: after the demo's calibration `inspect` lists its knobs,
+    fitted to its own weights (the step checkpoint's own when it is that same step)."""
+    path, corpus = checkpoint
+    run = tmp_path / "checkpoints"
+    run.mkdir()
+    step_file = run / "step-00000007.pt"
+    shutil.copy(path, step_file)
+    state = torch.load(path, weights_only=True)
+    if best_step != 7:  # an earlier validation was the best: other weights
+        g = torch.Generator().manual_seed(1)
+        weights = {k: v + 0.05 * torch.randn(v.shape, generator=g) if v.is_floating_point() else v
+                   for k, v in state["model"].items()}
+        state = {**state, "model": weights, "step": best_step}
+    save_checkpoint(run / "best.pt", state)
+    calibration = calibrate_with_best(step_file, corpus, cache_dir=tmp_path / "cache")
+    assert main(["inspect", "--checkpoint", str(run / "best.pt"), "--json", "--vocoder", "griffin-lim"]) == 0
+    card = json.loads(capsys.readouterr().out)
+    assert [k["name"] for k in card["knobs"]] == list(KNOBS) and card["training_steps"] == best_step
+    best = Synthesizer.from_checkpoint(run / "best.pt", vocoder="griffin-lim").calibration
+    assert (best == calibration) == (best_step == 7)

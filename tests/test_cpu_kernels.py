@@ -1,4 +1,4 @@
-"""The oneDNN-packed per-step matmul (prosody_vae/cpu_kernels.py) against the plain one.
+"""The oneDNN-packed per-step matmul (prosody_vae/model/cpu_kernels.py) against the plain one.
 
 The packed path is an optimisation only: with `torch.backends.mkldnn.flags(enabled=False)` the same
 code runs plain matmuls, and every output and gradient must agree within float32 rounding.

@@ -1,4 +1,4 @@
-"""keep_freed_memory (prosody_vae/cpu_memory.py): a training step stops page-faulting its activations.
+"""keep_freed_memory (prosody_vae/training/cpu_memory.py): a training step stops page-faulting its activations.
 
 Each measurement runs in a fresh interpreter, since malloc settings are process-wide and cannot be undone.
 """

@@ -1,4 +1,4 @@
-"""torch.export of the whole synthesiser (export_synth.py): each program and the host loop against eager mode."""
+"""torch.export of the whole synthesiser (inference/export_program.py): each program and the host loop against eager mode."""
 
 from __future__ import annotations
 

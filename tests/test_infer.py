@@ -9,7 +9,9 @@ import pytest
 import soundfile as sf
 import torch
 
-from prosody_vae.training.config import TrainConfig, config_from_dict
+from prosody_vae.training.checkpoint import save_checkpoint
+from prosody_vae.training.config import TrainConfig, config_from_dict, config_to_dict
+from prosody_vae.vocoders.registry import available_vocoders, best_available_vocoder
 from prosody_vae.plugin.errors import ConfigError, ReferenceInputError
 from prosody_vae.inference.synthesizer import Synthesizer
 from prosody_vae.evaluation.metrics import cepstra_of_log_mel, mcd_from_cepstra
@@ -224,3 +226,22 @@ def test_int8_quantises_every_per_step_matmul_and_leaves_the_model_alone():
 def test_unknown_precision_is_a_config_error():
     with pytest.raises(ConfigError, match="precision must be one of"):
         make_synth(precision="fp16")
+
+
+@pytest.mark.parametrize("pitch_head, n_mels", [(False, 80), (True, 80), (False, 20)])
+def test_from_checkpoint_picks_the_vocoder_the_cli_picks(tmp_path, pitch_head, n_mels):
+    """The README's Python example must sound like the demo: both use "auto", the best installed."""
+    config = config_from_dict(TrainConfig, {"model": {"preset": "tiny", **MICRO, "n_mels": n_mels,
+                                                      "pitch_head": pitch_head}, "audio": {"n_mels": n_mels}}, "test")
+    path = save_checkpoint(tmp_path / "micro.pt", {"config": config_to_dict(config),
+                                                   "model": ProsodyTacotron(config.model).state_dict(), "step": 1})
+    synth = Synthesizer.from_checkpoint(path)
+    expected = best_available_vocoder(pitch=pitch_head, audio=config.audio)
+    assert synth.vocoder.name == expected
+    assert synth.model_card().vocoder == expected
+    assert (expected == "source-filter") == pitch_head and (expected == "griffin-lim") == (n_mels != 80
+                                                                                          or not available_hifigan())
+
+
+def available_hifigan() -> bool:
+    return any(name.startswith("hifigan") for name in available_vocoders())

@@ -1,4 +1,4 @@
-"""BatchNorm over valid positions (prosody_vae/masked_norm.py): the plain modules against torch's
+"""BatchNorm over valid positions (prosody_vae/plugin/masked_norm.py): the plain modules against torch's
 BatchNorm, and the fast path's fused functions against the plain path."""
 
 from __future__ import annotations

@@ -33,7 +33,12 @@ def test_every_public_name_resolves():
         prosody_vae.Nope
 
 
-PLUGIN_FILES = ("reference.py", "capacity.py", "masked_norm.py", "speedups.py", "errors.py")
+PLUGIN = PACKAGE / "plugin"
+PLUGIN_FILES = ("__init__.py", "capacity.py", "errors.py", "masked_norm.py", "reference.py", "speedups.py")
+
+
+def test_the_plugin_folder_holds_exactly_the_files_a_user_copies():
+    assert tuple(sorted(p.name for p in PLUGIN.glob("*.py"))) == PLUGIN_FILES
 
 
 @pytest.mark.parametrize("module", PLUGIN_FILES)
@@ -41,7 +46,7 @@ def test_plugin_files_import_only_torch_einops_the_stdlib_and_each_other(module)
     """The plugin is the files a user copies into their own TTS model (README, "Use it in your own
     TTS model"): each may import torch, einops, the stdlib, and the others relatively."""
     plugin_modules = {name.removesuffix(".py") for name in PLUGIN_FILES}
-    for node in ast.walk(ast.parse((PACKAGE / module).read_text())):
+    for node in ast.walk(ast.parse((PLUGIN / module).read_text())):
         if isinstance(node, ast.ImportFrom) and node.level:
             assert node.level == 1 and node.module in plugin_modules, \
                 f"{module} imports {'.' * node.level}{node.module or ''}"
@@ -56,8 +61,7 @@ import sys
 sys.modules["prosody_vae"] = None  # the copy must not reach the package it came from
 
 import torch
-from myplugin.capacity import DualAscent
-from myplugin.reference import VariationalReferenceEncoder, ZConditioner
+from myplugin import DualAscent, VariationalReferenceEncoder, ZConditioner
 from myplugin.speedups import fast_path
 
 torch.manual_seed(0)
@@ -81,12 +85,8 @@ print("trained and encoded")
 
 
 def test_copied_plugin_files_train_and_encode_on_their_own(tmp_path):
-    """The plugin files alone, copied into a user's package, train a step on each path and encode."""
-    package = tmp_path / "myplugin"
-    package.mkdir()
-    (package / "__init__.py").write_text("")
-    for name in PLUGIN_FILES:
-        shutil.copy(PACKAGE / name, package / name)
+    """The plugin folder alone, copied into a user's project, trains a step on each path and encodes."""
+    shutil.copytree(PLUGIN, tmp_path / "myplugin", ignore=shutil.ignore_patterns("__pycache__"))
     (tmp_path / "host.py").write_text(COPIED_PLUGIN_SCRIPT)
     env = {name: value for name, value in os.environ.items() if name != "PYTHONPATH"}
     result = subprocess.run([sys.executable, "host.py"], cwd=tmp_path, env=env, capture_output=True, text=True)

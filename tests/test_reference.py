@@ -1,4 +1,4 @@
-"""Behavioural tests of the variational reference encoder plugin (prosody_vae/reference.py)."""
+"""Behavioural tests of the variational reference encoder plugin (prosody_vae/plugin/reference.py)."""
 
 from __future__ import annotations
 
@@ -42,7 +42,7 @@ def mels(lengths: list[int], n_mels: int = N_MELS, n_frames: int | None = None, 
 
 @pytest.fixture(params=[False, True], ids=["plain", "fast"])
 def either_path(request):
-    """The test runs twice: on plain PyTorch and on the speed-ups (prosody_vae/speedups.py)."""
+    """The test runs twice: on plain PyTorch and on the speed-ups (prosody_vae/plugin/speedups.py)."""
     with fast_path(request.param):
         yield request.param
 

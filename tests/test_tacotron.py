@@ -1,4 +1,4 @@
-"""Behavioural tests of ProsodyTacotron (prosody_vae/tacotron.py) and its losses (prosody_vae/losses.py)."""
+"""Behavioural tests of ProsodyTacotron (prosody_vae/model/tacotron.py) and its losses (prosody_vae/training/losses.py)."""
 
 from __future__ import annotations
 

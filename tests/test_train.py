@@ -1,4 +1,4 @@
-"""Behavioural tests of the trainer (prosody_vae/trainer.py), its config loader (config.py) and
+"""Behavioural tests of the trainer (prosody_vae/training/trainer.py), its config loader (config.py) and
 checkpoints (checkpoint.py), on a micro model and a tiny synthetic corpus."""
 
 from __future__ import annotations

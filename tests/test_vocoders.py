@@ -32,7 +32,7 @@ HOP = 256
 REFERENCES = (("en-us+f3", 50), ("en+m3", 80), ("en-gb-x-rp+f4", 10), ("en-us", 10))
 SENTENCE = "We saw a lovely rainbow."  # 1.2-1.3 s, nearly all voiced
 # Below ~110 Hz HiFi-GAN V1 copies lose much of their voicing and F0 drifts (the 72 Hz reference here
-# comes back 7 % low, on 38 frames): the measured table is in the docstring of vocoders.py.
+# comes back 7 % low, on 38 frames): the measured table is in the docstring of vocoders/registry.py.
 MIN_F0_HZ = 110.0
 
 

@@ -59,7 +59,7 @@ def train_demo_models(corpus: Path, steps: int = STEPS) -> dict[str, Path]:
 
 def calibrate_copy(checkpoint: Path, corpus: Path, out: Path) -> Path:
     """A copy of `checkpoint` with its knobs calibrated on `corpus` (the original is untouched)."""
-    from prosody_vae.inference.knobs import calibrate_checkpoint
+    from prosody_vae.inference.calibrate import calibrate_checkpoint
 
     out.parent.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(checkpoint, out)

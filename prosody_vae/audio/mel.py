@@ -296,3 +296,17 @@ def save_wav(path: str | os.PathLike, wav: np.ndarray | torch.Tensor, sample_rat
     with atomic_write(path) as f:
         sf.write(f, np.clip(wav, -1.0, 1.0), sample_rate, subtype="PCM_16", format="WAV")
     return path
+
+
+def check_vocoder_mel(log_mel: torch.Tensor, n_mels: int) -> None:
+    """AudioError unless `log_mel` is a finite (B, n_mels, T) tensor with frames: what every vocoder reads."""
+    if not isinstance(log_mel, torch.Tensor):
+        raise AudioError(f"vocoder input log_mel must be a torch.Tensor, got {type(log_mel).__name__}")
+    if log_mel.dim() != 3 or log_mel.shape[1] != n_mels:
+        hint = (" (it looks like (B, T, n_mels): transpose it with mel.transpose(1, 2))"
+                if log_mel.dim() == 3 and log_mel.shape[2] == n_mels else "")
+        raise AudioError(f"vocoder input log_mel must be (B, {n_mels}, T), got {tuple(log_mel.shape)}{hint}")
+    if log_mel.shape[2] == 0:
+        raise AudioError("vocoder input log_mel has no frames (T = 0)")
+    if not torch.isfinite(log_mel).all():
+        raise AudioError("vocoder input log_mel holds NaN or infinite values")

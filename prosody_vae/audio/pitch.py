@@ -55,8 +55,8 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from .mel import AudioConfig
 from ..plugin.errors import AudioError, ConfigError
+from .mel import AudioConfig
 
 ENERGY_FLOOR_DB = -100.0  # the level of digital silence, and what padding frames hold
 _ENERGY_CHUNK = 2048  # frames per block of the energy computation: 16 MiB of float64 at n_fft 1024

@@ -40,6 +40,7 @@ from pathlib import Path
 import numpy as np
 
 from ..atomic import write_atomically
+from ..audio.mel import save_wav
 from ..plugin.errors import ConfigError, CorpusError
 from .sentences import Sentence, make_sentence
 
@@ -351,8 +352,6 @@ def make_corpus(out_dir: str | os.PathLike, config: CorpusConfig | None = None) 
     in a multiprocessing pool, so where processes are spawned (macOS, Windows) a calling script
     needs the usual `if __name__ == "__main__":` guard.
     """
-    from ..audio.mel import save_wav  # here, so importing this module (and its workers) skips torch
-
     config = config or CorpusConfig()
     started = time.perf_counter()
     out_dir = Path(out_dir)

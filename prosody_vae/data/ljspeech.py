@@ -25,8 +25,8 @@ import torch
 
 from ..atomic import write_atomically
 from ..audio.mel import AudioConfig, MelSpectrogram, check_not_silent, load_wav
-from ..plugin.errors import AudioError, ConfigError, DataError, TextError
 from ..audio.pitch import ENERGY_FLOOR_DB, FrameFeatures, PitchConfig, frame_features
+from ..plugin.errors import AudioError, ConfigError, DataError, TextError
 
 
 @dataclass(frozen=True)

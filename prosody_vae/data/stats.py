@@ -42,9 +42,9 @@ import numpy as np
 
 from ..atomic import write_atomically
 from ..audio.mel import AudioConfig
-from .ljspeech import MelCache, Utterance, read_metadata
-from ..plugin.errors import DataError
 from ..audio.pitch import FrameFeatures, PitchConfig
+from ..plugin.errors import DataError
+from .ljspeech import MelCache, Utterance, read_metadata
 
 ST_REFERENCE_HZ = 100.0
 SPEECH_TOP_DB = 40.0

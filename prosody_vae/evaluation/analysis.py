@@ -41,10 +41,12 @@ import numpy as np
 import torch
 
 from ..data.ljspeech import Batch
+from ..model.tacotron import ProsodyTacotron
 from ..plugin.errors import ConfigError, DataError
+from ..training.checkpoint import load_model
+from ..training.data import build_data
 from ..training.losses import masked_l1
 from ..training.runlog import read_metrics
-from ..model.tacotron import ProsodyTacotron
 
 _LOG_2PI_E = math.log(2.0 * math.pi * math.e)
 
@@ -274,9 +276,6 @@ def analyze_runs(runs: Sequence[str | os.PathLike], out_dir: str | os.PathLike,
     also each run's best checkpoint re-evaluated on its own train/validation split and the
     entropy-sum diagnostic on the validation split. Writes analysis.md, analysis.json and
     rate_distortion.png into out_dir and returns the markdown."""
-    from ..training.checkpoint import load_model
-    from ..training.data import build_data
-
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     points = [read_run(run) for run in runs]

@@ -40,10 +40,13 @@ from typing import Optional
 import numpy as np
 
 from ..audio.mel import load_wav
+from ..data.corpus import Factors, synthesize
 from ..data.ljspeech import read_metadata, split_train_val
+from ..inference.synthesizer import Synthesizer
 from ..plugin.errors import DataError
-from .metrics import compare_f0, f0_track, mel_cepstral_distortion, prosody_summary
-from .quality import QUALITY_NOTE, QualityMeter, pearson, quality_table
+from .metrics import compare_f0, duration_ratio, f0_track, mel_cepstral_distortion, prosody_summary
+from .quality import QUALITY_NOTE, MissingExtraError, QualityMeter, pearson, quality_table
+from .speaker_leakage import cross_speaker_transfer, enrol_voices, posterior_means, speaker_probe, summarise_pairs
 
 
 @dataclass
@@ -59,8 +62,6 @@ class PairScores:
 
 
 def _scores(recording: np.ndarray, output: np.ndarray, sample_rate: int) -> PairScores:
-    from .metrics import duration_ratio
-
     pitch = compare_f0(f0_track(recording), f0_track(output))
     return PairScores(mel_cepstral_distortion(recording, output, sample_rate), pitch.gpe, pitch.vde, pitch.ffe,
                       pitch.f0_rmse_cents, duration_ratio(recording, output, sample_rate))
@@ -76,8 +77,6 @@ def evaluate(checkpoint: str | os.PathLike, data_dir: str | os.PathLike, out_dir
              n_probe: int = 360) -> dict:
     """`quality=False` leaves out the quality section (DNSMOS, speaker similarity, voicing);
     `n_probe=0` leaves out the speaker section."""
-    from ..inference.synthesizer import Synthesizer
-
     synth = synthesizer or Synthesizer.from_checkpoint(checkpoint)
     meter = QualityMeter.for_synthesizer(synth) if quality else None
     conditions = {}  # name -> ConditionQuality
@@ -104,8 +103,6 @@ def evaluate(checkpoint: str | os.PathLike, data_dir: str | os.PathLike, out_dir
                                                      reference_texts=texts)
 
     if factors is not None:
-        from ..data.corpus import synthesize
-
         parallel, references, outputs = [], [], []
         for i, u in enumerate(items):
             other = factors[items[(i + 1) % len(items)].id]  # another utterance's voice and prosody
@@ -165,10 +162,6 @@ def evaluate(checkpoint: str | os.PathLike, data_dir: str | os.PathLike, out_dir
 def _speaker_figures(synth, training: list, enrolment: list, items: list, n_probe: int, seed: int) -> dict:
     """The speaker probe on training utterances, and cross-speaker transfer from `items` (each
     voice known from utterances of `enrolment`) where resemblyzer is installed."""
-    from .quality import MissingExtraError
-    from .speaker_leakage import (cross_speaker_transfer, enrol_voices, posterior_means, speaker_probe,
-                                  summarise_pairs)
-
     probed = training[:n_probe]
     figures = {"probe": asdict(speaker_probe(posterior_means(synth, probed), [u.speaker or "" for u in probed],
                                              seed=seed))}
@@ -186,8 +179,6 @@ def _read_factors(data_dir: Path) -> Optional[dict]:
     path = data_dir / "factors.csv"
     if not path.is_file():
         return None
-    from ..data.corpus import Factors
-
     with open(path, newline="", encoding="utf-8") as f:
         return {row["id"]: Factors(row["voice"], int(row["rate"]), int(row["pitch"]), int(row["pitch_range"]),
                                    int(row["volume"])) for row in csv.DictReader(f)}

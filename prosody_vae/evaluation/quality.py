@@ -36,7 +36,9 @@ import numpy as np
 import torch
 
 from ..audio.mel import AudioConfig, MelSpectrogram, griffin_lim
+from ..audio.pitch import frame_features
 from ..plugin.errors import ProsodyVAEError
+from ..vocoders.registry import run_vocoder
 from .metrics import F0Config, ProsodySummary, _check_wav, f0_track, prosody_summary
 
 DNSMOS_INSTALL = "pip install speechmos onnxruntime"
@@ -205,9 +207,6 @@ def copy_synthesis(wavs: Sequence[np.ndarray], audio: AudioConfig, vocoder: Opti
     """Each wav through its own log-mel and back through `vocoder` (Griffin-Lim when None), on
     `device` (the vocoder's): the quality a perfect acoustic model would get from that vocoder.
     A pitch-aware vocoder (`uses_pitch`) also gets the wav's own F0 track (pitch.py)."""
-    from ..audio.pitch import frame_features
-    from ..vocoders.registry import run_vocoder
-
     mel_spec = MelSpectrogram(audio).to(device)
     outputs = []
     for i, wav in enumerate(wavs):

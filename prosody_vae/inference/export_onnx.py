@@ -16,7 +16,7 @@ exporter unrolls the GRU over the example's frame count, fixing the time axis, a
 extra `onnxscript` package. The TorchScript exporter is deprecated but keeps the time axis
 dynamic; its deprecation warnings are silenced here so callers see only real problems.
 
-The whole synthesiser exports too, as torch.export programs and a host loop (export_synth.py:
+The whole synthesiser exports too, as torch.export programs and a host loop (inference/export_program.py:
 free-running decoding stops per item on data, so the decoder step is the graph and the host drives
 the loop). For CPU serving, `Synthesizer(precision="int8")` (quantize.py) is the fastest path.
 """

@@ -1,23 +1,24 @@
 """The model card `prosody-vae inspect` prints: what a checkpoint is and which knobs it offers.
 
-    card = model_card("run/checkpoints/best.pt")      # or Synthesizer.model_card()
+    card = model_card("run/checkpoints/best.pt")      # or Synthesizer.model_card() (synthesizer.py)
     print(card.format())
     json.dumps(card.to_dict())
 
 Everything comes from the checkpoint: its config (preset, latent size, capacity), its training
-bookkeeping (steps, validation figures, speakers) and its knob calibration (controls.py), which
+bookkeeping (steps, validation figures, speakers) and its knob calibration (inference/knobs.py), which
 also holds the KL of each latent dimension measured over the calibration corpus. The vocoder is
-the one the Synthesizer would use.
+the one the Synthesizer uses. This module only describes: the Synthesizer hands it what it read.
 """
 
 from __future__ import annotations
 
-import os
 from dataclasses import asdict, dataclass, field
-from typing import TYPE_CHECKING, Optional
+from pathlib import Path
+from typing import Any, Mapping, Optional, Sequence
 
-if TYPE_CHECKING:
-    from .synthesizer import Synthesizer
+from ..model.config import PRESETS, TacotronConfig
+from ..training.config import TrainConfig
+from .knobs import Calibration
 
 
 _READS = {"mel": "the log-mel", "prosody": "speaker-relative pitch, voicing and level tracks"}
@@ -51,7 +52,7 @@ class ModelCard:
     knobs: list[KnobRange]
     calibration: Optional[dict]  # version, corpus and size of the knob calibration; None: not calibrated
     speakers: list[str] = field(default_factory=list)
-    reference_input: str = "mel"  # what the reference encoder reads: "mel" or "prosody" (prosody_reference.py)
+    reference_input: str = "mel"  # what the reference encoder reads: "mel" or "prosody" (audio/prosody_tracks.py)
 
     def to_dict(self) -> dict:
         """Plain JSON-able containers."""
@@ -89,37 +90,30 @@ def _or_dash(value) -> str:
     return "-" if value is None else str(value)
 
 
-def card_of(synth: "Synthesizer") -> ModelCard:
-    """The card of a Synthesizer (from_checkpoint fills the checkpoint's bookkeeping)."""
-    config, state, calibration = synth.config, synth.checkpoint_state, synth.calibration
+def card_of(config: TrainConfig, calibration: Optional[Calibration], state: Mapping[str, Any],
+            checkpoint: Optional[Path], vocoder: Any, speakers: Sequence[str]) -> ModelCard:
+    """The card of a model: its training config, knob calibration, checkpoint bookkeeping (step,
+    epoch, trainer; {} for a model in memory) and the vocoder it speaks with."""
     controller = config.controller
     trainer = state.get("trainer") or {}
     return ModelCard(
-        checkpoint=str(synth.checkpoint or "(in memory)"), preset=_preset_name(config.model),
+        checkpoint=str(checkpoint or "(in memory)"), preset=_preset_name(config.model),
         posterior=config.model.posterior, latent_dim=config.model.latent_dim, controller=controller.kind,
-        capacity=controller.capacity, pitch_head=config.model.pitch_head, vocoder=_vocoder_name(synth.vocoder),
+        capacity=controller.capacity, pitch_head=config.model.pitch_head, vocoder=_vocoder_name(vocoder),
         training_steps=state.get("step"), training_epochs=state.get("epoch"),
         validation={k: float(v) for k, v in (trainer.get("val_metrics") or {}).items()},
         kl_per_dim=list(calibration.kl_per_dim) if calibration else [],
-        knobs=[KnobRange(k.name, k.unit, k.minimum, k.maximum, k.path, k.r2) for k in synth.controls.values()],
+        knobs=[KnobRange(k.name, k.unit, k.minimum, k.maximum, k.path, k.r2) for k in
+               (calibration.knobs.values() if calibration else ())],
         calibration=None if calibration is None else {"version": calibration.version, "data": calibration.data,
                                                       "n_utterances": calibration.n_utterances,
                                                       "refined": calibration.refined},
-        speakers=synth.speakers, reference_input=config.model.reference_input,
+        speakers=list(speakers), reference_input=config.model.reference_input,
     )
 
 
-def model_card(checkpoint: str | os.PathLike, vocoder: str = "auto") -> ModelCard:
-    """The card of a checkpoint, with the vocoder `Synthesizer.from_checkpoint(vocoder=...)` would load."""
-    from .synthesizer import Synthesizer
-
-    return Synthesizer.from_checkpoint(checkpoint, vocoder=vocoder).model_card()
-
-
-def _preset_name(model) -> str:
+def _preset_name(model: TacotronConfig) -> str:
     """The preset the model config is closest to, and the fields it overrides."""
-    from ..model.config import PRESETS, TacotronConfig
-
     own = model.to_dict()
     differing = {name: [k for k, v in TacotronConfig.preset(name).to_dict().items() if own.get(k) != v]
                  for name in PRESETS}

@@ -40,8 +40,8 @@ from torch import nn
 
 from ..model.cpu_kernels import PackedMatmul
 from ..model.decoder import Decoder, Matmul, StepWeights
-from ..plugin.errors import ConfigError
 from ..model.tacotron import ProsodyTacotron
+from ..plugin.errors import ConfigError
 
 Precision = Literal["fp32", "bf16", "int8"]
 PRECISIONS: tuple[str, ...] = get_args(Precision)

@@ -27,8 +27,8 @@ twice in one list with one seed gives the same audio twice: ask for `n_samples` 
 Strength and knobs. `strength` scales the prosody's offset from the prior mean (0): 0 is the
 prior mean, 1 the reference's posterior mean (or the given z), 1.5 exaggerates; sampling noise
 is added after it. `controls={"pitch": +2, "pitch_range": 1.5, "rate": 0.8, "energy": -3}`
-(semitones, ratios, dB) then move z along the model's calibrated directions (controls.py; made by
-`prosody-vae calibrate`); `Synthesizer.controls` lists them with their ranges. Each knob takes the
+(semitones, ratios, dB) then move z along the model's calibrated directions (knobs.py; made by
+calibrate.py, `prosody-vae calibrate`); `Synthesizer.controls` lists them with their ranges. Each knob takes the
 path its calibration chose: in z where the latent carries the quantity (the mel follows, any
 vocoder hears it), else, for the pitch knobs of a model with a pitch head, an edit of the
 predicted F0 (voiced by a pitch-driven vocoder such as "source-filter"), and for energy a gain
@@ -48,7 +48,7 @@ Speakers: a model trained with speaker conditioning speaks in any voice of its s
 (`Synthesizer.speakers`), named by `speaker=` (one name, or one per text); without one it speaks
 in the first voice of the table. `reference_speaker=` names who speaks the reference. A model
 whose encoder reads the reference's prosody tracks (`reference_input = "prosody"`,
-prosody_reference.py) takes its pitch relative to that speaker's register, or, when it is not
+audio/prosody_tracks.py) takes its pitch relative to that speaker's register, or, when it is not
 named, to the known register nearest the reference's own mean pitch, so z holds no register and
 `pitch_mode="relative"` (the default) puts the reference's pitch offset on the target voice's
 register. A model that reads the log-mel can carry the reference's register in z, so its
@@ -57,10 +57,12 @@ target voice.
 `pitch_mode="absolute"` moves the predicted F0 by the register difference of `reference_speaker`
 and the target voice (a pitch-aware vocoder renders that F0; a mel-only one does not read it).
 
-Vocoder: Griffin-Lim by default. Any callable or TorchScript module mapping a log-mel
+Vocoder: `from_checkpoint` picks the best installed one, as the CLI does (`vocoder="auto"`:
+a HiFi-GAN from the `hifigan` extra, the pitch-driven "source-filter" for a model with a pitch
+head); a Synthesizer built around a model in memory uses Griffin-Lim unless told. Any callable or TorchScript module mapping a log-mel
 (B, n_mels, T) to a waveform (B, N) or (B, 1, N) plugs in as `vocoder=`, or a name that
 vocoders.load_vocoder knows (`vocoder="hifigan-universal"`); our mels follow the HiFi-GAN
-LJSpeech convention (audio.py), so an LJSpeech HiFi-GAN generator works unchanged.
+LJSpeech convention (audio/mel.py), so an LJSpeech HiFi-GAN generator works unchanged.
 """
 
 from __future__ import annotations
@@ -75,16 +77,21 @@ from typing import Callable, Literal, Mapping, Optional, Sequence, Union
 import numpy as np
 import torch
 
-from ..audio.mel import MelSpectrogram, griffin_lim, load_reference
-from .knobs import Calibration, KnobCalibration, control_paths, edit_f0, edit_level
-from ..plugin.errors import ConfigError, ReferenceInputError, TextError
+from ..audio.mel import MelSpectrogram, griffin_lim, load_reference, save_wav
 from ..audio.pitch import FrameFeatures, frame_features
 from ..audio.postfilter import GlobalVariance
 from ..audio.prosody_tracks import batch_tracks, nearest_register, reference_features, utterance_register
-from .quantize import Precision, reduce_precision
-from ..plugin.reference import Posterior
 from ..data.speakers import SpeakerTable
+from ..data.text import TextProcessor
+from ..model.tacotron import InferenceOutput, ProsodyTacotron
+from ..plugin.errors import ConfigError, ReferenceInputError, TextError
+from ..plugin.reference import Posterior
+from ..training.checkpoint import load_model_and_state
+from ..training.config import TrainConfig
 from ..vocoders.registry import best_available_vocoder, load_vocoder, run_vocoder
+from .knobs import Calibration, KnobCalibration, control_paths, edit_f0, edit_level
+from .model_card import ModelCard, card_of
+from .quantize import Precision, reduce_precision
 
 Reference = Union[str, os.PathLike, np.ndarray, torch.Tensor]
 Vocoder = Callable[[torch.Tensor], torch.Tensor]
@@ -106,20 +113,60 @@ class SynthesisResult:
     f0: list[torch.Tensor] = field(default_factory=list)  # (T_i,) predicted F0 in Hz, 0 where unvoiced; pitch head only
 
 
+@dataclass
+class _Items:
+    """A `tts` call's inputs, one entry per output item: each text repeated `n_samples` times
+    (text by text), with the per-text arguments following their text."""
+
+    texts: list[str]
+    seeds: list[int]
+    sample_indices: list[int]  # 0..K-1 within each text's K samples
+    reference: object
+    reference_text: object
+    z: object
+    speaker: Speaker
+    reference_speaker: Speaker
+
+    @classmethod
+    def fan_out(cls, texts: list[str], seeds: list[int], n_samples: int, reference, reference_text, z,
+                speaker: Speaker, reference_speaker: Speaker) -> "_Items":
+        if not (isinstance(n_samples, (int, np.integer)) and n_samples >= 1):
+            raise ReferenceInputError(f"n_samples must be an int >= 1, got {n_samples!r}", field="n_samples")
+        if n_samples > 1:
+            repeat = lambda items: [item for item in items for _ in range(n_samples)]
+            per_text = lambda items: isinstance(items, (list, tuple)) and len(items) == len(texts)
+            if isinstance(reference, (list, tuple)) and len(reference) == len(texts) > 1:
+                reference = repeat(reference)
+                reference_text = repeat(reference_text) if isinstance(reference_text, (list, tuple)) else reference_text
+            if z is not None and torch.as_tensor(z).dim() == 2:
+                z = torch.as_tensor(z).repeat_interleave(n_samples, dim=0)
+            speaker, reference_speaker = (repeat(names) if per_text(names) else names
+                                          for names in (speaker, reference_speaker))
+            texts, seeds = repeat(texts), repeat(seeds)
+        return cls(texts, seeds, list(range(n_samples)) * (len(texts) // n_samples), reference, reference_text, z,
+                   speaker, reference_speaker)
+
+    @property
+    def n_references(self) -> int:
+        return len(self.reference) if isinstance(self.reference, (list, tuple)) else 1
+
+
 class Synthesizer:
     pitch_path: Literal["auto", "z", "f0"] = "auto"  # where the pitch knobs act (module docstring)
 
-    def __init__(self, model, config, device: str | torch.device = "cpu", precision: Precision = "fp32",
+    def __init__(self, model: ProsodyTacotron, config: Optional[TrainConfig] = None,
+                 device: str | torch.device = "cpu", precision: Precision = "fp32",
                  vocoder: Optional[Vocoder | str] = None, griffin_lim_iterations: int = 60,
                  max_reference_seconds: Optional[float] = 30.0, postfilter: Optional[GlobalVariance] = None,
                  speaker_table: Optional[SpeakerTable] = None):
-        """`precision` of the decoder's per-step matmuls: "fp32", "bf16" (bfloat16 weights) or
-        "int8" (int8 weights, CPU only), see quantize.py; `model` keeps its float32 decoder.
-        `postfilter`: applied to every output mel (from_checkpoint passes the checkpoint's own).
-        `speaker_table` names the ids of a multi-speaker model (the checkpoint's; without one they
-        are called "0", "1", ...)."""
-        from ..data.text import TextProcessor
-
+        """`config`: the TrainConfig the model was trained with, whose audio and text settings the
+        Synthesizer reads (None: the defaults around `model.config`). `precision` of the decoder's
+        per-step matmuls: "fp32", "bf16" (bfloat16 weights) or "int8" (int8 weights, CPU only),
+        see quantize.py; `model` keeps its float32 decoder. `vocoder`: None (Griffin-Lim), "auto",
+        a name or a callable (module docstring). `postfilter`: applied to every output mel
+        (from_checkpoint passes the checkpoint's own). `speaker_table` names the ids of a
+        multi-speaker model (the checkpoint's; without one they are called "0", "1", ...)."""
+        config = TrainConfig(model=model.config) if config is None else config
         if max_reference_seconds is not None and not max_reference_seconds > 0:
             raise ConfigError(f"max_reference_seconds must be > 0 or None, got {max_reference_seconds!r}")
         try:
@@ -136,7 +183,7 @@ class Synthesizer:
         self.mel_spec = MelSpectrogram(self.audio).to(self.device)
         if vocoder == "auto":  # the best installed; the pitch-driven one for a model with a pitch head
             vocoder = best_available_vocoder(pitch=model.config.pitch_head, audio=self.audio)
-        if isinstance(vocoder, str):  # a name: "hifigan-universal", "griffin-lim", ... (vocoders.py)
+        if isinstance(vocoder, str):  # a name: "hifigan-universal", "griffin-lim", ... (vocoders/registry.py)
             vocoder = load_vocoder(vocoder, device=self.device, audio=self.audio)
         self.vocoder = vocoder
         self.griffin_lim_iterations = griffin_lim_iterations
@@ -155,19 +202,18 @@ class Synthesizer:
 
     @classmethod
     def from_checkpoint(cls, path: str | os.PathLike, device: str | torch.device = "cpu",
-                        precision: Precision = "fp32", vocoder: Optional[Vocoder | str] = None,
+                        precision: Precision = "fp32", vocoder: Optional[Vocoder | str] = "auto",
                         max_reference_seconds: Optional[float] = 30.0, strict: bool = True,
                         postfilter: bool = True) -> "Synthesizer":
-        """`strict=False` allows a partial load of weights that do not fit (checkpoint.load_model);
+        """`vocoder` "auto" (the default) is the best installed one, as the CLI picks it;
+        `strict=False` allows a partial load of weights that do not fit (checkpoint.load_model);
         `postfilter=False` leaves the checkpoint's global-variance postfilter off."""
-        from ..training.checkpoint import load_model_and_state, read_calibration
-
         model, config, state = load_model_and_state(path, strict=strict)
         variance = state.get("mel_variance")  # absent from checkpoints older than the postfilter
         synth = cls(model, config, device, precision, vocoder, max_reference_seconds=max_reference_seconds,
                     postfilter=GlobalVariance.from_state_dict(variance) if postfilter and variance else None,
                     speaker_table=SpeakerTable.from_checkpoint(state, str(path)))
-        synth.calibration = read_calibration(state, path)
+        synth.calibration = Calibration.from_checkpoint(state, path)
         synth.checkpoint = Path(path)
         synth.checkpoint_state = {k: v for k, v in state.items() if k in ("step", "epoch", "trainer", "speakers")}
         return synth
@@ -177,11 +223,10 @@ class Synthesizer:
         """The calibrated knobs by name, each with its unit and [minimum, maximum]; {} if none."""
         return dict(self.calibration.knobs) if self.calibration else {}
 
-    def model_card(self):
+    def model_card(self) -> ModelCard:
         """This model's `ModelCard` (model_card.py): sizes, capacity, KL per dim, knobs, vocoder, training."""
-        from .model_card import card_of
-
-        return card_of(self)
+        return card_of(self.config, self.calibration, self.checkpoint_state, self.checkpoint, self.vocoder,
+                       self.speakers)
 
     # ----------------------------------------------------------------------------- speakers
     @property
@@ -232,7 +277,8 @@ class Synthesizer:
             try:
                 ids.append(torch.tensor(self.text.encode(text), dtype=torch.long))
             except TextError as exc:
-                raise TextError(f"{argument}{f'[{i}]' if len(texts) > 1 else ''}: {exc}") from None
+                where = f"{argument}[{i}]" if len(texts) > 1 else argument
+                raise TextError(f"{where}: {exc}", field=where) from None
         padded = torch.nn.utils.rnn.pad_sequence(ids, batch_first=True, padding_value=self.text.pad_id)
         return padded.to(self.device), torch.tensor([len(i) for i in ids], device=self.device)
 
@@ -244,7 +290,8 @@ class Synthesizer:
         else:
             seeds = list(seed) if isinstance(seed, Sequence) else [seed]
         if len(seeds) != batch or not all(isinstance(s, (int, np.integer)) and not isinstance(s, bool) for s in seeds):
-            raise ReferenceInputError(f"seed must be an int or {batch} ints (one per text), got {seed!r}")
+            raise ReferenceInputError(f"seed must be an int or {batch} ints (one per text), got {seed!r}",
+                                      field="seed")
         return [int(s) for s in seeds]
 
     def _generators(self, seed: Seed, texts: Sequence[str],
@@ -271,7 +318,8 @@ class Synthesizer:
         if reference_text is not None:
             transcripts = [reference_text] if isinstance(reference_text, str) else list(reference_text)
             if len(transcripts) != len(references):
-                raise ReferenceInputError(f"got {len(transcripts)} reference transcripts for {len(references)} references")
+                raise ReferenceInputError(f"got {len(transcripts)} reference transcripts for {len(references)} "
+                                          "references", field="reference_text")
             text, text_lengths = self._encode_texts(transcripts, "reference_text")
         speaker_ids = (self.speaker_ids(reference_speaker, len(references), "reference_speaker")
                        if self.model.config.posterior.endswith("+S") else None)
@@ -281,7 +329,7 @@ class Synthesizer:
                         ) -> tuple[torch.Tensor, torch.Tensor]:
         """What the reference encoder reads, padded, and lengths (B,): log-mels (B, T, n_mels), or
         for a model with reference_input "prosody" the tracks (B, T, N_FEATURES) of
-        prosody_reference.py, each relative to its speaker's register or, where the speaker is
+        audio/prosody_tracks.py, each relative to its speaker's register or, where the speaker is
         not named, to the known register nearest its own mean pitch."""
         if self.model.config.reference_input == "mel":
             mels = [self.reference_mel(r) for r in references]
@@ -300,10 +348,10 @@ class Synthesizer:
                 sample_indices: Optional[Sequence[int]] = None, reference_speaker: Speaker = None) -> torch.Tensor:
         """The z (B, latent) that `tts` would use for these texts (`sample_indices` (B,): see `tts`)."""
         if mode not in ("mean", "sample"):
-            raise ReferenceInputError(f"mode must be 'mean' or 'sample', got {mode!r}")
+            raise ReferenceInputError(f"mode must be 'mean' or 'sample', got {mode!r}", field="mode")
         for name, value in (("temperature", temperature), ("strength", strength)):
             if not (isinstance(value, (int, float)) and np.isfinite(value) and value >= 0):
-                raise ReferenceInputError(f"{name} must be a finite number >= 0, got {value!r}")
+                raise ReferenceInputError(f"{name} must be a finite number >= 0, got {value!r}", field=name)
         batch, latent = len(texts), self.model.config.latent_dim
         shift = self._control_offset(controls)  # checked before any encoding
         generators = self._generators(seed, texts, sample_indices)
@@ -312,14 +360,16 @@ class Synthesizer:
             z = torch.as_tensor(z, dtype=torch.float32, device=self.device)
             z = z.expand(batch, -1) if z.dim() == 1 else z
             if z.shape != (batch, latent):
-                raise ReferenceInputError(f"z must be ({latent},) or ({batch}, {latent}), got {tuple(z.shape)}")
+                raise ReferenceInputError(f"z must be ({latent},) or ({batch}, {latent}), got {tuple(z.shape)}",
+                                          field="z")
             z = strength * z
         elif reference is None:
             z = temperature * noise  # the prior N(0, I) at this temperature
         else:
             references = list(reference) if isinstance(reference, (list, tuple)) else [reference]
             if len(references) not in (1, batch):
-                raise ReferenceInputError(f"got {len(references)} references for {batch} texts (give 1 or {batch})")
+                raise ReferenceInputError(f"got {len(references)} references for {batch} texts (give 1 or {batch})",
+                                          field="reference")
             posterior = self.encode(references, reference_text, reference_speaker)
             mean, std = strength * posterior.mean.expand(batch, -1), posterior.std.expand(batch, -1)
             z = mean if mode == "mean" else mean + temperature * std * noise
@@ -347,69 +397,74 @@ class Synthesizer:
         `n_samples`, `strength`, `controls`, the speakers and `pitch_mode`). With `n_samples=K` the
         result holds K items per text, text by text. `max_decoder_steps` bounds the free-running decoder (default: the
         model config's)."""
-        if not isinstance(texts, (str, list, tuple)):
-            raise TextError(f"texts must be a str or a list of str, got {type(texts).__name__}")
-        texts = [texts] if isinstance(texts, str) else list(texts)
-        if not texts:
-            raise TextError("texts: no text to synthesise")
-        if not (isinstance(n_samples, (int, np.integer)) and n_samples >= 1):
-            raise ReferenceInputError(f"n_samples must be an int >= 1, got {n_samples!r}")
-        seeds = self._seeds(seed, len(texts))
-        if n_samples > 1:  # each text's K samples side by side; per-text inputs follow their text
-            repeat = lambda items: [item for item in items for _ in range(n_samples)]
-            if isinstance(reference, (list, tuple)) and len(reference) == len(texts) > 1:
-                reference = repeat(reference)
-                reference_text = repeat(reference_text) if isinstance(reference_text, (list, tuple)) else reference_text
-            if z is not None and torch.as_tensor(z).dim() == 2:
-                z = torch.as_tensor(z).repeat_interleave(n_samples, dim=0)
-            speaker, reference_speaker = (repeat(names) if isinstance(names, (list, tuple)) and len(names) == len(texts)
-                                          else names for names in (speaker, reference_speaker))
-            texts, seeds = repeat(texts), repeat(seeds)
-        sample_indices = list(range(n_samples)) * (len(texts) // n_samples)
-        text, text_lengths = self._encode_texts(texts)  # first: a bad text fails before any encoding
-        if pitch_mode not in ("relative", "absolute"):
-            raise ConfigError(f"pitch_mode must be 'relative' or 'absolute', got {pitch_mode!r}")
-        speaker_ids = self.speaker_ids(speaker, len(texts))
-        f0_shift = (self.absolute_pitch_shift(speaker_ids, reference_speaker, len(texts))
-                    if pitch_mode == "absolute" else None)
-        n_references = len(reference) if isinstance(reference, (list, tuple)) else 1
-        if (reference_speaker is None and self.model.config.reference_input == "mel"
-                and (isinstance(speaker, str) or (speaker and len(speaker) == n_references))):
-            # a reference is taken to speak in the output's voice; a "prosody" model instead matches an
-            # unnamed reference to the nearest known register, whatever voice it is in
-            reference_speaker = speaker
-        z = self.prosody(texts, reference, reference_text, z, mode, temperature, seeds, strength, controls,
-                         sample_indices, reference_speaker)
+        texts = _as_texts(texts)
+        items = _Items.fan_out(texts, self._seeds(seed, len(texts)), n_samples, reference, reference_text, z,
+                               speaker, reference_speaker)
+        text, text_lengths = self._encode_texts(items.texts)  # first: a bad text fails before any encoding
+        speaker_ids = self.speaker_ids(items.speaker, len(items.texts))
+        f0_shift = self._pitch_mode_shift(pitch_mode, speaker_ids, items.reference_speaker, len(items.texts))
+        z = self.prosody(items.texts, items.reference, items.reference_text, items.z, mode, temperature, items.seeds,
+                         strength, controls, items.sample_indices, self._reference_voice(items))
         out = self.model.infer(text, text_lengths, z=z, speaker_ids=speaker_ids,
-                               generator=self._generators(seeds, texts, sample_indices),
+                               generator=self._generators(items.seeds, items.texts, items.sample_indices),
                                max_decoder_steps=max_decoder_steps)
-        if f0_shift is not None and out.log_f0 is not None:
-            out.log_f0 = torch.where(out.voiced, out.log_f0 + f0_shift[:, None], 0.0)
-        lengths = out.mel_lengths.tolist()
-        mels = [out.mel_postnet[i, :n].float() for i, n in enumerate(lengths)]
-        f0 = [] if out.log_f0 is None else [torch.where(out.voiced[i, :n], out.log_f0[i, :n].exp(), 0.0).float()
-                                            for i, n in enumerate(lengths)]
-        paths = self.control_paths(controls)
-        if "energy" in paths["mel"]:
-            mels = [edit_level(mel, paths["mel"]["energy"]) for mel in mels]
-        if self.postfilter is not None:  # last: its floor also bounds a quieter mel
-            mels = [self.postfilter(mel) for mel in mels]
-        on_f0 = paths["f0"]
-        if on_f0:
-            f0 = [edit_f0(track, on_f0.get("pitch", 0.0), on_f0.get("pitch_range", 1.0)) for track in f0]
+        mels, f0 = self._outputs(out, f0_shift)
+        mels, f0 = self._edit_outputs(mels, f0, self.control_paths(controls))
         return SynthesisResult(
             mel=mels, wav=[self.vocode(m, f) for m, f in zip(mels, f0 or [None] * len(mels))] if vocode else [],
-            alignment=[out.alignments[i, : int(out.stop_steps[i]), : int(text_lengths[i])] for i in range(len(texts))],
+            alignment=[out.alignments[i, : int(out.stop_steps[i]), : int(text_lengths[i])] for i in range(len(mels))],
             stop_step=out.stop_steps.tolist(), hit_max_steps=out.hit_max_steps.tolist(), z=z, f0=f0)
+
+    def _pitch_mode_shift(self, pitch_mode: str, speaker_ids: Optional[torch.Tensor], reference_speaker: Speaker,
+                          batch: int) -> Optional[torch.Tensor]:
+        """(B,) ln-F0 shift of pitch_mode "absolute"; None for "relative"."""
+        if pitch_mode not in ("relative", "absolute"):
+            raise ConfigError(f"pitch_mode must be 'relative' or 'absolute', got {pitch_mode!r}", field="pitch_mode")
+        return self.absolute_pitch_shift(speaker_ids, reference_speaker, batch) if pitch_mode == "absolute" else None
+
+    def _reference_voice(self, items: _Items) -> Speaker:
+        """Who speaks the reference: as named, else for a "mel" model the output's voice; a
+        "prosody" model instead matches an unnamed reference to the nearest known register."""
+        speaker = items.speaker
+        if (items.reference_speaker is None and self.model.config.reference_input == "mel"
+                and (isinstance(speaker, str) or (speaker and len(speaker) == items.n_references))):
+            return speaker
+        return items.reference_speaker
+
+    @staticmethod
+    def _outputs(out: InferenceOutput, f0_shift: Optional[torch.Tensor]
+                 ) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        """Each item's postnet mel (T_i, n_mels) and, with a pitch head, its F0 (T_i,) in Hz (0 unvoiced)."""
+        lengths = out.mel_lengths.tolist()
+        mels = [out.mel_postnet[i, :n].float() for i, n in enumerate(lengths)]
+        if out.log_f0 is None:
+            return mels, []
+        log_f0 = out.log_f0 if f0_shift is None else out.log_f0 + f0_shift[:, None]  # (B, T)
+        return mels, [torch.where(out.voiced[i, :n], log_f0[i, :n].exp(), 0.0).float() for i, n in enumerate(lengths)]
+
+    def _edit_outputs(self, mels: list[torch.Tensor], f0: list[torch.Tensor], paths: dict[str, dict[str, float]]
+                      ) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        """The knobs that act on the outputs (energy on the mel, the pitch knobs on the F0), then
+        the postfilter (last: its floor also bounds a quieter mel)."""
+        if "energy" in paths["mel"]:
+            mels = [edit_level(mel, paths["mel"]["energy"]) for mel in mels]
+        if self.postfilter is not None:
+            mels = [self.postfilter(mel) for mel in mels]
+        if paths["f0"]:
+            pitch, pitch_range = paths["f0"].get("pitch", 0.0), paths["f0"].get("pitch_range", 1.0)
+            f0 = [edit_f0(track, pitch, pitch_range) for track in f0]
+        return mels, f0
 
     def absolute_pitch_shift(self, speaker_ids: Optional[torch.Tensor], reference_speaker: Speaker,
                              batch: int) -> torch.Tensor:
         """(B,) ln-F0 to add to each item: the reference speaker's register minus the target's."""
         if speaker_ids is None or not self.model.config.pitch_head:
             raise ConfigError("pitch_mode='absolute' needs a model with speakers and a pitch head; this one has "
-                              f"n_speakers={self.model.config.n_speakers}, pitch_head={self.model.config.pitch_head}")
+                              f"n_speakers={self.model.config.n_speakers}, pitch_head={self.model.config.pitch_head}",
+                              field="pitch_mode")
         if reference_speaker is None:
-            raise ConfigError("pitch_mode='absolute' needs reference_speaker= (who speaks the reference)")
+            raise ConfigError("pitch_mode='absolute' needs reference_speaker= (who speaks the reference)",
+                              field="reference_speaker")
         reference_ids = self.speaker_table.ids(reference_speaker, batch, "reference_speaker")
         shift = self.speaker_table.register_shift(speaker_ids.tolist(), reference_ids)
         return torch.as_tensor(shift, dtype=torch.float32, device=self.device)
@@ -426,7 +481,7 @@ class Synthesizer:
                     seed: Optional[int] = None) -> SynthesisResult:
         """`text` spoken `steps` times, z moving linearly from reference_a's posterior mean to b's."""
         if steps < 2:
-            raise ReferenceInputError(f"steps must be >= 2, got {steps}")
+            raise ReferenceInputError(f"steps must be >= 2, got {steps}", field="steps")
         ends = self.encode([reference_a, reference_b]).mean  # (2, latent)
         weights = torch.linspace(0, 1, steps, device=self.device)[:, None]
         return self.tts([text] * steps, z=(1 - weights) * ends[0] + weights * ends[1], seed=seed)
@@ -442,13 +497,25 @@ class Synthesizer:
     def edit_latent(z: torch.Tensor, dim: int, scale: float = 1.0, shift: float = 0.0) -> torch.Tensor:
         """A copy of z (..., latent) with one dimension scaled then shifted."""
         if not 0 <= dim < z.shape[-1]:
-            raise ReferenceInputError(f"dim must be in [0, {z.shape[-1]}), got {dim}")
+            raise ReferenceInputError(f"dim must be in [0, {z.shape[-1]}), got {dim}", field="dim")
         z = z.clone()
         z[..., dim] = z[..., dim] * scale + shift
         return z
 
 
-def save_result(result: SynthesisResult, paths: Sequence[str | os.PathLike], sample_rate: int) -> list[Path]:
-    from ..audio.mel import save_wav
+def _as_texts(texts: str | Sequence[str]) -> list[str]:
+    if not isinstance(texts, (str, list, tuple)):
+        raise TextError(f"texts must be a str or a list of str, got {type(texts).__name__}", field="texts")
+    texts = [texts] if isinstance(texts, str) else list(texts)
+    if not texts:
+        raise TextError("texts: no text to synthesise", field="texts")
+    return texts
 
+
+def model_card(checkpoint: str | os.PathLike, vocoder: Optional[Vocoder | str] = "auto") -> ModelCard:
+    """The card of a checkpoint, with the vocoder `Synthesizer.from_checkpoint(vocoder=...)` loads."""
+    return Synthesizer.from_checkpoint(checkpoint, vocoder=vocoder).model_card()
+
+
+def save_result(result: SynthesisResult, paths: Sequence[str | os.PathLike], sample_rate: int) -> list[Path]:
     return [save_wav(path, wav, sample_rate) for path, wav in zip(paths, result.wav)]

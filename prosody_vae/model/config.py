@@ -11,9 +11,9 @@ import math
 from dataclasses import dataclass
 from typing import Literal, get_args
 
+from ..data.text import SYMBOLS
 from ..plugin.errors import ConfigError
 from ..plugin.reference import CAPACITRON_CHANNELS
-from ..data.text import SYMBOLS
 
 AttentionKind = Literal["location", "forward", "dca"]
 PosteriorVariant = Literal["V", "V+S", "V+T", "V+T+S"]
@@ -88,7 +88,7 @@ class TacotronConfig:
     # the speaker can carry a reference's pitch as an offset from that speaker's register
     posterior: PosteriorVariant = "V"
     # what the reference encoder reads: "mel", the log-mel (voice and all), or "prosody", the
-    # speaker-relative pitch, voicing and level tracks of prosody_reference.py, which hold no
+    # speaker-relative pitch, voicing and level tracks of audio/prosody_tracks.py, which hold no
     # register, timbre or loudness of the voice (training needs the cache's pitch features)
     reference_input: ReferenceInput = "mel"
     text_summary_dim: int = 128  # LSTM over the text embeddings, used by "V+T" and "V+T+S"

@@ -7,7 +7,7 @@
 
 `DecoderPass.step` is that recurrence, and everything runs it: teacher-forced training
 (`Decoder.forward`), free-running inference (`Decoder.infer`, `run_free`), reduced-precision
-inference (quantize.py) and the exported step program (export_synth.py). What differs between
+inference (quantize.py) and the exported step program (inference/export_program.py). What differs between
 them is only the weights a step multiplies by (`StepWeights`): plain `F.linear` on the
 parameters, the CPU fast path (cpu_kernels.py, chosen by speedups.py), or int8/bf16 copies. The
 state a step carries is one `DecoderState`, built in one place.
@@ -34,12 +34,12 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import nn
 
-from .attention import DynamicConvolutionAttention, ForwardAttention, LocationSensitiveAttention
-from .cpu_kernels import AttentionContext, PackedMatmul, _RecurrentMatmul
 from ..plugin.errors import ConfigError
-from .layers import Generators, dropout
 from ..plugin.speedups import fast_path_enabled
+from .attention import DynamicConvolutionAttention, ForwardAttention, LocationSensitiveAttention
 from .config import TacotronConfig
+from .cpu_kernels import AttentionContext, PackedMatmul, _RecurrentMatmul
+from .layers import Generators, dropout
 
 Matmul = Callable[[torch.Tensor], torch.Tensor]
 

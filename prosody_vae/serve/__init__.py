@@ -10,6 +10,9 @@ from __future__ import annotations
 
 from typing import Optional
 
+import torch
+
+from ..inference.synthesizer import Synthesizer
 from ..plugin.errors import ConfigError
 from .engine import ServeConfig
 
@@ -35,10 +38,6 @@ def serve(checkpoint, host: str = "127.0.0.1", port: int = 8000, config: Optiona
     except ImportError as exc:
         raise ConfigError(f"`prosody-vae serve` needs the serve extra ({exc.name} is missing): "
                           "pip install \"prosody_vae[serve]\"") from None
-    import torch
-
-    from ..inference.synthesizer import Synthesizer
-
     config = config or ServeConfig()
     torch.set_num_threads(config.threads)
     synth = Synthesizer.from_checkpoint(checkpoint, device=device, precision=precision, vocoder=vocoder,

@@ -3,7 +3,7 @@
 A checkpoint is one `torch.save` file of plain containers and tensors, read back with
 `weights_only=True` (so opening a checkpoint never runs code from it). What the trainer puts in
 it is listed in trainer.py; this module only requires `format_version` and `config`. An optional
-"calibration" entry holds the prosody knobs (controls.py, versioned on its own), added after
+"calibration" entry holds the prosody knobs (inference/knobs.py, versioned on its own), added after
 training by `prosody-vae calibrate`; a checkpoint without it loads as before.
 
 Writes are atomic (atomic.py): a crash or a full disk leaves the old file or the new one, never
@@ -24,19 +24,16 @@ import random
 import re
 import warnings
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import torch
 
-from ..version import __version__
 from ..atomic import atomic_write
-from .config import TrainConfig, config_from_dict
-from ..plugin.errors import CheckpointError, ConfigError
 from ..model.tacotron import ProsodyTacotron
-
-if TYPE_CHECKING:
-    from ..inference.knobs import Calibration
+from ..plugin.errors import CheckpointError, ConfigError
+from ..version import __version__
+from .config import TrainConfig, config_from_dict
 
 FORMAT_VERSION = 1  # bump when the layout of a checkpoint changes
 _STEP_FILE = re.compile(r"step-(\d+)\.pt")
@@ -96,15 +93,6 @@ def load_model_and_state(path: str | os.PathLike, device: str | torch.device = "
                       stacklevel=2)
     model.load_state_dict({k: v for k, v in weights.items() if k in own and _fits(v, own[k])}, strict=False)
     return model.to(device).eval(), config, state
-
-
-def read_calibration(state: dict[str, Any], path: str | os.PathLike) -> "Calibration | None":
-    """The checkpoint's knob calibration (controls.Calibration), or None if it was never calibrated
-    (every checkpoint written before knobs existed)."""
-    from ..inference.knobs import Calibration
-
-    stored = state.get("calibration")
-    return None if stored is None else Calibration.from_dict(stored, f"{path} (calibration)")
 
 
 def _fits(tensor: Any, target: torch.Tensor) -> bool:

@@ -28,11 +28,11 @@ from pathlib import Path
 from typing import Any, Callable, Literal, Mapping, Optional
 
 from ..audio.mel import AudioConfig
+from ..data.text import TextConfig
+from ..model.tacotron import TacotronConfig
 from ..plugin.capacity import ControllerConfig, build_controller
 from ..plugin.errors import ConfigError
 from .losses import LossConfig
-from ..model.tacotron import TacotronConfig
-from ..data.text import TextConfig
 
 
 @dataclass

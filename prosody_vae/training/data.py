@@ -19,14 +19,14 @@ from typing import Optional
 import torch
 from tqdm import tqdm
 
-from .config import TrainConfig
-from ..data.ljspeech import (Batch, BucketBatchSampler, MelCache, TTSDataset, Utterance, collate_batch, read_metadata,
-                   split_train_val)
-from .distributed import Cluster
-from ..plugin.errors import ConfigError, DataError
 from ..audio.postfilter import GlobalVariance
+from ..data.ljspeech import (Batch, BucketBatchSampler, MelCache, TTSDataset, Utterance, collate_batch, read_metadata,
+                             split_train_val)
 from ..data.speakers import SpeakerTable
 from ..data.text import TextProcessor
+from ..plugin.errors import ConfigError, DataError
+from .config import TrainConfig
+from .distributed import Cluster
 
 
 @dataclass

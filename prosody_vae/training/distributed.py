@@ -17,9 +17,9 @@ from typing import Any, Optional
 import torch
 import torch.distributed as dist
 
-from .config import TrainConfig
 from ..model.config import TacotronConfig
 from ..plugin.errors import ConfigError
+from .config import TrainConfig
 
 
 @dataclass

@@ -36,10 +36,10 @@ from typing import TYPE_CHECKING, Optional
 import torch
 import torch.nn.functional as F
 
-from ..plugin.errors import ConfigError
-from ..plugin.masked_norm import length_mask
 from ..model.speaker_adversary import confusion_loss
 from ..model.tacotron import TacotronOutput, decoder_steps
+from ..plugin.errors import ConfigError
+from ..plugin.masked_norm import length_mask
 
 if TYPE_CHECKING:  # data.py pulls in the audio stack; only its type is needed here
     from ..plugin.capacity import KLController

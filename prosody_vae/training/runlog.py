@@ -25,6 +25,7 @@ import torch
 from tqdm import tqdm
 
 from ..atomic import write_atomically
+from ..plugin.errors import DataError
 
 
 class RunLog:
@@ -196,8 +197,6 @@ class KLInactivityWatch:
 def read_metrics(path: str | os.PathLike) -> list[dict]:
     """The records of a metrics.jsonl file. A half-written last line (a run killed mid-write) is
     dropped; a bad line anywhere else is a DataError naming file and line."""
-    from ..plugin.errors import DataError
-
     path = Path(path)
     if not path.is_file():
         raise DataError(f"{path}: no metrics.jsonl (is this a training run folder?)")

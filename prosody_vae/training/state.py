@@ -20,10 +20,10 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..plugin.errors import CheckpointError
 from .checkpoint import checkpoint_config, restore_rng
 from .config import TrainConfig, config_to_dict
 from .distributed import Cluster
-from ..plugin.errors import CheckpointError
 
 # Settings a resumed run may change: they decide how long, where and how verbosely it runs.
 # Anything else differing from the checkpoint's config is refused.

@@ -24,12 +24,12 @@ process group (nccl on CUDA, gloo on CPU) and wraps the model in DistributedData
 rank reads its own shard of every epoch (BucketBatchSampler(num_replicas, rank)) and draws its own
 dropout noise; rank 0 alone validates, logs and writes checkpoints.
 
-Exact resume: N steps in one go and N/2 + resume + N/2 give the same parameters (training_state.py
+Exact resume: N steps in one go and N/2 + resume + N/2 give the same parameters (training/state.py
 says what a checkpoint holds for that).
 
 A run folder RUN holds checkpoints/ (see checkpoint.py), tensorboard/ and metrics.jsonl (see
 runlog.py), and RUN/.lock while a trainer runs in it: one run, one writer (run_lock.py). The data
-come from training_data.py.
+come from training/data.py.
 """
 
 from __future__ import annotations
@@ -48,20 +48,20 @@ import torch
 from tqdm import tqdm
 
 from ..audio.mel import griffin_lim
+from ..data.ljspeech import Batch
+from ..model.tacotron import ProsodyTacotron, decoder_steps
 from ..plugin.capacity import KLController, build_controller
+from ..plugin.errors import CheckpointError, ConfigError, TrainingError
+from ..plugin.masked_norm import length_mask
+from ..plugin.speedups import fast_path_enabled
 from .checkpoint import RunCheckpoints, capture_rng
 from .config import TrainConfig, config_to_dict, lr_schedule
 from .cpu_memory import keep_freed_memory
-from ..data.ljspeech import Batch
+from .data import build_data
 from .distributed import Cluster, StopSignals, has_unused_parameters
-from ..plugin.errors import CheckpointError, ConfigError, TrainingError
 from .losses import TacotronLoss, alignment_diagonal_score
-from ..plugin.masked_norm import length_mask
 from .run_lock import lock_on_rank_0
 from .runlog import KLInactivityWatch, MetricWindow, ProgressDisplay, RunLog
-from ..plugin.speedups import fast_path_enabled
-from ..model.tacotron import ProsodyTacotron, decoder_steps
-from .data import build_data
 from .state import Counters, check_resumable, restore_rank_rng, seed_all
 
 GRIFFIN_LIM_ITERATIONS = 32  # enough to hear prosody in TensorBoard, cheap next to a validation pass

@@ -27,7 +27,7 @@ imports torchaudio, which a CPU-only torch may lack. Install it with
 needs torchaudio, and pip resolving torchaudio from the index would replace a CPU torch with a
 CUDA build of several gigabytes. We only read its weight files, so nothing else is needed.
 
-Input is the mel of audio.py (the HiFi-GAN LJSpeech convention: 22050 Hz, hop 256, 80 Slaney
+Input is the mel of audio/mel.py (the HiFi-GAN LJSpeech convention: 22050 Hz, hop 256, 80 Slaney
 mels to 8 kHz, natural log of max(mel, 1e-5)) in HiFi-GAN's layout (B, n_mels, T), which is the
 transpose of the package's own (B, T, n_mels). Every item of a batch comes out T * 256 samples
 long; padding frames at log(1e-5) give near-silence, so trim each item to its own frames * 256.
@@ -82,8 +82,8 @@ from typing import Callable
 
 import torch
 
-from ..audio.mel import AudioConfig, MelSpectrogram, griffin_lim
-from ..plugin.errors import AudioError, ConfigError
+from ..audio.mel import AudioConfig, MelSpectrogram, check_vocoder_mel, griffin_lim
+from ..plugin.errors import ConfigError
 from .hifigan import HiFiGANConfig, HiFiGANGenerator, load_generator
 from .source_filter import SourceFilterVocoder
 
@@ -110,19 +110,6 @@ def run_vocoder(vocoder: Vocoder, mel: torch.Tensor, f0: torch.Tensor | None = N
     return vocoder(log_mel).reshape(-1)
 
 
-def _check_mel(log_mel: torch.Tensor, n_mels: int) -> None:
-    if not isinstance(log_mel, torch.Tensor):
-        raise AudioError(f"vocoder input log_mel must be a torch.Tensor, got {type(log_mel).__name__}")
-    if log_mel.dim() != 3 or log_mel.shape[1] != n_mels:
-        hint = (" (it looks like (B, T, n_mels): transpose it with mel.transpose(1, 2))"
-                if log_mel.dim() == 3 and log_mel.shape[2] == n_mels else "")
-        raise AudioError(f"vocoder input log_mel must be (B, {n_mels}, T), got {tuple(log_mel.shape)}{hint}")
-    if log_mel.shape[2] == 0:
-        raise AudioError("vocoder input log_mel has no frames (T = 0)")
-    if not torch.isfinite(log_mel).all():
-        raise AudioError("vocoder input log_mel holds NaN or infinite values")
-
-
 class HiFiGANVocoder:
     """A pretrained HiFi-GAN generator as a vocoder: (B, n_mels, T) -> (B, T * hop) float32."""
 
@@ -137,7 +124,7 @@ class HiFiGANVocoder:
         return self.generator.conv_pre.weight.device
 
     def __call__(self, log_mel: torch.Tensor) -> torch.Tensor:
-        _check_mel(log_mel, self.generator.config.n_mels)
+        check_vocoder_mel(log_mel, self.generator.config.n_mels)
         with torch.inference_mode():
             wav = self.generator(log_mel.to(self.device, torch.float32))  # (B, 1, T * hop)
         return wav.squeeze(1)
@@ -159,7 +146,7 @@ class GriffinLimVocoder:
         self.name = "griffin-lim"
 
     def __call__(self, log_mel: torch.Tensor) -> torch.Tensor:
-        _check_mel(log_mel, self.mel_spec.config.n_mels)
+        check_vocoder_mel(log_mel, self.mel_spec.config.n_mels)
         device = self.mel_spec.window.device
         # griffin_lim takes the package's layout (B, T, n_mels)
         return griffin_lim(log_mel.to(device).transpose(1, 2), n_iter=self.n_iter, mel_spec=self.mel_spec)

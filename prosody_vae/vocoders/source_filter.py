@@ -50,7 +50,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..audio.mel import AudioConfig, MelSpectrogram, _overlap_add_istft
+from ..audio.mel import AudioConfig, MelSpectrogram, _overlap_add_istft, check_vocoder_mel
 from ..plugin.errors import AudioError, ConfigError
 
 F0_MIN_HZ = 40.0  # voiced F0 is clamped into [F0_MIN_HZ, F0_MAX_HZ]: bounds the harmonic count
@@ -288,13 +288,11 @@ class SourceFilterVocoder:
 
 
 def _check_inputs(log_mel: object, f0: object, n_mels: int) -> None:
-    from .registry import _check_mel  # the shared mel checks; vocoders imports this module
-
     if f0 is None:
         raise ConfigError("the source-filter vocoder needs the F0 track: call it as vocoder(log_mel, f0=f0) "
                           "with f0 (B, T) in Hz, 0 where unvoiced (a model's pitch head, or metrics.f0_track "
                           "of a reference)")
-    _check_mel(log_mel, n_mels)
+    check_vocoder_mel(log_mel, n_mels)
     if not isinstance(f0, torch.Tensor):
         raise AudioError(f"f0 must be a torch.Tensor (B, T) in Hz, got {type(f0).__name__}")
     batch, _, num_frames = log_mel.shape
