@@ -11,7 +11,8 @@ import torch, einops, the standard library and each other, so the folder works o
 from .capacity import (GECO, CapacityAnnealing, ControllerConfig, DualAscent, FixedBeta, FreeBits, KLAnnealing,
                        KLController, build_controller)
 from .errors import ProsodyVAEError
-from .reference import MeanEncoder, Posterior, ReferenceEncoder, VariationalReferenceEncoder, ZConditioner, condition_on_z
+from .reference import (MeanEncoder, Posterior, ReferenceEncoder, VariationalReferenceEncoder, ZConditioner,
+                        condition_on_z)
 
 __all__ = ["GECO", "CapacityAnnealing", "ControllerConfig", "DualAscent", "FixedBeta", "FreeBits", "KLAnnealing",
            "KLController", "build_controller", "ProsodyVAEError", "MeanEncoder", "Posterior", "ReferenceEncoder",
