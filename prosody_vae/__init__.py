@@ -79,6 +79,7 @@ _EXPORTS = {
     "Synthesizer": "inference.synthesizer",
     "SynthesisResult": "inference.synthesizer",
     "Calibration": "inference.knobs",
+    "Enrolment": "inference.enrolment",
     "calibrate_checkpoint": "inference.calibrate",
     "KNOBS": "inference.knobs",
     "ModelCard": "inference.model_card",
@@ -137,6 +138,7 @@ if TYPE_CHECKING:  # let type checkers and IDEs see the real names
     from .serve import ServeConfig
     from .inference.synthesizer import SynthesisResult, Synthesizer
     from .inference.calibrate import calibrate_checkpoint
+    from .inference.enrolment import Enrolment
     from .inference.knobs import KNOBS, Calibration
     from .inference.model_card import ModelCard
     from .inference.synthesizer import model_card

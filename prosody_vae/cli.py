@@ -8,8 +8,14 @@ command line is one line too (argparse's error, without the usage block; see --h
 from __future__ import annotations
 
 import argparse
+import json
+import math
+import os
+import statistics
 import sys
 from pathlib import Path
+
+import numpy as np
 
 from .audio.mel import save_wav
 from .data.corpus import CorpusConfig, make_corpus
@@ -18,6 +24,7 @@ from .demo import run_demo
 from .evaluation.analysis import analyze_runs
 from .evaluation.evaluate import evaluate
 from .inference.calibrate import calibrate_checkpoint
+from .inference.enrolment import enrolment_file
 from .inference.synthesizer import Synthesizer, save_result
 from .plugin.errors import AudioError, ProsodyVAEError, TextError
 from .serve import ServeConfig, serve
@@ -48,10 +55,6 @@ def cmd_make_corpus(args: argparse.Namespace) -> None:
 
 
 def cmd_stats(args: argparse.Namespace) -> None:
-    import math
-    import statistics
-
-
     rows = corpus_stats(args.data, cache_dir=args.cache_dir)
     out = args.out or args.data / "prosody_stats.csv"
     speakers = speaker_stats(rows)
@@ -135,10 +138,17 @@ def cmd_calibrate(args: argparse.Namespace) -> None:
 
 
 def cmd_inspect(args: argparse.Namespace) -> None:
-    import json
-
     card = _synthesizer(args).model_card()
     print(json.dumps(card.to_dict(), indent=1) if args.json else card.format())
+
+
+def cmd_enroll(args: argparse.Namespace) -> None:
+    synth = Synthesizer.from_checkpoint(args.checkpoint, vocoder="griffin-lim",  # no audio is made
+                                        max_reference_seconds=args.max_reference_seconds)
+    enrolment = synth.enroll(args.name, _wav_files(args.recordings))
+    print(f"enrolled {enrolment.name!r}: {enrolment.f0_mean_hz:.1f} Hz mean F0 over {enrolment.voiced_seconds:.1f} s "
+          f"of voiced speech in {enrolment.n_recordings} recording(s); wrote {enrolment_file(args.checkpoint)}")
+    print(f"use it as reference_speaker: --reference-speaker {enrolment.name}")
 
 
 def cmd_transfer(args: argparse.Namespace) -> None:
@@ -163,8 +173,6 @@ def cmd_transfer(args: argparse.Namespace) -> None:
 
 
 def cmd_encode(args: argparse.Namespace) -> None:
-    import numpy as np
-
     synth = _synthesizer(args)
     files = _wav_files(args.references)
     args.out.mkdir(parents=True, exist_ok=True)
@@ -202,9 +210,6 @@ def cmd_analyze(args: argparse.Namespace) -> None:
 
 
 def cmd_serve(args: argparse.Namespace) -> None:
-    import os
-
-
     config = ServeConfig(max_batch=args.max_batch, max_wait_ms=args.max_wait_ms, max_queue=args.max_queue,
                          timeout_s=args.timeout, token=args.token or os.environ.get("PROSODY_VAE_TOKEN") or None,
                          cors_origins=tuple(args.cors_origin), threads=args.threads,
@@ -305,6 +310,15 @@ def build_parser() -> argparse.ArgumentParser:
     _add_checkpoint(p)
     p.add_argument("--json", action="store_true", help="the card as JSON")
     p.set_defaults(func=cmd_inspect)
+
+    p = commands.add_parser("enroll", help="measure the pitch register of a reference speaker the model never heard")
+    p.add_argument("--checkpoint", type=Path, required=True, help="the checkpoint to enroll against (the "
+                   "enrolments are written beside it, CHECKPOINT.enrolled.json)")
+    p.add_argument("--name", required=True, help="the speaker's name, for --reference-speaker later")
+    p.add_argument("--recordings", type=Path, nargs="+", required=True,
+                   help="wav files or folders of wavs of that speaker (5 or so sentences)")
+    p.add_argument("--max-reference-seconds", type=float, default=30.0, help="refuse longer recordings")
+    p.set_defaults(func=cmd_enroll)
 
     p = commands.add_parser("transfer", help="speak every line of a text file in the prosody of each reference")
     _add_checkpoint(p)

@@ -584,3 +584,34 @@ def test_load_test_script_runs_with_no_errors(tmp_path, monkeypatch):
     assert [r.requests_ok for r in reports] == [3, 12]
     assert sum(int(size) * n for size, n in reports[1].batch_sizes.items()) == 12
     assert (tmp_path / "load.json").is_file()
+
+
+def test_a_voice_enrolled_over_http_is_a_reference_speaker_with_its_own_register():
+    from test_enrolment import steady_tone
+
+    synth = make_synth(n_speakers=2, speaker_dim=4, pitch_head=True)
+    synth.speaker_table = SpeakerTable(("en-us+f3", "en-us+m1"), log_f0_mean=(math.log(220.0), math.log(110.0)))
+    with app_client(ServeConfig(warm_up=False), synth) as multi:
+        upload = lambda wav: multi.post("/v1/encode", files={"reference": ("a.wav", wav_file(wav), "audio/wav")}
+                                        ).json()["reference_id"]
+        takes = [upload(steady_tone(165.0 + i, SR)) for i in range(2)]
+        ask = lambda **kw: multi.post("/v1/synthesize", json={"text": "Hi.", "seed": 1, "format": "json",
+                                                               "include": ["f0"], "reference_id": takes[0],
+                                                               "speaker": "en-us+m1", **kw})
+        refused = ask(reference_speaker="me")
+        assert_refused(refused, 422, "reference_speaker")
+        assert "enrolled: none" in refused.json()["error"]["message"]
+        assert_refused(multi.post("/v1/speakers", json={"name": "en-us+m1", "reference_ids": takes}), 422, "name")
+        assert_refused(multi.post("/v1/speakers", json={"name": "me", "reference_ids": ["nope"]}), 404,
+                       "reference_ids[0]")
+        short = upload(steady_tone(165.0, SR, 0.5))
+        assert_refused(multi.post("/v1/speakers", json={"name": "me", "reference_ids": [short]}), 422, "reference_ids")
+        enrolled = multi.post("/v1/speakers", json={"name": "me", "reference_ids": takes})
+        assert enrolled.status_code == 200, enrolled.text
+        assert enrolled.json()["f0_mean_hz"] == pytest.approx(165.5, rel=0.01)
+        assert multi.get("/v1/model").json()["server"]["enrolled"] == {"me": enrolled.json()["f0_mean_hz"]}
+        relative, absolute = (ask(reference_speaker="me", pitch_mode=mode).json()["results"][0]
+                              for mode in ("relative", "absolute"))
+        voiced = [(a, r) for a, r in zip(absolute["f0_hz"], relative["f0_hz"]) if r > 0]
+        gain = synth.enrolments["me"].f0_mean_hz / 110.0  # the enrolled register over the target voice's
+        assert voiced and all(a == pytest.approx(gain * r, abs=0.15) for a, r in voiced)

@@ -22,7 +22,7 @@ from typing import Any, Callable, Optional, Sequence
 
 import numpy as np
 
-from ..plugin.errors import CheckpointError, ConfigError, ProsodyVAEError
+from ..plugin.errors import CheckpointError, ProsodyVAEError
 
 TABLE_VERSION = 1
 
@@ -69,30 +69,15 @@ class SpeakerTable:
                                       field=argument)
         return [self.index(name, argument) for name in names] * (batch // len(names))
 
-    def register_shift(self, target_ids: Sequence[int], reference_ids: Sequence[int]) -> np.ndarray:
-        """(B,) ln F0 from each target voice's register to its reference speaker's: what
-        `pitch_mode="absolute"` adds to the predicted F0."""
-        if self.log_f0_mean is None:
-            raise ConfigError("pitch_mode='absolute' needs a checkpoint whose speaker table records each "
-                              "speaker's F0")
-        register = np.array(self.log_f0_mean)  # (n_speakers,) ln Hz
-        shift = register[list(reference_ids)] - register[list(target_ids)]
-        if not np.isfinite(shift).all():
-            unknown = sorted({self.names[i] for i in [*reference_ids, *target_ids] if not np.isfinite(register[i])})
-            raise ConfigError(f"pitch_mode='absolute': no F0 recorded for speaker(s) {unknown} (no voiced training frames)")
-        return shift
-
-    def registers(self, speaker: "str | Sequence[str] | None", batch: int, argument: str = "speaker") -> list[float]:
-        """(B,) each named speaker's mean ln F0; NaN for no name or where none is recorded."""
-        if speaker is None or self.log_f0_mean is None:
-            return [math.nan] * batch
-        return [self.log_f0_mean[i] for i in self.ids(speaker, batch, argument)]
+    def register(self, name: str, argument: str = "speaker") -> float:
+        """The speaker's mean ln F0 (Hz) over its voiced training frames; NaN where none is recorded
+        (a checkpoint from before registers, or a voice without voiced frames)."""
+        index = self.index(name, argument)
+        return math.nan if self.log_f0_mean is None else self.log_f0_mean[index]
 
     def f0_mean_hz(self, name: str) -> float:
         """The speaker's mean F0 in Hz (geometric mean over voiced frames); NaN if not recorded."""
-        if self.log_f0_mean is None:
-            return math.nan
-        return math.exp(self.log_f0_mean[self.index(name)])
+        return math.exp(self.register(name))
 
     # ----------------------------------------------------------------------------- building
     @classmethod

@@ -70,6 +70,7 @@ from __future__ import annotations
 import hashlib
 import math
 import os
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Literal, Mapping, Optional, Sequence, Union
@@ -81,7 +82,7 @@ from ..audio.mel import MelSpectrogram, griffin_lim, load_reference, save_wav
 from ..audio.pitch import FrameFeatures, frame_features
 from ..audio.postfilter import GlobalVariance
 from ..audio.prosody_tracks import batch_tracks, nearest_register, reference_features, utterance_register
-from ..data.speakers import SpeakerTable
+from ..data.speakers import SpeakerTable, UnknownSpeakerError
 from ..data.text import TextProcessor
 from ..model.tacotron import InferenceOutput, ProsodyTacotron
 from ..plugin.errors import ConfigError, ReferenceInputError, TextError
@@ -89,6 +90,7 @@ from ..plugin.reference import Posterior
 from ..training.checkpoint import load_model_and_state
 from ..training.config import TrainConfig
 from ..vocoders.registry import best_available_vocoder, load_vocoder, run_vocoder
+from .enrolment import Enrolment, enrolment_file, load_enrolments, measure_enrolment, save_enrolments
 from .knobs import Calibration, KnobCalibration, control_paths, edit_f0, edit_level
 from .model_card import ModelCard, card_of
 from .quantize import Precision, reduce_precision
@@ -192,6 +194,8 @@ class Synthesizer:
         self.calibration: Optional[Calibration] = None  # knob directions; from_checkpoint reads them
         self.checkpoint: Optional[Path] = None
         self.checkpoint_state: dict = {}  # the checkpoint's bookkeeping (step, speakers, ...), no weights
+        self.enrolments: dict[str, Enrolment] = {}  # reference speakers it never heard (enrolment.py)
+        self._enrolling = threading.Lock()
         n_speakers = model.config.n_speakers
         # the registers an unnamed reference of a "prosody" model is matched to (a single-speaker
         # model's table holds its one voice)
@@ -215,6 +219,7 @@ class Synthesizer:
                     speaker_table=SpeakerTable.from_checkpoint(state, str(path)))
         synth.calibration = Calibration.from_checkpoint(state, path)
         synth.checkpoint = Path(path)
+        synth.enrolments = load_enrolments(enrolment_file(path))
         synth.checkpoint_state = {k: v for k, v in state.items() if k in ("step", "epoch", "trainer", "speakers")}
         return synth
 
@@ -238,6 +243,55 @@ class Synthesizer:
         """(B,) ids of one name or one per item (SpeakerTable.ids); None for a model without speakers."""
         ids = self.speaker_table.ids(speaker, batch, argument)
         return None if ids is None else torch.tensor(ids, dtype=torch.long, device=self.device)
+
+    def enroll(self, name: str, recordings: Sequence[Reference], save: bool = True) -> Enrolment:
+        """Know a reference speaker the model never heard by the register of their `recordings`
+        (wav paths or waveforms; 5 or so of a sentence each), so that `reference_speaker=name`
+        reads their pitch relative to their own range and `pitch_mode="absolute"` lands at their
+        Hz. Enrolling a name again replaces it. `save`: also store every enrolment beside the
+        checkpoint this Synthesizer was loaded from (atomically; enrolment.py)."""
+        if name in self.speaker_table.names:
+            raise ConfigError(f"enroll: {name!r} is a voice this model was trained on; give the new speaker "
+                              "another name", field="name")
+        if isinstance(recordings, (str, os.PathLike, np.ndarray, torch.Tensor)):
+            recordings = [recordings]
+        tracks = [self.reference_tracks(recording) for recording in recordings]
+        enrolment = measure_enrolment(name, tracks, self.audio.hop_length / self.audio.sample_rate)
+        with self._enrolling:  # two enrolments at once must not lose one
+            enrolments = {**self.enrolments, name: enrolment}  # a new dict: a serving thread may be reading
+            if save and self.checkpoint is not None:
+                save_enrolments(enrolment_file(self.checkpoint), enrolments)  # kept only once it is written
+            self.enrolments = enrolments
+        return enrolment
+
+    def reference_registers(self, reference_speaker: Speaker, batch: int) -> list[float]:
+        """(B,) ln Hz register of each item's reference speaker: an enrolled one's, a training
+        voice's, NaN where the speaker is not named (or the checkpoint records no register)."""
+        if reference_speaker is None:
+            return [math.nan] * batch
+        names = [reference_speaker] if isinstance(reference_speaker, str) else list(reference_speaker)
+        if len(names) not in (1, batch):
+            raise UnknownSpeakerError(f"reference_speaker: got {len(names)} speakers for {batch} references "
+                                      f"(give 1 or {batch})", field="reference_speaker")
+        return [self._register(name) for name in names] * (batch // len(names))
+
+    def _refuse_enrolled(self, reference_speaker: Speaker, why: str) -> None:
+        names = [reference_speaker] if isinstance(reference_speaker, str) else list(reference_speaker or [])
+        enrolled = [name for name in names if name in self.enrolments]
+        if enrolled:
+            raise ConfigError(f"reference_speaker: {enrolled[0]!r} is enrolled, not trained on: {why}",
+                              field="reference_speaker")
+
+    def _register(self, name: str) -> float:
+        if name in self.enrolments:
+            return self.enrolments[name].log_f0_mean
+        if name in self.speaker_table.names:
+            return self.speaker_table.register(name, "reference_speaker")
+        known = ", ".join(self.speakers) or "none (a single-speaker model)"
+        enrolled = ", ".join(self.enrolments) or "none"
+        raise UnknownSpeakerError(f"reference_speaker: unknown speaker {name!r}; this model knows {known}, and has "
+                                  f"enrolled {enrolled}; enroll a new voice with synth.enroll({name!r}, [wav, ...]) "
+                                  "or `prosody-vae enroll`", field="reference_speaker")
 
     # ----------------------------------------------------------------------------- inputs
     def reference_mel(self, reference: Reference) -> torch.Tensor:
@@ -321,8 +375,11 @@ class Synthesizer:
                 raise ReferenceInputError(f"got {len(transcripts)} reference transcripts for {len(references)} "
                                           "references", field="reference_text")
             text, text_lengths = self._encode_texts(transcripts, "reference_text")
-        speaker_ids = (self.speaker_ids(reference_speaker, len(references), "reference_speaker")
-                       if self.model.config.posterior.endswith("+S") else None)
+        speaker_ids = None
+        if self.model.config.posterior.endswith("+S"):
+            self._refuse_enrolled(reference_speaker, f"a {self.model.config.posterior} posterior reads the reference "
+                                                     "speaker's embedding, which only a training voice has")
+            speaker_ids = self.speaker_ids(reference_speaker, len(references), "reference_speaker")
         return self.model.encode_reference(mel, lengths, text, text_lengths, speaker_ids, mode="mean")
 
     def reference_input(self, references: Sequence[Reference], reference_speaker: Speaker = None
@@ -336,8 +393,7 @@ class Synthesizer:
             lengths = torch.tensor([m.shape[0] for m in mels], device=self.device)
             return torch.nn.utils.rnn.pad_sequence(mels, batch_first=True, padding_value=self.audio.pad_value), lengths
         log_f0, voiced, energy, lengths = batch_tracks([self.reference_tracks(r) for r in references])
-        registers = torch.tensor(self.speaker_table.registers(reference_speaker, len(references), "reference_speaker")
-                                 if self.speakers else [math.nan] * len(references))  # (B,) NaN: not named
+        registers = torch.tensor(self.reference_registers(reference_speaker, len(references)))  # (B,) NaN: not named
         unnamed = nearest_register(utterance_register(log_f0, voiced), self.known_registers)
         features = reference_features(log_f0, voiced, energy, torch.where(torch.isnan(registers), unnamed, registers))
         return features.to(self.device), lengths.to(self.device)
@@ -465,8 +521,12 @@ class Synthesizer:
         if reference_speaker is None:
             raise ConfigError("pitch_mode='absolute' needs reference_speaker= (who speaks the reference)",
                               field="reference_speaker")
-        reference_ids = self.speaker_table.ids(reference_speaker, batch, "reference_speaker")
-        shift = self.speaker_table.register_shift(speaker_ids.tolist(), reference_ids)
+        target = [self.speaker_table.register(self.speakers[i]) for i in speaker_ids.tolist()]
+        shift = np.subtract(self.reference_registers(reference_speaker, batch), target)  # (B,) ln Hz
+        if not np.isfinite(shift).all():
+            raise ConfigError("pitch_mode='absolute' needs the registers of the target voice and of the reference "
+                              "speaker; this checkpoint records none for some of them (a checkpoint from before "
+                              "registers, or a voice without voiced training frames)", field="pitch_mode")
         return torch.as_tensor(shift, dtype=torch.float32, device=self.device)
 
     @torch.no_grad()

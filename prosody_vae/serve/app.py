@@ -6,6 +6,7 @@
     POST /v1/synthesize    JSON, or multipart (`options` JSON + a `reference` file) -> WAV or JSON
     POST /v1/encode        multipart `reference` (+ `reference_text`), or JSON {reference_id} -> posterior
     POST /v1/interpolate   JSON: a text spoken from one reference's prosody to another's
+    POST /v1/speakers      JSON {name, reference_ids}: enroll a reference speaker the model never heard
     GET  /openapi.json     the API description (and /docs)
 
 Every refusal is a 4xx whose JSON body names the field: {"error": {"field", "message", "type"}}.
@@ -37,7 +38,7 @@ from ..plugin.errors import ProsodyVAEError, RequestError
 from ..version import __version__
 from .batching import Job, QueueFull
 from .engine import Rendered, ServeConfig, SynthesisEngine, request_error
-from .schemas import EncodeRequest, InterpolateRequest, SynthesizeRequest
+from .schemas import EncodeRequest, EnrollRequest, InterpolateRequest, SynthesizeRequest
 from .uploads import decode_upload
 
 STATIC = Path(__file__).parent / "static"
@@ -120,6 +121,10 @@ def create_app(engine: SynthesisEngine) -> FastAPI:
         results = await run_in_threadpool(engine.vocode, [_with_batch(r, job) for r in _result(job)])
         return {"sample_rate": engine.sample_rate,
                 "results": [_as_json(r, engine.sample_rate, body.include) for r in results]}
+
+    @app.post("/v1/speakers", dependencies=authorized)
+    async def enroll(body: EnrollRequest) -> dict[str, Any]:
+        return await run_in_threadpool(engine.enroll, body.name, body.reference_ids)  # pitch tracking: seconds
 
     return app
 

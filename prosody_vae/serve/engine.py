@@ -28,7 +28,7 @@ import torch
 
 from ..audio.mel import AudioConfig
 from ..inference.knobs import KNOBS, calibrate_command
-from ..plugin.errors import ConfigError, ControlError, ProsodyVAEError, ReferenceInputError, RequestError, TextError
+from ..plugin.errors import CheckpointError, ConfigError, ControlError, ProsodyVAEError, ReferenceInputError, RequestError, TextError
 from ..vocoders.registry import available_vocoders, load_vocoder, run_vocoder
 from .batching import BatchWorker
 from .schemas import InterpolateRequest, SynthesizeRequest
@@ -159,6 +159,7 @@ class SynthesisEngine:
             "knobs": {name: {"min": knob.minimum, "max": knob.maximum, "default": KNOBS[name].neutral,
                              "unit": knob.unit, "path": knob.path}
                       for name, knob in self.synth.controls.items() if knob.path != "none"},
+            "enrolled": {name: round(e.f0_mean_hz, 2) for name, e in sorted(self.synth.enrolments.items())},
             "calibrate_command": None if self.synth.calibration else calibrate_command(self.synth.checkpoint),
             "limits": {k: v for k, v in asdict(self.config).items()
                        if k in ("max_text_chars", "max_items", "max_upload_bytes", "timeout_s")}
@@ -209,11 +210,30 @@ class SynthesisEngine:
                 raise RequestError(f"controls.{name}", str(exc)) from None
 
     def check_speaker(self, speaker: str, field: str = "speaker") -> None:
+        """A voice of the model; for `reference_speaker` an enrolled speaker too (POST /v1/speakers)."""
         known = self.synth.speakers
-        if not known:
-            raise RequestError(field, f"this is a single-speaker model: leave `{field}` out")
-        if speaker not in known:
-            raise RequestError(field, f"unknown speaker {speaker!r}; known: {', '.join(known)}")
+        enrolled = list(self.synth.enrolments) if field == "reference_speaker" else []
+        if speaker in known or speaker in enrolled:
+            return
+        if not known and not enrolled:
+            raise RequestError(field, f"this is a single-speaker model: leave `{field}` out"
+                                      + (" (or enroll the reference's speaker: POST /v1/speakers)"
+                                         if field == "reference_speaker" else ""))
+        raise RequestError(field, f"unknown speaker {speaker!r}; known: {', '.join(known) or 'none'}"
+                                  + (f"; enrolled: {', '.join(enrolled) or 'none'} (POST /v1/speakers enrolls one)"
+                                     if field == "reference_speaker" else ""))
+
+    def enroll(self, name: str, reference_ids: list[str]) -> dict[str, Any]:
+        """Enroll a reference speaker from earlier uploads (`Synthesizer.enroll`), stored beside the
+        checkpoint; what was measured."""
+        recordings = [self.references.get(rid, f"reference_ids[{i}]") for i, rid in enumerate(reference_ids)]
+        try:
+            enrolment = self.synth.enroll(name, recordings)
+        except CheckpointError as exc:  # the file beside the checkpoint could not be written: ours, not theirs
+            raise RequestError("name", str(exc), 500) from None
+        except ProsodyVAEError as exc:
+            raise RequestError("reference_ids" if exc.field == "recordings" else exc.field or "name", str(exc)) from None
+        return {**asdict(enrolment), "f0_mean_hz": round(enrolment.f0_mean_hz, 2)}
 
     # ----------------------------------------------------------------------------- jobs
     def synthesis_jobs(self, request: SynthesizeRequest, reference: Optional[np.ndarray],

@@ -72,3 +72,12 @@ class InterpolateRequest(_Closed):
     speaker: Optional[str] = Field(None, description="the output's voice (GET /v1/model lists them)")
     vocoder: Optional[str] = None
     include: list[Extra] = Field(default_factory=list)
+
+
+class EnrollRequest(_Closed):
+    """A reference speaker the model never heard, known from a few uploads (POST /v1/encode each):
+    afterwards `reference_speaker: name` reads their pitch relative to their own register."""
+
+    name: str = Field(min_length=1, max_length=64)
+    reference_ids: list[str] = Field(min_length=1, max_length=32, description="earlier uploads' ids, "
+                                     "5 or so recordings of a sentence each")
