@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from .audio.mel import save_wav
-from .data.corpus import CorpusConfig, make_corpus
+from .data.corpus import VOICE_SETS, CorpusConfig, make_corpus
 from .data.stats import corpus_stats, speaker_stats, speakers_path, write_speaker_stats, write_stats
 from .demo import run_demo
 from .evaluation.analysis import analyze_runs
@@ -49,7 +49,8 @@ def _positive_int(text: str) -> int:
 
 
 def cmd_make_corpus(args: argparse.Namespace) -> None:
-    summary = make_corpus(args.out, CorpusConfig(n=args.n, seed=args.seed, workers=args.workers))
+    summary = make_corpus(args.out, CorpusConfig(n=args.n, seed=args.seed, workers=args.workers,
+                                                 voices=VOICE_SETS[args.voices]))
     print(summary.format())
     print(f"wrote {args.out}/metadata.csv, {args.out}/factors.csv and {args.out}/wavs/")
 
@@ -79,7 +80,7 @@ def cmd_train(args: argparse.Namespace) -> None:
 
 def cmd_demo(args: argparse.Namespace) -> None:
     report = run_demo(args.out, n_utterances=args.n, max_steps=args.max_steps, config_path=args.config,
-                      max_decoder_steps=args.max_decoder_steps)
+                      max_decoder_steps=args.max_decoder_steps, voices=args.voices)
     print(report.format())
     print(f"wrote {args.out}/report.md, {args.out}/wavs/ and {args.out}/plots/ "
           f"in {report.wall_seconds / 60:.1f} min")
@@ -247,6 +248,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--n", type=_positive_int, default=1000, help="number of utterances")
     p.add_argument("--seed", type=int, default=0, help="same seed, byte-identical corpus")
     p.add_argument("--workers", type=_positive_int, default=2, help="processes for synthesis and F0")
+    p.add_argument("--voices", choices=sorted(VOICE_SETS), default="demo",
+                   help="demo: 12 espeak-ng voices; wide: 38, for a model that must generalise to voices it "
+                        "never heard (train it with --recipe wide)")
     p.set_defaults(func=cmd_make_corpus)
 
     p = commands.add_parser("stats", help="per-utterance F0, range, voicing, rate and energy of a corpus (CSV)")
@@ -273,7 +277,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-decoder-steps", type=_positive_int,
                    help="cap free-running synthesis (default: the model config's); with --n and "
                         "--max-steps, for a quick run")
-    p.add_argument("--config", type=Path, help="default: the demo recipe (recipes/demo/config.toml)")
+    p.add_argument("--config", type=Path, help="default: the demo recipe (recipes/demo/config.toml), or with "
+                                               "--voices wide the wide recipe")
+    p.add_argument("--voices", choices=sorted(VOICE_SETS), default="demo", help="the corpus's voice set "
+                   "(make-corpus --voices)")
     p.set_defaults(func=cmd_demo)
 
     p = commands.add_parser("synthesize", help="speak one text, with a reference's prosody or a prior sample")

@@ -22,14 +22,14 @@ from pathlib import Path
 import numpy as np
 
 from .audio.mel import load_wav, save_wav
-from .data.corpus import CorpusConfig, make_corpus, measure_prosody
+from .data.corpus import VOICE_SETS, CorpusConfig, make_corpus, measure_prosody
 from .data.ljspeech import read_metadata
 from .evaluation.quality import (QUALITY_NOTE, ConditionQuality, MissingExtraError, QualityMeter, copy_synthesis,
                                  quality_table)
 from .evaluation.speaker_leakage import cross_speaker_similarity, enrol_voices
 from .inference.calibrate import calibrate_with_best
 from .inference.synthesizer import Synthesizer
-from .plugin.errors import ControlError
+from .plugin.errors import ConfigError, ControlError
 from .training.config import load_config, recipe_config
 from .training.runlog import read_metrics
 from .training.trainer import train
@@ -58,18 +58,26 @@ class DemoReport:
 
 def run_demo(out_dir: str | Path, n_utterances: int = 1000, max_steps: int | None = None,
              config_path: str | Path | None = None, seed: int = 0,
-             max_decoder_steps: int | None = None) -> DemoReport:
-    """Run the demo into `out_dir` with the demo recipe or `config_path`. `max_steps` and
-    `max_decoder_steps` (free-running synthesis; default: the model config's) override the
-    config, for a quick run."""
+             max_decoder_steps: int | None = None, voices: str = "demo") -> DemoReport:
+    """Run the demo into `out_dir` with the demo recipe (the wide recipe for `voices="wide"`) or
+    `config_path`. `max_steps` and `max_decoder_steps` (free-running synthesis; default: the
+    model config's) override the config, for a quick run. `voices`: the corpus's voice set
+    (data/corpus.py, VOICE_SETS)."""
     started = time.perf_counter()
     out_dir = Path(out_dir)
-    config = load_config(config_path or recipe_config("demo"))
+    if voices not in VOICE_SETS:
+        raise ConfigError(f"voices must be one of {', '.join(sorted(VOICE_SETS))}, got {voices!r}", field="voices")
+    config = load_config(config_path or recipe_config("wide" if voices == "wide" else "demo"))
+    n_voices = len(VOICE_SETS[voices])
+    if config.model.n_speakers and config.model.n_speakers < n_voices:  # before minutes of corpus making
+        raise ConfigError(f"{config_path or 'the recipe'}: model.n_speakers is {config.model.n_speakers}, the "
+                          f"{voices!r} voice set has {n_voices} voices", field="voices")
 
     corpus = out_dir / "corpus"
     if not (corpus / "metadata.csv").is_file():
-        print(f"[1/3] making the built-in corpus ({n_utterances} utterances) in {corpus}", flush=True)
-        print(make_corpus(corpus, CorpusConfig(n=n_utterances, seed=seed)).format(), flush=True)
+        print(f"[1/3] making the built-in corpus ({n_utterances} utterances, {n_voices} voices) in {corpus}", flush=True)
+        print(make_corpus(corpus, CorpusConfig(n=n_utterances, seed=seed, voices=VOICE_SETS[voices])).format(),
+              flush=True)
     run = out_dir / "run"
     print(f"[2/3] training ({max_steps or config.max_steps} steps) in {run}; TensorBoard: "
           f"tensorboard --logdir {run / 'tensorboard'}", flush=True)

@@ -213,3 +213,32 @@ def test_out_dir_policy(tmp_path):
     assert [u.id for u in read_metadata(previous)] == [f"utt{i:05d}" for i in range(3)]
     assert all(r["f0_mean_hz"] == "" for r in read_factors(previous))  # not measured, not faked
     assert not list(previous.glob(".*.tmp"))
+
+
+def test_the_wide_set_holds_the_demo_voices_and_none_of_the_held_out_ones():
+    from prosody_vae.data.corpus import HELD_OUT_VOICES, VOICE_SETS, WIDE_VOICES
+    from prosody_vae.training.config import load_config, recipe_config
+
+    variant = lambda voice: voice.partition("+")[2]
+    assert set(DEFAULT_VOICES) < set(WIDE_VOICES) and len(set(WIDE_VOICES)) == len(WIDE_VOICES) == 38
+    # held out by variant: no set trains on any voice of the same formant variant
+    assert not {variant(v) for v in HELD_OUT_VOICES} & {variant(v) for s in VOICE_SETS.values() for v in s}
+    assert load_config(recipe_config("wide")).model.n_speakers == len(WIDE_VOICES)
+    assert load_config(recipe_config("demo")).model.n_speakers == len(DEFAULT_VOICES)
+
+
+@pytest.mark.parametrize("voice", ["en-gb-x-gbclan+linda", "en-us+klatt6", "en-029+Alicia"])
+def test_wide_and_held_out_voices_speak_voiced_audio(voice):
+    from prosody_vae.evaluation.metrics import prosody_summary
+
+    summary = prosody_summary(synthesize("We bought apples at the market.", Factors(voice, 175, 50, 50, 100)))
+    assert summary.voiced_fraction > 0.3 and 70 < summary.f0_mean_hz < 300
+
+
+def test_a_demo_whose_recipe_has_too_few_speakers_for_its_voices_stops_before_the_corpus(tmp_path):
+    from prosody_vae.demo import run_demo
+    from prosody_vae.training.config import recipe_config
+
+    with pytest.raises(ConfigError, match="n_speakers is 12, the 'wide' voice set has 38 voices") as refused:
+        run_demo(tmp_path / "demo", voices="wide", config_path=recipe_config("demo"))
+    assert refused.value.field == "voices" and not (tmp_path / "demo").exists()

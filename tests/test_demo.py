@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import subprocess
 import sys
 
@@ -136,6 +137,15 @@ def test_cli_demo_end_to_end(tmp_path):
     assert len(scores["reconstruction"]) == len(scores["parallel_transfer"]) == 3
     assert len(scores["non_parallel_transfer"]) == 3 * 2  # every text with every other reference
     assert set(scores["transfer_correlation"]) == {"rate", "f0_mean_hz", "f0_range_semitones", "speech_s"}
+    centred = scores["transfer_centred"]
+    assert set(centred) == {"rate", "offset_st", "range_st", "level_db"}
+    # rate and level are measured on any audio; each interval, where there is one, is a range of r
+    assert centred["rate"]["n"] == centred["level_db"]["n"] == 6
+    assert all(-1 <= c["low"] <= c["high"] <= 1 for c in centred.values() if math.isfinite(c["low"]))
+    assert {"f0_contour_r", "pause_f1"} <= set(scores["parallel_contour"]) and all(
+        "f0_contour_r" in p and "pause_f1" in p for p in scores["reconstruction"])
+    report_md = (tmp_path / "eval" / "evaluation.md").read_text()
+    assert "## Contours" in report_md and "Centred per output text" in report_md
     assert scores["prior_sampling"]["n"] == 8 and (tmp_path / "eval" / "reconstruction.png").is_file()
     # 16 utterances in 12 voices: a held-out reference's voice may have no other recording to know it by
     speakers = scores["speakers"]

@@ -56,6 +56,29 @@ DEFAULT_VOICES = (
     "en-gb-x-rp+f4", "en-gb-scotland+m7", "en-gb-scotland+f5", "en-029+m6", "en-us-nyc+m2",
 )
 
+# More of espeak-ng's variants (each with one of the accents above, in turn) for a model that must
+# generalise to voices it never heard: the 12 above and 26 more, 38 voices.
+_MORE_VARIANTS = ("m2", "m4", "m6", "m7", "klatt4", "klatt6", "Jacky", "Lee", "Denis", "edward", "john",
+                  "norbert", "victor", "Hugo", "Reed", "david", "pablo", "iven", "f1", "f4", "f5", "Alicia",
+                  "Andrea", "aunty", "shelby", "Annie")
+_ACCENTS = ("en", "en-gb-x-rp", "en-gb-scotland", "en-029", "en-us-nyc", "en-us")
+
+
+def _wide_voices() -> tuple[str, ...]:
+    voices = list(DEFAULT_VOICES)
+    for i, variant in enumerate(_MORE_VARIANTS):  # the i-th accent, or the next one not yet taken
+        accents = _ACCENTS[i % len(_ACCENTS):] + _ACCENTS[:i % len(_ACCENTS)]
+        voices.append(next(f"{a}+{variant}" for a in accents if f"{a}+{variant}" not in voices))
+    return tuple(voices)
+
+
+WIDE_VOICES = _wide_voices()
+VOICE_SETS = {"demo": DEFAULT_VOICES, "wide": WIDE_VOICES}
+# Voices that no set above holds, by variant and, for four of them, by accent too (gbclan and
+# gbcwmd): what benchmarks/unseen_voices.py reports transfer from. Three male, three female.
+HELD_OUT_VOICES = ("en-gb-x-gbclan+m5", "en-gb-x-gbcwmd+m8", "en-us+adam", "en+steph", "en-gb-x-gbclan+linda",
+                   "en+belinda")
+
 # ---------------------------------------------------------------------------- factors and config
 @dataclass(frozen=True)
 class Factors:

@@ -7,8 +7,12 @@ On the held-out utterances of the checkpoint's own split (data.n_val, data.seed)
 - parallel transfer (built-in corpus only: it needs `factors.csv` to re-speak a text): the
   utterance's text is spoken by espeak-ng with another utterance's factors, and that recording is
   the reference; the output is compared with it, as above;
+- contours (contour.py), for reconstruction and parallel transfer: the DTW-aligned F0 contour r
+  and pause placement F1, each a mean with a 95% bootstrap interval;
 - non-parallel transfer: each text with every other held-out utterance as reference; the output's
-  speaking rate, F0 mean and F0 range against the reference's (Pearson r over all pairs);
+  speaking rate, F0 mean and F0 range against the reference's (Pearson r over all pairs), and the
+  per-text-centred r of rate, pitch offset within the voice's range, F0 range and level, each
+  with a 95% bootstrap interval over references;
 - prior sampling: one text at `n_prior` seeds, temperature 1: spread of F0 mean and duration;
 - speakers (a corpus whose metadata names two or more speakers; speaker_leakage.py): the
   cross-validated accuracy of a linear speaker probe on the posterior means of `n_probe` training
@@ -44,6 +48,7 @@ from ..data.corpus import Factors, synthesize
 from ..data.ljspeech import read_metadata, split_train_val
 from ..inference.synthesizer import Synthesizer
 from ..plugin.errors import DataError
+from .contour import centred_correlation, dtw_f0_correlation, mean_interval, pause_placement
 from .metrics import compare_f0, duration_ratio, f0_track, mel_cepstral_distortion, prosody_summary
 from .quality import QUALITY_NOTE, MissingExtraError, QualityMeter, pearson, quality_table
 from .speaker_leakage import cross_speaker_transfer, enrol_voices, posterior_means, speaker_probe, summarise_pairs
@@ -59,12 +64,23 @@ class PairScores:
     ffe: float
     f0_rmse_cents: float
     duration_ratio: float  # output speech seconds / recording speech seconds
+    f0_contour_r: float  # DTW-aligned, mean-centred log-F0 contours (contour.py)
+    pause_f1: float  # pause placement; NaN where neither pauses
 
 
 def _scores(recording: np.ndarray, output: np.ndarray, sample_rate: int) -> PairScores:
     pitch = compare_f0(f0_track(recording), f0_track(output))
     return PairScores(mel_cepstral_distortion(recording, output, sample_rate), pitch.gpe, pitch.vde, pitch.ffe,
-                      pitch.f0_rmse_cents, duration_ratio(recording, output, sample_rate))
+                      pitch.f0_rmse_cents, duration_ratio(recording, output, sample_rate),
+                      dtw_f0_correlation(recording, output, sample_rate), pause_placement(recording, output, sample_rate).f1)
+
+
+def _contour_intervals(scores: list[dict], seed: int) -> dict:
+    return {name: asdict(mean_interval([s[name] for s in scores], seed)) for name in ("f0_contour_r", "pause_f1")}
+
+
+# the per-sentence-centred quantities of non-parallel transfer, and how each is read from a pair
+CENTRED = {"rate": "rate", "offset_st": "f0_offset_st", "range_st": "f0_range_semitones", "level_db": "energy_db"}
 
 
 def _mean(values) -> float:
@@ -97,6 +113,7 @@ def evaluate(checkpoint: str | os.PathLike, data_dir: str | os.PathLike, out_dir
     results: dict = {"checkpoint": str(checkpoint), "data": str(data_dir), "items": [u.id for u in items],
                      "reconstruction": [asdict(_scores(recordings[u.id], w, sr))
                                         for u, w in zip(items, reconstruction.wav)]}
+    results["reconstruction_contour"] = _contour_intervals(results["reconstruction"], seed)
     texts = [u.text for u in items]
     if meter:
         conditions["reconstruction"] = meter.measure(reconstruction.wav, texts, [recordings[u.id] for u in items],
@@ -112,6 +129,7 @@ def evaluate(checkpoint: str | os.PathLike, data_dir: str | os.PathLike, out_dir
                                      reference_speaker=speaker).wav[0])
             parallel.append(asdict(_scores(references[-1], outputs[-1], sr)))
         results["parallel_transfer"] = parallel
+        results["parallel_contour"] = _contour_intervals(parallel, seed)
         if meter:
             conditions["parallel_transfer"] = meter.measure(outputs, texts, references, reference_texts=texts)
 
@@ -130,10 +148,18 @@ def evaluate(checkpoint: str | os.PathLike, data_dir: str | os.PathLike, out_dir
             output_texts.append(text)
             output_summaries.append(out_summary)
             reference_of.append(i)
+    for p in pairs:  # the pitch offset within the voice's own range; the voice is the reference's
+        register = _register_hz(synth, voice_of(next(u for u in items if u.id == p["reference"])), items, recordings)
+        for side in ("reference", "output"):
+            p[f"{side}_f0_offset_st"] = 12 * math.log2(p[f"{side}_f0_mean_hz"] / register)
     results["non_parallel_transfer"] = pairs
     results["transfer_correlation"] = {
         name: pearson([p[f"reference_{name}"] for p in pairs], [p[f"output_{name}"] for p in pairs])
         for name in ("rate", "f0_mean_hz", "f0_range_semitones", "speech_s")}
+    results["transfer_centred"] = {
+        name: asdict(centred_correlation([p[f"reference_{key}"] for p in pairs], [p[f"output_{key}"] for p in pairs],
+                                         [p["text"] for p in pairs], [p["reference"] for p in pairs], seed))
+        for name, key in CENTRED.items()}
     if meter:
         conditions["non_parallel_transfer"] = meter.measure(
             outputs, output_texts, [recordings[u.id] for u in items], reference_of, texts, output_summaries)
@@ -157,6 +183,16 @@ def evaluate(checkpoint: str | os.PathLike, data_dir: str | os.PathLike, out_dir
     (out_dir / "evaluation.json").write_text(json.dumps(results, indent=1, default=float), encoding="utf-8")
     (out_dir / "evaluation.md").write_text(_markdown(results, conditions), encoding="utf-8")
     return results
+
+
+def _register_hz(synth, voice, items, recordings) -> float:
+    """The register (Hz) a voice's pitch offset is taken from: the speaker table's; for a model
+    without registers, the geometric mean F0 of the evaluated recordings (pyin)."""
+    register = synth.reference_registers(voice, 1)[0] if voice else math.nan
+    if math.isfinite(register):
+        return math.exp(register)
+    means = [prosody_summary(recordings[u.id], synth.audio.sample_rate).f0_mean_hz for u in items]
+    return math.exp(float(np.nanmean(np.log(means))))
 
 
 def _speaker_figures(synth, training: list, enrolment: list, items: list, n_probe: int, seed: int) -> dict:
@@ -216,9 +252,17 @@ def _markdown(r: dict, conditions: dict) -> str:
     if "parallel_transfer" in r:
         lines += ["## Parallel transfer (espeak-ng re-speaks the text with another utterance's factors)", "",
                   *table(r["parallel_transfer"]), ""]
+    lines += ["## Contours (DTW-aligned F0 contour r, pause placement F1; mean [95% interval], n)", "",
+              "| condition | F0 contour r | pause F1 |", "|---|---|---|",
+              *(f"| {name} | {_interval(r[key]['f0_contour_r'])} | {_interval(r[key]['pause_f1'])} |"
+                for name, key in (("reconstruction", "reconstruction_contour"),
+                                  ("parallel transfer", "parallel_contour")) if key in r), ""]
     lines += ["## Non-parallel transfer: Pearson r, reference vs output, over all pairs", "",
               "| quantity | r |", "|---|---|",
               *(f"| {k} | {v:.3f} |" for k, v in r["transfer_correlation"].items()), "",
+              "Centred per output text (each text's own effect removed), 95% bootstrap interval over references:", "",
+              "| quantity | r [95% interval] (pairs) |", "|---|---|",
+              *(f"| {k} | {_interval(v)} |" for k, v in r["transfer_centred"].items()), "",
               "## Prior sampling", "",
               f"{r['prior_sampling']['n']} samples of one text: speech duration {r['prior_sampling']['speech_s_mean']:.2f} "
               f"± {r['prior_sampling']['speech_s_std']:.2f} s, F0 mean spread {r['prior_sampling']['f0_mean_hz_std']:.1f} Hz.",
@@ -230,6 +274,10 @@ def _markdown(r: dict, conditions: dict) -> str:
                   *(f"Skipped {measure}: {why}" for measure, why in r["quality_skipped"].items()), ""]
     lines += ["![reconstruction](reconstruction.png)"]
     return "\n".join(lines) + "\n"
+
+
+def _interval(i: dict) -> str:
+    return f"{i['value']:.2f} [{i['low']:.2f}, {i['high']:.2f}] (n {i['n']})"
 
 
 def _speaker_markdown(figures: dict) -> list[str]:
