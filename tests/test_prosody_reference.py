@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from prosody_vae.training.config import TrainConfig, config_from_dict, config_to_dict
-from prosody_vae.plugin.errors import ReferenceInputError
+from prosody_vae.plugin.errors import ConfigError, ReferenceInputError
 from prosody_vae.inference.synthesizer import Synthesizer
 from prosody_vae.audio.pitch import ENERGY_FLOOR_DB
 from prosody_vae.audio.prosody_tracks import LEVEL_FLOOR_DB, LEVEL_SCALE_DB, nearest_register, reference_features
@@ -109,21 +109,64 @@ def test_a_log_mel_reference_is_refused_because_it_has_no_pitch_track(prosody_sy
               speaker_ids=torch.tensor([0]))
 
 
-def test_a_prosody_model_trains_and_its_checkpoint_synthesises_from_a_wav(tmp_path):
+@pytest.mark.parametrize("register_dropout", [0.0, 0.5])
+def test_a_prosody_model_trains_and_its_checkpoint_synthesises_from_a_wav(tmp_path, register_dropout):
     from prosody_vae.training.trainer import train
 
     corpus = write_tiny_corpus(tmp_path / "corpus", n=8)
     metadata = corpus / "metadata.csv"
     metadata.write_text("".join(f"{line}|{VOICES[i % 2]}\n"
                                 for i, line in enumerate(metadata.read_text().splitlines())))
-    config = config_from_dict(TrainConfig, {**config_to_dict(micro_config(2, reference_input="prosody")),
+    config = config_from_dict(TrainConfig, {**config_to_dict(micro_config(2, reference_input="prosody",
+                                                                          register_dropout=register_dropout)),
                                             "max_steps": 2, "threads": 1, "data": {"n_val": 2, "batch_size": 3}},
                               "test")
     result = train(config, corpus, tmp_path / "run")
     assert result.skipped_steps == 0 and math.isfinite(result.metrics["kl"])
     synth = Synthesizer.from_checkpoint(result.checkpoint)
     assert synth.model.config.reference_input == "prosody"
+    assert synth.model.config.register_dropout == register_dropout  # kept in the checkpoint
     with pytest.warns(RuntimeWarning, match="max_decoder_steps"):
         out = synth.tts("The fox.", reference=corpus / "wavs" / "utt000.wav", speaker=VOICES[1],
                         reference_speaker=VOICES[0], vocode=False)
     assert torch.isfinite(out.mel[0]).all()
+
+
+def test_register_dropout_needs_prosody_tracks_and_a_share_below_one():
+    with pytest.raises(ConfigError, match="register_dropout needs reference_input"):
+        micro_config(3, register_dropout=0.3)
+    with pytest.raises(ConfigError, match=r"register_dropout must be in \[0, 1\)"):
+        micro_config(3, reference_input="prosody", register_dropout=1.0)
+
+
+def test_register_dropout_hides_that_share_of_registers_in_training_and_none_in_validation():
+    from types import SimpleNamespace
+
+    from prosody_vae.training.trainer import _Trainer as Trainer
+
+    config = micro_config(3, reference_input="prosody", register_dropout=0.3)
+    trainer = SimpleNamespace(config=config, speaker_registers=torch.tensor([HIGH, LOW, math.log(120.0)]))
+    batch = SimpleNamespace(speaker_ids=torch.arange(3).repeat(2000), log_f0=None, voiced=None, energy=None)
+    torch.manual_seed(0)
+    trained = Trainer._conditioning(trainer, batch)["reference_register"]  # (6000,)
+    assert trained.isnan().float().mean().item() == pytest.approx(0.3, abs=0.02)
+    kept = ~trained.isnan()
+    torch.testing.assert_close(trained[kept], trainer.speaker_registers[batch.speaker_ids][kept])
+    validated = Trainer._conditioning(trainer, batch, training=False)["reference_register"]
+    torch.testing.assert_close(validated, trainer.speaker_registers[batch.speaker_ids])
+
+
+def test_a_model_trained_with_register_dropout_reads_an_unplaced_reference_against_its_own_mean():
+    torch.manual_seed(0)
+    config = micro_config(3, reference_input="prosody", register_dropout=0.3)
+    synth = Synthesizer(ProsodyTacotron(config.model), config,
+                        speaker_table=SpeakerTable(VOICES, (HIGH, LOW, math.log(120.0))))
+    sr = synth.audio.sample_rate
+    tone = harmonic_tone(150.0, 1.0, sr)  # 150-165 Hz: the guess would take the 120 Hz voice
+    unplaced = synth.reference_input([tone], None)[0][0]  # (T, 3)
+    voiced = unplaced[:, 1] == 1
+    assert voiced.sum() > 40 and abs(float(unplaced[voiced, 0].mean())) < 1e-5  # height 0: the target's usual
+    named = synth.reference_input([tone], "en+m3")[0][0]
+    torch.testing.assert_close(named[voiced, 0] - unplaced[voiced, 0],  # the same contour, raised by the offset
+                               torch.full((int(voiced.sum()),), float(named[voiced, 0].mean())), atol=1e-5, rtol=0)
+    assert float(named[voiced, 0].mean()) == pytest.approx(math.log(157.5 / 120.0), abs=0.02)

@@ -21,9 +21,11 @@ A reference whose speaker is not named (a user's own recording) has no known reg
 Synthesizer then takes the known register nearest the reference's own mean ln F0
 (`nearest_register`): a female reference spoken in a male voice keeps its contour and its
 offset from the nearest female register instead of dragging the male voice up an octave, and a
-single-voice model's references keep their level within that voice. Where no register is known
-at all, `reference_features` takes a NaN register as the item's own mean, which keeps the
-contour and drops the level.
+single-voice model's references keep their level within that voice. That guess can misplace a
+voice (a man speaking low in his range taken for a high voice), so a speaker can be enrolled
+(inference/enrolment.py) and a model trained with `register_dropout` reads an unplaced reference
+against its own mean instead. Where no register is given, `reference_features` takes a NaN
+register as the item's own mean, which keeps the contour and drops the height within the range.
 """
 
 from __future__ import annotations

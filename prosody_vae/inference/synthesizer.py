@@ -48,8 +48,12 @@ Speakers: a model trained with speaker conditioning speaks in any voice of its s
 (`Synthesizer.speakers`), named by `speaker=` (one name, or one per text); without one it speaks
 in the first voice of the table. `reference_speaker=` names who speaks the reference. A model
 whose encoder reads the reference's prosody tracks (`reference_input = "prosody"`,
-audio/prosody_tracks.py) takes its pitch relative to that speaker's register, or, when it is not
-named, to the known register nearest the reference's own mean pitch, so z holds no register and
+audio/prosody_tracks.py) takes its pitch relative to that speaker's register (a training voice's,
+or an enrolled one's: `enroll`). One utterance of a speaker it cannot place cannot tell their
+register from their height within it: such a reference is read against the known register
+nearest its own mean pitch, or, by a model trained with `register_dropout`, against its own mean
+(the output at the target voice's usual height, with the contour, range, timing and level of the
+reference). Either way z holds no register, and
 `pitch_mode="relative"` (the default) puts the reference's pitch offset on the target voice's
 register. A model that reads the log-mel can carry the reference's register in z, so its
 relative output lands nearer the reference's Hz; it takes an unnamed reference to speak in the
@@ -387,15 +391,18 @@ class Synthesizer:
         """What the reference encoder reads, padded, and lengths (B,): log-mels (B, T, n_mels), or
         for a model with reference_input "prosody" the tracks (B, T, N_FEATURES) of
         audio/prosody_tracks.py, each relative to its speaker's register or, where the speaker is
-        not named, to the known register nearest its own mean pitch."""
+        not named or enrolled, to the known register nearest its own mean pitch (to its own mean
+        for a model trained with register_dropout)."""
         if self.model.config.reference_input == "mel":
             mels = [self.reference_mel(r) for r in references]
             lengths = torch.tensor([m.shape[0] for m in mels], device=self.device)
             return torch.nn.utils.rnn.pad_sequence(mels, batch_first=True, padding_value=self.audio.pad_value), lengths
         log_f0, voiced, energy, lengths = batch_tracks([self.reference_tracks(r) for r in references])
         registers = torch.tensor(self.reference_registers(reference_speaker, len(references)))  # (B,) NaN: not named
-        unnamed = nearest_register(utterance_register(log_f0, voiced), self.known_registers)
-        features = reference_features(log_f0, voiced, energy, torch.where(torch.isnan(registers), unnamed, registers))
+        if not self.model.config.register_dropout:  # a model that never met a speaker it could not place: guess
+            unnamed = nearest_register(utterance_register(log_f0, voiced), self.known_registers)
+            registers = torch.where(torch.isnan(registers), unnamed, registers)
+        features = reference_features(log_f0, voiced, energy, registers)  # NaN: against the item's own mean
         return features.to(self.device), lengths.to(self.device)
 
     def prosody(self, texts: Sequence[str], reference=None, reference_text=None, z=None,

@@ -91,6 +91,12 @@ class TacotronConfig:
     # speaker-relative pitch, voicing and level tracks of audio/prosody_tracks.py, which hold no
     # register, timbre or loudness of the voice (training needs the cache's pitch features)
     reference_input: ReferenceInput = "mel"
+    # "prosody" only: the share of training utterances read relative to their own mean pitch, not
+    # their speaker's register (the height within the speaker's range hidden), so the model also
+    # learns to carry contour, range, timing and level from a speaker it cannot place. A model
+    # trained so reads an unnamed, unenrolled reference the same way (Synthesizer.reference_input:
+    # the output at the target voice's usual height) instead of against the nearest known register
+    register_dropout: float = 0.0
     text_summary_dim: int = 128  # LSTM over the text embeddings, used by "V+T" and "V+T+S"
     text_dropout: float = 0.0
 
@@ -103,7 +109,7 @@ class TacotronConfig:
         for name, value in positive:
             _require(isinstance(value, int) and value >= 1, f"TacotronConfig.{name} must be >= 1, got {value}")
         for name in ("encoder_dropout", "prenet_dropout", "attention_rnn_dropout", "decoder_rnn_dropout",
-                     "postnet_dropout", "text_dropout"):
+                     "postnet_dropout", "text_dropout", "register_dropout"):
             value = getattr(self, name)
             _require(0.0 <= value < 1.0, f"TacotronConfig.{name} must be in [0, 1), got {value}")
         for name in ("encoder_kernel_size", "location_kernel_size", "dca_static_kernel_size",
@@ -127,6 +133,8 @@ class TacotronConfig:
         _require(not self.speaker_adversary or self.n_speakers > 0,
                  "TacotronConfig.speaker_adversary needs n_speakers >= 1")
         _require(self.stop_gate_tokens >= 0, f"TacotronConfig.stop_gate_tokens must be >= 0, got {self.stop_gate_tokens}")
+        _require(self.register_dropout == 0 or self.reference_input == "prosody",
+                 "TacotronConfig.register_dropout needs reference_input = \"prosody\" (a log-mel has no register to hide)")
         _require(self.pitch_head or not self.pitch_feedback, "TacotronConfig.pitch_feedback needs pitch_head = true")
         _require(self.text_dropout == 0.0 or self.posterior != "V",
                  "TacotronConfig.text_dropout needs a text summary (posterior 'V+T' or 'V+T+S')")

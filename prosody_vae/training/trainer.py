@@ -285,16 +285,20 @@ class _Trainer:
         if self.log is not None:
             self.log.warning(step, "kl_inactive", message, {"kl": kl, "kl_window_start": self.kl_watch.start_kl})
 
-    def _conditioning(self, batch: Batch) -> dict[str, Optional[torch.Tensor]]:
+    def _conditioning(self, batch: Batch, training: bool = True) -> dict[str, Optional[torch.Tensor]]:
         """What the model reads from the batch beside text and mel: speakers, fed-back pitch, and
-        a "prosody" reference's tracks and speaker registers."""
+        a "prosody" reference's tracks and speaker registers (in training, with register_dropout
+        of them unknown: NaN, each utterance then read against its own mean pitch)."""
         model = self.config.model
         prosody = model.reference_input == "prosody"
         pitch = model.pitch_feedback or prosody
+        register = self.speaker_registers[batch.speaker_ids] if prosody else None  # (B,) ln Hz
+        if register is not None and training and model.register_dropout:
+            hidden = torch.rand(register.shape, device=register.device) < model.register_dropout  # the run's RNG
+            register = torch.where(hidden, torch.full_like(register, math.nan), register)
         return {"speaker_ids": batch.speaker_ids if model.n_speakers else None,
                 "log_f0": batch.log_f0 if pitch else None, "voiced": batch.voiced if pitch else None,
-                "energy": batch.energy if prosody else None,
-                "reference_register": self.speaker_registers[batch.speaker_ids] if prosody else None}
+                "energy": batch.energy if prosody else None, "reference_register": register}
 
     def _log_train(self, window: MetricWindow, progress: ProgressDisplay) -> None:
         if not self.cluster.is_main:
@@ -357,7 +361,7 @@ class _Trainer:
                 batch = batch.to(self.device)
                 with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16):
                     output = model(batch.text, batch.text_lengths, batch.mel, batch.mel_lengths, mode="mean",
-                                   **self._conditioning(batch))
+                                   **self._conditioning(batch, training=False))
                 terms = self.loss_fn(output, batch, self.controller, n.step)
                 align = alignment_diagonal_score(output.alignments.float(), batch.text_lengths,
                                                  decoder_steps(batch.mel_lengths, r))
