@@ -58,6 +58,8 @@ _EXPORTS = {
     "GECO": "plugin.capacity",
     "FreeBits": "plugin.capacity",
     "ControllerConfig": "plugin.capacity",
+    "save_pretrained": "plugin.pretrained",
+    "from_pretrained": "plugin.pretrained",
     "build_controller": "plugin.capacity",
     # the model
     "TacotronConfig": "model.tacotron",

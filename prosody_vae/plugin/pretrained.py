@@ -1,0 +1,139 @@
+"""An encoder trained in one pipeline, loaded into another: the Hugging Face folder convention.
+
+    save_pretrained(encoder, "my_encoder", controller=controller)
+    encoder, controller = from_pretrained("my_encoder")        # offline, from a path
+
+The folder holds `config.json` (the encoder's constructor arguments, the controller's
+ControllerConfig and plain state, and a format version) and `model.safetensors` (the encoder's
+weights and buffers, BatchNorm running statistics included, and the controller's tensors such as
+DualAscent's beta). Nothing is pickled, so loading a folder cannot run code. Both files are
+written to a temporary name and renamed into place, so an interrupted save never leaves a folder
+that half-loads.
+
+The controller's optimizer state (DualAscent's momentum) is not part of the format: a loaded
+controller starts its beta where the saved one stopped, with fresh momentum. Exact resume of a
+training run is the trainer checkpoint's job, not this one's.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, fields
+from pathlib import Path
+from typing import Any, Optional
+
+import torch
+
+from .capacity import ControllerConfig, KLController, build_controller
+from .errors import CheckpointError
+from .reference import VariationalReferenceEncoder
+
+FORMAT = "prosody_vae.reference_encoder"
+FORMAT_VERSION = 1
+CONFIG_NAME, WEIGHTS_NAME = "config.json", "model.safetensors"
+_CONTROLLER_PREFIX = "controller."
+
+
+def encoder_arguments(encoder: VariationalReferenceEncoder) -> dict[str, Any]:
+    """The constructor arguments that rebuild `encoder`'s architecture."""
+    reference = encoder.reference
+    return {"n_mels": encoder.n_mels, "latent_dim": encoder.latent_dim,
+            "text_summary_dim": encoder.text_summary_dim, "speaker_dim": encoder.speaker_dim,
+            "conv_channels": [conv.out_channels for conv in reference.convs], "gru_dim": reference.out_dim,
+            "mlp_dim": encoder.head[0].out_features, "text_dropout": encoder.text_dropout,
+            "std_floor": encoder.std_floor}
+
+
+def save_pretrained(encoder: VariationalReferenceEncoder, folder: str | os.PathLike,
+                    controller: Optional[KLController] = None,
+                    controller_config: Optional[ControllerConfig] = None) -> Path:
+    """Writes `folder`/config.json and `folder`/model.safetensors; returns the folder.
+    A controller needs the ControllerConfig that built it (its kind and arguments)."""
+    from safetensors.torch import save_file
+
+    if (controller is None) != (controller_config is None):
+        raise CheckpointError("save_pretrained takes controller and controller_config together (the config "
+                              "rebuilds the controller, the controller carries its state)")
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    tensors = {name: value.detach().cpu().contiguous() for name, value in encoder.state_dict().items()}
+    config: dict[str, Any] = {"format": FORMAT, "format_version": FORMAT_VERSION,
+                              "encoder": encoder_arguments(encoder), "controller": None}
+    if controller is not None:
+        plain = {}
+        for key, value in controller.state_dict().items():
+            if isinstance(value, torch.Tensor):
+                tensors[_CONTROLLER_PREFIX + key] = value.detach().cpu().contiguous()
+            elif key != "optimizer":  # see the module docstring
+                plain[key] = value
+        config["controller"] = {"config": asdict(controller_config), "state": plain}
+    _write_atomically(folder / WEIGHTS_NAME, lambda path: save_file(tensors, str(path), metadata={"format": FORMAT}))
+    _write_atomically(folder / CONFIG_NAME, lambda path: path.write_text(json.dumps(config, indent=2) + "\n"))
+    return folder
+
+
+def from_pretrained(folder: str | os.PathLike, map_location: str | torch.device = "cpu"
+                    ) -> tuple[VariationalReferenceEncoder, Optional[KLController]]:
+    """The encoder (in eval mode) and the controller (None if none was saved) from a folder that
+    `save_pretrained` wrote."""
+    from safetensors.torch import load_file
+
+    folder = Path(folder)
+    config_path, weights_path = folder / CONFIG_NAME, folder / WEIGHTS_NAME
+    for path in (config_path, weights_path):
+        if not path.is_file():
+            raise CheckpointError(f"{path}: missing (a pretrained encoder folder holds {CONFIG_NAME} and {WEIGHTS_NAME})")
+    try:
+        config = json.loads(config_path.read_text())
+    except json.JSONDecodeError as exc:
+        raise CheckpointError(f"{config_path}: not JSON ({exc})") from None
+    if not isinstance(config, dict) or config.get("format") != FORMAT:
+        raise CheckpointError(f"{config_path}: field 'format' is {config.get('format') if isinstance(config, dict) else None!r}, "
+                              f"expected {FORMAT!r}")
+    if config.get("format_version") != FORMAT_VERSION:
+        raise CheckpointError(f"{config_path}: field 'format_version' is {config.get('format_version')!r}; "
+                              f"this version of prosody_vae reads {FORMAT_VERSION}")
+    try:
+        arguments = dict(config["encoder"])
+        arguments["conv_channels"] = tuple(arguments["conv_channels"])
+        encoder = VariationalReferenceEncoder(**arguments)
+    except (KeyError, TypeError) as exc:
+        raise CheckpointError(f"{config_path}: field 'encoder' does not describe an encoder ({exc})") from None
+    try:
+        tensors = load_file(str(weights_path), device=str(map_location))
+    except Exception as exc:  # safetensors raises its own error types for a damaged file
+        raise CheckpointError(f"{weights_path}: not a readable safetensors file ({exc})") from None
+    controller_tensors = {key.removeprefix(_CONTROLLER_PREFIX): tensors.pop(key)
+                          for key in [k for k in tensors if k.startswith(_CONTROLLER_PREFIX)]}
+    try:
+        encoder.load_state_dict(tensors)
+    except RuntimeError as exc:  # missing, unexpected or mis-shaped tensors
+        raise CheckpointError(f"{weights_path}: weights do not fit {config_path}'s encoder ({exc})") from None
+    encoder.to(map_location).eval()
+    return encoder, _controller(config.get("controller"), controller_tensors, config_path)
+
+
+def _controller(saved: Optional[dict], tensors: dict[str, torch.Tensor], config_path: Path) -> Optional[KLController]:
+    if saved is None:
+        return None
+    known = {f.name for f in fields(ControllerConfig)}
+    given = saved.get("config", {})
+    if not isinstance(given, dict) or set(given) - known:
+        raise CheckpointError(f"{config_path}: field 'controller.config' has unknown keys "
+                              f"{sorted(set(given) - known) if isinstance(given, dict) else given!r}")
+    controller = build_controller(ControllerConfig(**given))
+    state = {**saved.get("state", {}), **tensors}
+    expected = controller.state_dict()
+    if "optimizer" in expected:
+        state["optimizer"] = expected["optimizer"]  # fresh: the format keeps no optimizer state
+    controller.load_state_dict(state)
+    return controller
+
+
+def _write_atomically(path: Path, write) -> None:
+    partial = path.with_name(f".{path.name}.partial")
+    write(partial)
+    with open(partial, "rb") as handle:
+        os.fsync(handle.fileno())
+    os.replace(partial, path)
