@@ -89,10 +89,11 @@ def test_an_interrupted_save_leaves_the_previous_folder_loadable(tmp_path, monke
     def dies(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(safetensors.torch, "save_file", dies)
+    monkeypatch.setattr(safetensors.torch, "save", dies)
     with pytest.raises(KeyboardInterrupt):
         save_pretrained(VariationalReferenceEncoder(n_mels=8, latent_dim=4, conv_channels=(4, 8), gru_dim=8, mlp_dim=8),
                         folder)
+    assert sorted(p.name for p in folder.iterdir()) == ["config.json", "model.safetensors"]  # no temporaries
     loaded, _ = from_pretrained(folder)
     mel = torch.randn(1, 10, 8)
     with torch.no_grad():

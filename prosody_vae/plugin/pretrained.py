@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import os
+import tempfile
 from dataclasses import asdict, fields
 from pathlib import Path
 from typing import Any, Optional
@@ -50,7 +51,7 @@ def save_pretrained(encoder: VariationalReferenceEncoder, folder: str | os.PathL
                     controller_config: Optional[ControllerConfig] = None) -> Path:
     """Writes `folder`/config.json and `folder`/model.safetensors; returns the folder.
     A controller needs the ControllerConfig that built it (its kind and arguments)."""
-    from safetensors.torch import save_file
+    from safetensors.torch import save
 
     if (controller is None) != (controller_config is None):
         raise CheckpointError("save_pretrained takes controller and controller_config together (the config "
@@ -68,8 +69,8 @@ def save_pretrained(encoder: VariationalReferenceEncoder, folder: str | os.PathL
             elif key != "optimizer":  # see the module docstring
                 plain[key] = value
         config["controller"] = {"config": asdict(controller_config), "state": plain}
-    _write_atomically(folder / WEIGHTS_NAME, lambda path: save_file(tensors, str(path), metadata={"format": FORMAT}))
-    _write_atomically(folder / CONFIG_NAME, lambda path: path.write_text(json.dumps(config, indent=2) + "\n"))
+    _write_atomically(folder / WEIGHTS_NAME, save(tensors, metadata={"format": FORMAT}))
+    _write_atomically(folder / CONFIG_NAME, (json.dumps(config, indent=2) + "\n").encode())
     return folder
 
 
@@ -131,9 +132,18 @@ def _controller(saved: Optional[dict], tensors: dict[str, torch.Tensor], config_
     return controller
 
 
-def _write_atomically(path: Path, write) -> None:
-    partial = path.with_name(f".{path.name}.partial")
-    write(partial)
-    with open(partial, "rb") as handle:
-        os.fsync(handle.fileno())
-    os.replace(partial, path)
+def _write_atomically(path: Path, data: bytes) -> None:
+    """The package's atomic.py in small: the plugin imports nothing of the package outside it."""
+    fd, partial = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            umask = os.umask(0)
+            os.umask(umask)
+            os.chmod(partial, 0o666 & ~umask)  # what a plain open() would give, not mkstemp's 0o600
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(partial, path)
+    except BaseException:
+        Path(partial).unlink(missing_ok=True)
+        raise
