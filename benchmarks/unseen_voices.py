@@ -22,7 +22,8 @@ enrolment, which sees only `--enrol` recordings).
 
 Figures, per condition: the per-text-centred Pearson r (evaluation/contour.py: each (text,
 target) group centred, 95% bootstrap over references) of rate (letters/s), offset, F0 range and
-level; how many outputs the register guess moved more than 2 semitones the wrong way (the
+level (and of F0 range from the pitch head's own F0, which tells the model's loss from the
+vocoder's); how many outputs the register guess moved more than 2 semitones the wrong way (the
 reference below its register and the output more than 2 st above the target's, or the reverse);
 and the span of output seconds per word against the references'.
 """
@@ -74,6 +75,16 @@ def semitones(hz: float, register: float) -> float:
     return 12 * math.log2(hz / register) if hz > 0 else math.nan
 
 
+def head_range_st(f0) -> float:
+    """5th to 95th percentile of the pitch head's voiced F0 (Hz, 0 unvoiced) in semitones, as
+    prosody_summary measures pyin's; NaN without a pitch head or voiced frames."""
+    voiced = f0[f0 > 0].numpy() if f0 is not None else np.empty(0)
+    if voiced.size < 2:
+        return math.nan
+    low, high = np.percentile(voiced, [5, 95])
+    return float(12 * np.log2(high / low))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--checkpoint", type=Path, required=True)
@@ -102,7 +113,7 @@ def main() -> None:
                 for condition, reference_speaker in (("guess", None), ("enrolled", name)):
                     result = synth.tts(TEXTS, reference=ref_wav, seed=args.seed, speaker=target,
                                        reference_speaker=reference_speaker)
-                    for text, wav in zip(TEXTS, result.wav):
+                    for text, wav, f0 in zip(TEXTS, result.wav, result.f0 or [None] * len(TEXTS)):
                         out = prosody_summary(wav, sr, text=text)
                         rows.append({"condition": condition, "voice": voice, "reference": f"{voice}#{r}",
                                      "target": target, "text": text,
@@ -111,7 +122,9 @@ def main() -> None:
                                      **{f"reference_{q}": getattr(ref, key) for q, key in QUANTITIES.items() if key},
                                      **{f"output_{q}": getattr(out, key) for q, key in QUANTITIES.items() if key},
                                      "reference_offset_st": semitones(ref.f0_mean_hz, registers[voice]),
-                                     "output_offset_st": semitones(out.f0_mean_hz, registers[target])})
+                                     "output_offset_st": semitones(out.f0_mean_hz, registers[target]),
+                                     # the pitch head's own F0, before any vocoder or tracker
+                                     "output_head_range_st": head_range_st(f0)})
 
     figures = {}
     for condition in ("guess", "enrolled"):
@@ -123,6 +136,9 @@ def main() -> None:
         wrong = [row for row in chosen
                  if (row["reference_offset_st"] < 0 and row["output_offset_st"] > WRONG_WAY_ST)
                  or (row["reference_offset_st"] > 0 and row["output_offset_st"] < -WRONG_WAY_ST)]
+        centred["range_st_pitch_head"] = centred_correlation(
+            [row["reference_range_st"] for row in chosen], [row["output_head_range_st"] for row in chosen],
+            [(row["text"], row["target"]) for row in chosen], [row["reference"] for row in chosen], args.seed).__dict__
         figures[condition] = {
             "centred_r": centred,
             "moved_wrong_way_over_2st": len(wrong), "outputs": len(chosen),
