@@ -1,6 +1,7 @@
 """save_pretrained / from_pretrained: an encoder and its controller move between pipelines as a
 config.json + model.safetensors folder and encode identically."""
 
+import hashlib
 import json
 
 import pytest
@@ -74,8 +75,14 @@ def test_bad_folders_are_refused_naming_the_file_and_field(tmp_path):
     config_path.write_text(json.dumps({**config, "encoder": {**config["encoder"], "latent_dim": 6}}))
     with pytest.raises(CheckpointError, match=r"model.safetensors: weights do not fit"):
         from_pretrained(folder)
-    (folder / "model.safetensors").write_bytes(b"not a tensor file")
     config_path.write_text(json.dumps(config))
+    other = save_pretrained(VariationalReferenceEncoder(n_mels=8, latent_dim=4, conv_channels=(4, 8), gru_dim=8,
+                                                        mlp_dim=8), tmp_path / "other")
+    (folder / "model.safetensors").write_bytes((other / "model.safetensors").read_bytes())
+    with pytest.raises(CheckpointError, match=r"model.safetensors: not the weights .*config.json was saved with"):
+        from_pretrained(folder)  # new weights beside an old config: what a save cut between its files leaves
+    (folder / "model.safetensors").write_bytes(b"not a tensor file")
+    config_path.write_text(json.dumps({**config, "weights_sha256": hashlib.sha256(b"not a tensor file").hexdigest()}))
     with pytest.raises(CheckpointError, match=r"model.safetensors: not a readable safetensors file"):
         from_pretrained(folder)
 

@@ -6,9 +6,10 @@
 The folder holds `config.json` (the encoder's constructor arguments, the controller's
 ControllerConfig and plain state, and a format version) and `model.safetensors` (the encoder's
 weights and buffers, BatchNorm running statistics included, and the controller's tensors such as
-DualAscent's beta). Nothing is pickled, so loading a folder cannot run code. Both files are
-written to a temporary name and renamed into place, so an interrupted save never leaves a folder
-that half-loads.
+DualAscent's beta). Nothing is pickled, so loading a folder cannot run code. Each file is
+written to a temporary name and renamed into place, and config.json records the sha256 of the
+weights it goes with, so a save interrupted between the two files is refused on load instead of
+pairing new weights with an old config.
 
 The controller's optimizer state (DualAscent's momentum) is not part of the format: a loaded
 controller starts its beta where the saved one stopped, with fresh momentum. Exact resume of a
@@ -17,6 +18,7 @@ training run is the trainer checkpoint's job, not this one's.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import tempfile
@@ -69,7 +71,9 @@ def save_pretrained(encoder: VariationalReferenceEncoder, folder: str | os.PathL
             elif key != "optimizer":  # see the module docstring
                 plain[key] = value
         config["controller"] = {"config": asdict(controller_config), "state": plain}
-    _write_atomically(folder / WEIGHTS_NAME, save(tensors, metadata={"format": FORMAT}))
+    weights = save(tensors, metadata={"format": FORMAT})
+    config["weights_sha256"] = hashlib.sha256(weights).hexdigest()
+    _write_atomically(folder / WEIGHTS_NAME, weights)
     _write_atomically(folder / CONFIG_NAME, (json.dumps(config, indent=2) + "\n").encode())
     return folder
 
@@ -78,7 +82,7 @@ def from_pretrained(folder: str | os.PathLike, map_location: str | torch.device 
                     ) -> tuple[VariationalReferenceEncoder, Optional[KLController]]:
     """The encoder (in eval mode) and the controller (None if none was saved) from a folder that
     `save_pretrained` wrote."""
-    from safetensors.torch import load_file
+    from safetensors.torch import load
 
     folder = Path(folder)
     config_path, weights_path = folder / CONFIG_NAME, folder / WEIGHTS_NAME
@@ -101,8 +105,12 @@ def from_pretrained(folder: str | os.PathLike, map_location: str | torch.device 
         encoder = VariationalReferenceEncoder(**arguments)
     except (KeyError, TypeError) as exc:
         raise CheckpointError(f"{config_path}: field 'encoder' does not describe an encoder ({exc})") from None
+    weights = weights_path.read_bytes()
+    if hashlib.sha256(weights).hexdigest() != config.get("weights_sha256"):
+        raise CheckpointError(f"{weights_path}: not the weights {config_path} was saved with (field "
+                              f"'weights_sha256'; an interrupted save_pretrained, or files from two saves)")
     try:
-        tensors = load_file(str(weights_path), device=str(map_location))
+        tensors = load(weights)
     except Exception as exc:  # safetensors raises its own error types for a damaged file
         raise CheckpointError(f"{weights_path}: not a readable safetensors file ({exc})") from None
     controller_tensors = {key.removeprefix(_CONTROLLER_PREFIX): tensors.pop(key)
@@ -111,7 +119,7 @@ def from_pretrained(folder: str | os.PathLike, map_location: str | torch.device 
         encoder.load_state_dict(tensors)
     except RuntimeError as exc:  # missing, unexpected or mis-shaped tensors
         raise CheckpointError(f"{weights_path}: weights do not fit {config_path}'s encoder ({exc})") from None
-    encoder.to(map_location).eval()
+    encoder.to(map_location).eval()  # safetensors' in-memory load gives CPU tensors
     return encoder, _controller(config.get("controller"), controller_tensors, config_path)
 
 
