@@ -1,7 +1,9 @@
 """An encoder trained in one pipeline, loaded into another: the Hugging Face folder convention.
 
-    save_pretrained(encoder, "my_encoder", controller=controller)
+    save_pretrained(encoder, "my_encoder", controller=controller, controller_config=controller_config)
     encoder, controller = from_pretrained("my_encoder")        # offline, from a path
+
+(the controller is optional; given, it comes with the ControllerConfig that built it)
 
 The folder holds `config.json` (the encoder's constructor arguments, the controller's
 ControllerConfig and plain state, and a format version) and `model.safetensors` (the encoder's
@@ -141,7 +143,8 @@ def _controller(saved: Optional[dict], tensors: dict[str, torch.Tensor], config_
 
 
 def _write_atomically(path: Path, data: bytes) -> None:
-    """The package's atomic.py in small: the plugin imports nothing of the package outside it."""
+    """The package's atomic.py in small, written again on purpose: a user copies plugin/ alone,
+    so it imports nothing of the package outside it."""
     fd, partial = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as handle:
