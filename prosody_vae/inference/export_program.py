@@ -13,7 +13,8 @@ decisions and the random draws:
 - text program: text (B, L), text_lengths (B,), z (B, Z) [, speaker_ids (B,)] -> the utterance
   tensors the decoder reads every step: memory (B, L, D), mask (B, L) bool and, for "location"
   and "forward" attention, the attention keys (B, L, A), computed once per utterance as in eager
-  mode (the step program hands them to `attention.start` as precomputed keys).
+  mode (the step program hands them to `attention.start` as precomputed keys); a model with a
+  pitch range head also returns its ln spread (B,) last, which the host applies to the F0.
 - step program: previous frame (B, n_mels), state (the tensors of `decoder.DecoderState`),
   utterance, prenet noise (one (B, prenet_dims[i]) uniform draw per prenet layer; none when
   prenet dropout is off at inference) -> out (B, OutputLayout.size), new state. It is the
@@ -110,6 +111,7 @@ class _TextProgram(nn.Module):
         super().__init__()
         self.embedding, self.encoder, self.speaker_embedding = model.embedding, model.encoder, model.speaker_embedding
         self.keys = keys
+        self.pitch_range_head = model.pitch_range_head
 
     def forward(self, text: torch.Tensor, lengths: torch.Tensor, z: torch.Tensor,
                 speaker_ids: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:
@@ -120,7 +122,14 @@ class _TextProgram(nn.Module):
         memory = condition_on_z(_unpacked_bilstm(self.encoder.lstm, rearrange(x, "b c l -> b l c"), lengths, mask), z)
         if speaker_ids:
             memory = condition_on_z(memory, self.speaker_embedding(speaker_ids[0]))  # (B, L, E + Z + S)
-        return (memory, mask) if self.keys is None else (memory, mask, self.keys(memory))
+        utterance = (memory, mask) if self.keys is None else (memory, mask, self.keys(memory))
+        return utterance if self.pitch_range_head is None else (*utterance, self.pitch_range_head(memory, mask))
+
+
+def _split_text_outputs(config: TacotronConfig, outputs: tuple[torch.Tensor, ...]
+                        ) -> tuple[tuple[torch.Tensor, ...], Optional[torch.Tensor]]:
+    """The text program's outputs as (the utterance the step reads, the pitch range head's ln spread or None)."""
+    return (tuple(outputs[:-1]), outputs[-1]) if config.pitch_range_head else (tuple(outputs), None)
 
 
 class _StepProgram(nn.Module):
@@ -175,7 +184,7 @@ def _export_programs(model: ProsodyTacotron) -> dict[str, torch.export.ExportedP
     programs = {"text": torch.export.export(
         _TextProgram(model, keys), text_args, strict=False,
         dynamic_shapes=(per_token, per_item, per_item, tuple(per_item for _ in speaker)))}
-    utterance = programs["text"].module()(*text_args)
+    utterance, _ = _split_text_outputs(config, programs["text"].module()(*text_args))
     state = tuple(DecoderState.initial(config, n_batch, n_tokens, utterance[0].shape[2]))
     noise = prenet_noise(config, n_batch)
     step_args = (torch.randn(n_batch, OutputLayout.of(config).input_size), state, utterance, noise)
@@ -244,7 +253,7 @@ class ExportedSynthesizer:
         check_speaker_ids(speaker_ids, batch, config.n_speakers)
         z = torch.zeros(batch, config.latent_dim) if z is None else z
         speaker = () if speaker_ids is None else (speaker_ids,)
-        utterance = self.text_program(text, text_lengths, z.float(), speaker)
+        utterance, spread = _split_text_outputs(config, self.text_program(text, text_lengths, z.float(), speaker))
         state = tuple(DecoderState.initial(config, batch, n_tokens, utterance[0].shape[2]))
 
         def step(frame: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -256,4 +265,5 @@ class ExportedSynthesizer:
         out, alignments, stop_steps, hit_max = run_free(step, torch.zeros(batch, layout.input_size), layout, max_steps,
                                                         config.stop_threshold, text_lengths, config.stop_gate_tokens)
         mel_postnet = self.postnet(layout.frames(out), stop_steps * config.reduction_factor)
-        return inference_output(config, out, mel_postnet, alignments, stop_steps, hit_max, max_steps, stacklevel=4)
+        return inference_output(config, out, mel_postnet, alignments, stop_steps, hit_max, max_steps, stacklevel=4,
+                                log_pitch_spread=spread)

@@ -68,6 +68,9 @@ class TacotronConfig:
     # log-F0 error from 0.074 to 0.113 (128 -> 196 cents) and postnet L1 from 1.71 to 1.78, with
     # about the same F0 transfer (7.9 with, 7.6 without, semitones between references 8.9 apart)
     pitch_feedback: bool = False
+    # an utterance's F0 spread predicted from [text ; z ; speaker] and imposed on the pitch head's
+    # free-running contour, so the range a reference carries in z is heard (model/pitch_range.py)
+    pitch_range_head: bool = False
     # postnet
     postnet_channels: int = 512
     postnet_layers: int = 5
@@ -136,6 +139,7 @@ class TacotronConfig:
         _require(self.register_dropout == 0 or self.reference_input == "prosody",
                  "TacotronConfig.register_dropout needs reference_input = \"prosody\" (a log-mel has no register to hide)")
         _require(self.pitch_head or not self.pitch_feedback, "TacotronConfig.pitch_feedback needs pitch_head = true")
+        _require(self.pitch_head or not self.pitch_range_head, "TacotronConfig.pitch_range_head needs pitch_head = true")
         _require(self.text_dropout == 0.0 or self.posterior != "V",
                  "TacotronConfig.text_dropout needs a text summary (posterior 'V+T' or 'V+T+S')")
 

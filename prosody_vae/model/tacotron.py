@@ -34,6 +34,7 @@ from .config import TacotronConfig
 from .decoder import Decoder, OutputLayout, decoder_steps
 from .inputs import check_mel, check_speaker_ids, check_synthesis_args, check_text
 from .layers import Generators, Postnet, TextEncoder, summarise_text
+from .pitch_range import PitchRangeHead, apply_range
 from .speaker_adversary import SpeakerAdversary
 
 
@@ -50,6 +51,7 @@ class TacotronOutput:
     voicing_logits: Optional[torch.Tensor] = None  # (B, T)
     # the speaker adversary's logits on detached z and, with frozen weights, on z (B, n_speakers); None without one
     speaker_logits: Optional[tuple[torch.Tensor, torch.Tensor]] = None
+    log_pitch_spread: Optional[torch.Tensor] = None  # (B,) the pitch range head's ln spread of ln F0; None without one
 
 
 @dataclass
@@ -89,6 +91,7 @@ class ProsodyTacotron(nn.Module):
         memory_dim = config.encoder_lstm_dim + config.latent_dim + config.speaker_dim
         self.decoder = Decoder(config, memory_dim)
         self.postnet = Postnet(config)
+        self.pitch_range_head = PitchRangeHead(memory_dim) if config.pitch_range_head else None
 
     @pinned
     def forward(self, text: torch.Tensor, text_lengths: torch.Tensor, mel: torch.Tensor,
@@ -133,8 +136,9 @@ class ProsodyTacotron(nn.Module):
         n_steps = decoder_steps(mel_lengths, self.config.reduction_factor)
         pitch = (layout.log_f0(out), layout.voicing_logits(out)) if layout.pitch else (None, None)
         speaker_logits = None if self.speaker_adversary is None else self.speaker_adversary(posterior.mean)
+        spread = None if self.pitch_range_head is None else self.pitch_range_head(memory, text_mask)
         return TacotronOutput(mel_decoder, mel_postnet, layout.stop_logit(out), _zero_beyond(alignments, n_steps),
-                              posterior, *pitch, speaker_logits)
+                              posterior, *pitch, speaker_logits, spread)
 
     @pinned
     def infer(self, text: torch.Tensor, text_lengths: torch.Tensor, z: Optional[torch.Tensor] = None,
@@ -157,8 +161,10 @@ class ProsodyTacotron(nn.Module):
             frames = self.decoder.layout.frames(out)
             _, mel_postnet = self.add_postnet(frames, length_mask(stop_steps * self.config.reduction_factor,
                                                                   frames.shape[1]))
+            spread = None if self.pitch_range_head is None else self.pitch_range_head(memory, text_mask)
         # the warning points past `pinned`'s wrapper, at infer's caller
-        return inference_output(self.config, out, mel_postnet, alignments, stop_steps, hit_max, max_steps, stacklevel=4)
+        return inference_output(self.config, out, mel_postnet, alignments, stop_steps, hit_max, max_steps,
+                                stacklevel=4, log_pitch_spread=spread)
 
     @pinned
     def encode_reference(self, mel: torch.Tensor, mel_lengths: torch.Tensor, text: Optional[torch.Tensor] = None,
@@ -206,10 +212,11 @@ class ProsodyTacotron(nn.Module):
 
 def inference_output(config: TacotronConfig, out: torch.Tensor, mel_postnet: torch.Tensor, alignments: torch.Tensor,
                      stop_steps: torch.Tensor, hit_max: torch.Tensor, max_steps: int,
-                     stacklevel: int = 3) -> InferenceOutput:
+                     stacklevel: int = 3, log_pitch_spread: Optional[torch.Tensor] = None) -> InferenceOutput:
     """Free-running results as an InferenceOutput, from every step's output `out` (B, S, size) and the
     postnet's mel; a warning for items that never stopped (`stacklevel` points it at the caller of
-    the caller's synthesis method)."""
+    the caller's synthesis method). A pitch range head's log_pitch_spread (B,) sets the spread of
+    each item's F0 contour (model/pitch_range.py)."""
     if hit_max.any():
         warnings.warn(f"{int(hit_max.sum())} of {len(hit_max)} items reached max_decoder_steps={max_steps} "
                       f"without a stop token; their mel is cut at {max_steps * config.reduction_factor} "
@@ -219,7 +226,10 @@ def inference_output(config: TacotronConfig, out: torch.Tensor, mel_postnet: tor
     layout = OutputLayout.of(config)
     if layout.pitch:
         voiced = (layout.voicing_logits(out) > 0) & length_mask(mel_lengths, mel_postnet.shape[1])
-        log_f0 = torch.where(voiced, layout.log_f0(out), 0.0)
+        log_f0 = layout.log_f0(out)
+        if log_pitch_spread is not None:
+            log_f0 = apply_range(log_f0, voiced, log_pitch_spread)
+        log_f0 = torch.where(voiced, log_f0, 0.0)
     return InferenceOutput(mel_postnet, mel_lengths, _zero_beyond(alignments, stop_steps), stop_steps, hit_max,
                            log_f0, voiced)
 

@@ -36,6 +36,7 @@ from typing import TYPE_CHECKING, Optional
 import torch
 import torch.nn.functional as F
 
+from ..model.pitch_range import pitch_range_loss
 from ..model.speaker_adversary import confusion_loss
 from ..model.tacotron import TacotronOutput, decoder_steps
 from ..plugin.errors import ConfigError
@@ -58,11 +59,12 @@ class LossConfig:
     kl_alpha: float = 1.0  # scale on the controller's KL loss, on top of the normalisation above
     f0_weight: float = 1.0  # pitch head: L1 on log-F0 over voiced frames
     voicing_weight: float = 1.0  # pitch head: BCE of the voicing logit over valid frames
+    pitch_range_weight: float = 1.0  # pitch range head: L1 on the utterance's ln F0 spread (model/pitch_range.py)
     speaker_adversary_weight: float = 1.0  # model.speaker_adversary: its classifier's loss plus z's confusion loss
 
     def __post_init__(self) -> None:
         for name in ("stop_pos_weight", "guided_attention_weight", "kl_alpha", "guided_attention_fade_start",
-                     "f0_weight", "voicing_weight", "speaker_adversary_weight"):
+                     "f0_weight", "voicing_weight", "pitch_range_weight", "speaker_adversary_weight"):
             if not getattr(self, name) >= 0:
                 raise ConfigError(f"LossConfig.{name} must be >= 0, got {getattr(self, name)}")
         if not self.guided_attention_sigma > 0:
@@ -87,6 +89,7 @@ class LossTerms:
     f0: torch.Tensor | float = 0.0  # pitch head: mean |log-F0 error| on voiced frames (0 without one)
     voicing: torch.Tensor | float = 0.0  # pitch head: voicing BCE (0 without one)
     speaker_adversary: torch.Tensor | float = 0.0  # the speaker classifier's cross-entropy (0 without one)
+    pitch_range: torch.Tensor | float = 0.0  # pitch range head: mean |ln spread error| (0 without one)
 
     def as_floats(self) -> dict[str, float]:
         return {f.name: float(torch.as_tensor(getattr(self, f.name)).detach()) for f in fields(self)}
@@ -199,8 +202,14 @@ class TacotronLoss:
         if output.log_f0 is not None:
             f0, voicing = pitch_losses(output.log_f0, output.voicing_logits, batch)
             total = total + cfg.f0_weight * f0 + cfg.voicing_weight * voicing
+        pitch_range = 0.0
+        if output.log_pitch_spread is not None:
+            pitch_range = pitch_range_loss(output.log_pitch_spread, batch.log_f0, batch.voiced & length_mask(
+                mel_lengths, batch.voiced.shape[1]))
+            total = total + cfg.pitch_range_weight * pitch_range
         if output.speaker_logits is not None:
             guess, confusion_logits = output.speaker_logits
             adversary = F.cross_entropy(guess.float(), batch.speaker_ids)  # trains the classifier
             total = total + cfg.speaker_adversary_weight * (adversary + confusion_loss(confusion_logits))  # and z
-        return LossTerms(mel_l1, postnet_l1, stop, guided, guided_weight, kl, kl_term, total, f0, voicing, adversary)
+        return LossTerms(mel_l1, postnet_l1, stop, guided, guided_weight, kl, kl_term, total, f0, voicing, adversary,
+                         pitch_range)
