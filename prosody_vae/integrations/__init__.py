@@ -1,0 +1,7 @@
+"""Adapters that put the plugin (prosody_vae.plugin) into other toolkits' own models and trainers.
+
+    from prosody_vae.integrations.coqui import ProsodyTacotron2, ProsodyTacotron2Config   # pip install prosody_vae[coqui]
+
+Each adapter is a module of its own that imports its host toolkit, so importing this package
+imports none of them; a missing host is an ImportError that names the extra to install.
+"""
