@@ -39,7 +39,7 @@ import sys
 import types
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, Optional
+from typing import Any, Optional
 
 
 def _import_coqui() -> None:
@@ -82,10 +82,9 @@ from TTS.tts.models.tacotron2 import Tacotron2  # noqa: E402
 from TTS.utils.synthesizer import Synthesizer  # noqa: E402
 from trainer.trainer_utils import get_optimizer, get_scheduler  # noqa: E402
 
-from ..plugin.capacity import ControllerConfig, DualAscent, build_controller  # noqa: E402
-from ..plugin.reference import CAPACITRON_CHANNELS, Posterior, VariationalReferenceEncoder  # noqa: E402
-
-Mode = Literal["mean", "sample"]
+from ..plugin.capacity import DualAscent  # noqa: E402
+from ..plugin.reference import CAPACITRON_CHANNELS, Posterior  # noqa: E402
+from .latent import HostLatent, Mode  # noqa: E402
 
 
 @dataclass
@@ -113,53 +112,21 @@ class ProsodyTacotron2Config(Tacotron2Config):
     prosody_vae: ProsodyVAEArgs = field(default_factory=ProsodyVAEArgs)
 
 
-@dataclass
-class _Request:
-    """How the next inference pass draws z (set by `ProsodyTacotron2.inference`)."""
-
-    mode: Mode = "mean"
-    temperature: float = 1.0
-    generator: Optional[torch.Generator] = None
-
-
-class ProsodyLayer(torch.nn.Module):
+class ProsodyLayer(HostLatent):
     """Fills Coqui's `capacitron_vae_layer` slot: (reference_mel_info, text_info, speaker) ->
     (z (B, 1, Z), posterior, None, beta), as Coqui's CapacitronVAE answers."""
 
     def __init__(self, n_mels: int, args: ProsodyVAEArgs) -> None:
-        super().__init__()
-        self.args = args
-        self.encoder = VariationalReferenceEncoder(n_mels=n_mels, latent_dim=args.latent_dim,
-                                                   conv_channels=tuple(args.conv_channels), gru_dim=args.gru_dim,
-                                                   mlp_dim=args.mlp_dim)
-        self.controller_config = ControllerConfig(kind="dual_ascent", capacity=args.capacity, beta_init=args.beta_init,
-                                                  lr=args.beta_lr, momentum=args.beta_momentum)
-        self.controller: DualAscent = build_controller(self.controller_config)
-        self.request = _Request()
+        super().__init__(n_mels, latent_dim=args.latent_dim, capacity=args.capacity, beta_init=args.beta_init,
+                         beta_lr=args.beta_lr, beta_momentum=args.beta_momentum, kl_alpha=args.kl_alpha,
+                         conv_channels=tuple(args.conv_channels), gru_dim=args.gru_dim, mlp_dim=args.mlp_dim)
 
     def forward(self, reference_mel_info, text_info=None, speaker_embedding=None):
         if reference_mel_info is None:  # no reference: the prior
-            z = self._prior()
-            return z[:, None], None, None, self.controller.beta
+            return self.prior()[:, None], None, None, self.controller.beta
         mel, lengths = reference_mel_info  # (B, T, n_mels), (B,)
-        mode = "sample" if self.training else self.request.mode
-        posterior = self.encoder(mel, lengths.to(mel.device), mode=mode, temperature=self.request.temperature,
-                                 generator=self.request.generator)
+        posterior = self.posterior(mel, lengths)
         return posterior.z[:, None], posterior, None, self.controller.beta  # z: (B, 1, Z)
-
-    def _prior(self) -> torch.Tensor:
-        z = next(self.parameters()).new_zeros(1, self.args.latent_dim)
-        if self.request.mode == "sample":
-            noise = torch.randn(z.shape, generator=self.request.generator, dtype=z.dtype)
-            z = self.request.temperature * noise.to(z.device)
-        return z
-
-    def get_extra_state(self) -> dict[str, Any]:
-        state = self.controller.state_dict()
-        return {"controller": {**state, "beta": state["beta"].clone()}}
-
-    def set_extra_state(self, state: dict[str, Any]) -> None:
-        self.controller.load_state_dict(state["controller"])
 
 
 class ProsodyTacotron2(Tacotron2):
@@ -214,14 +181,13 @@ class ProsodyTacotron2(Tacotron2):
     def train_step(self, batch: dict[str, Any], criterion: torch.nn.Module, optimizer_idx: Optional[int] = None):
         outputs, loss_dict = super().train_step(batch, criterion, optimizer_idx)
         posterior: Posterior = outputs["capacitron_vae_outputs"][0]
-        elements_per_utterance = batch["mel_lengths"].float().mean() * self.decoder_output_dim
-        kl_term = self.config.prosody_vae.kl_alpha * self.controller.loss(posterior.kl_per_dim) / elements_per_utterance
+        layer = self.capacitron_vae_layer
+        kl_term = layer.kl_term(posterior, batch["mel_lengths"].float().mean() * self.decoder_output_dim)
         kl = posterior.kl.mean()
         loss_dict["loss"] = loss_dict["loss"] + kl_term
         loss_dict.update(prosody_kl=kl.detach(), prosody_kl_term=kl_term.detach(),
                          prosody_beta=torch.tensor(self.controller.beta))
-        if self.training:  # Coqui's eval_step runs train_step in eval mode: no dual step there
-            self.controller.update(kl.detach())
+        layer.dual_step(kl)  # a no-op in eval mode, where Coqui's eval_step runs this train_step
         return outputs, loss_dict
 
     # ---------------------------------------------------------------------------- inference
@@ -232,14 +198,9 @@ class ProsodyTacotron2(Tacotron2):
         aux_input = dict(aux_input or {})
         aux_input.setdefault("style_mel", None)
         aux_input["style_text"] = None  # our posterior reads no transcript
-        seed = aux_input.get("seed")
-        self.capacitron_vae_layer.request = _Request(
-            mode=aux_input.get("prosody_mode", "mean"), temperature=float(aux_input.get("temperature", 1.0)),
-            generator=None if seed is None else torch.Generator().manual_seed(int(seed)))
-        try:
+        with self.capacitron_vae_layer.drawing(aux_input.get("prosody_mode", "mean"),
+                                               aux_input.get("temperature", 1.0), aux_input.get("seed")):
             return super().inference(text, aux_input)
-        finally:
-            self.capacitron_vae_layer.request = _Request()
 
     def reference_mel(self, wav_path: str | Path) -> torch.Tensor:
         """(1, T, num_mels): a recording in the training mels' own domain (Coqui's AudioProcessor)."""
