@@ -3,7 +3,7 @@
     python benchmarks/coqui_side_by_side.py --data LJSPEECH_FOLDER --steps 60 --out side.json
 
 Run in an environment with the `coqui` extra (pip install 'prosody_vae[coqui]'). Both models are
-Coqui 0.28's Tacotron2 at the same config (r = 2, batch `--batch-size`, C = `--capacity` nats):
+Coqui 0.28's Tacotron2 at the same config (r = `--reduction-factor`, batch `--batch-size`, C = `--capacity` nats):
 - "coqui": its Capacitron (`use_capacitron_vae`, the "V+T" posterior its recipe uses, softplus
   beta, CapacitronOptimizer, TacotronLoss's KL term);
 - "ours": `prosody_vae.integrations.coqui.ProsodyTacotron2` (posterior "V", dual ascent).
@@ -36,7 +36,8 @@ from trainer import Trainer, TrainerArgs
 
 def config_for(kind: str, data: Path, out: Path, args) -> Tacotron2Config:
     dataset = BaseDatasetConfig(formatter="ljspeech", meta_file_train="metadata.csv", path=str(data))
-    common = dict(r=2, batch_size=args.batch_size, eval_batch_size=args.batch_size, num_loader_workers=0,
+    common = dict(r=args.reduction_factor, attention_type=args.attention, batch_size=args.batch_size,
+                  eval_batch_size=args.batch_size, num_loader_workers=0,
                   num_eval_loader_workers=0, run_eval=False, print_step=25, save_step=10**9,
                   output_path=str(out), datasets=[dataset], text_cleaner="basic_cleaners", use_phonemes=False,
                   test_sentences=[], mixed_precision=False, eval_split_size=0.05, max_decoder_steps=200,
@@ -108,11 +109,16 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=60)
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--capacity", type=float, default=10.0)
+    parser.add_argument("--attention", default="dynamic_convolution",
+                        help="Coqui's attention_type; its Capacitron recipes use dynamic_convolution")
+    parser.add_argument("--reduction-factor", type=int, default=2,
+                        help="the decoder's r (Coqui's Trainer reads sys.argv too: no --r)")
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--work", type=Path, default=Path("coqui_side_by_side"))
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args()
     result = {"data": str(args.data), "steps": args.steps, "capacity": args.capacity, "batch_size": args.batch_size,
+              "reduction_factor": args.reduction_factor,
               "threads": torch.get_num_threads()}
     for kind in ("coqui", "ours"):
         result[kind] = train(kind, args)

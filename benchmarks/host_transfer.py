@@ -1,0 +1,260 @@
+"""Inside a host's own pipeline: train, resume, and transfer speaking rate from two references.
+
+    python benchmarks/host_transfer.py --host coqui --data LJSPEECH_FOLDER --steps 540 --reduction-factor 5 --out c.json
+    python benchmarks/host_transfer.py --host espnet --data LJSPEECH_FOLDER --steps 300 --out e.json
+
+LJSPEECH_FOLDER is an LJSpeech-layout folder (metadata.csv, wavs/) from the built-in corpus, with
+its factors.csv beside (make-corpus writes it; each utterance's espeak-ng rate in words/min). Run
+in an environment with the host's extra (see pyproject.toml).
+
+1. The host's own trainer trains our adapter's model for half of `--steps` and checkpoints;
+   a second trainer resumes the run for the other half: Coqui's `trainer.Trainer` with
+   `continue_path` (epochs raised in the run's config.json), ESPnet's TTSTask
+   (`python -m prosody_vae.integrations.espnet`, a mid-size Tacotron2) with `--resume true`.
+   Per training step: KL (nats per utterance), beta, loss.
+2. The slowest and the fastest reference in factors.csv (among utterances of 5-8 words) each
+   transfer onto `SENTENCES` through the host's own inference entry point (Coqui's
+   Synthesizer.tts with style_wav, via ProsodySynthesizer; ESPnet's own Text2Speech with speech);
+   per output its duration and whether it stopped before the decoder's cap. The wavs are
+   written under --work.
+Prints and writes one JSON object: KL over the last third of the steps against C, beta's
+trajectory, non-finite steps, the resume's controller continuity, and the durations.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import logging
+import math
+import statistics
+import time
+from pathlib import Path
+
+import numpy as np
+import soundfile as sf
+import torch
+
+SENTENCES = ["The quick brown fox jumped over the lazy dog.", "Where did you put the old map of the city?",
+             "Seven green bottles stood on the kitchen table."]
+
+
+def contrasting_references(data: Path) -> dict[str, dict]:
+    """The slowest and fastest espeak-ng rate among the corpus's 5-8 word utterances."""
+    factors = data / "factors.csv"
+    if not factors.exists():
+        raise SystemExit(f"{factors}: missing; --data must be a make-corpus folder (or a copy with its factors.csv)")
+    rows = [r for r in csv.DictReader(factors.open()) if 5 <= int(r["n_words"]) <= 8
+            and (data / "wavs" / f"{r['id']}.wav").exists()]
+    slow, fast = min(rows, key=lambda r: int(r["rate"])), max(rows, key=lambda r: int(r["rate"]))
+    return {name: {"id": r["id"], "wpm": int(r["rate"]), "seconds": float(r["duration_s"]), "voice": r["voice"],
+                   "wav": str(data / "wavs" / f"{r['id']}.wav")} for name, r in (("slow", slow), ("fast", fast))}
+
+
+# ------------------------------------------------------------------------------------ Coqui
+def coqui_config(args, out: Path, epochs: int):
+    from prosody_vae.integrations.coqui import ProsodyTacotron2Config, ProsodyVAEArgs
+    from TTS.config.shared_configs import BaseDatasetConfig
+
+    dataset = BaseDatasetConfig(formatter="ljspeech", meta_file_train="metadata.csv", path=str(args.data))
+    config = ProsodyTacotron2Config(
+        r=args.reduction_factor, attention_type=args.attention, batch_size=args.batch_size,
+        eval_batch_size=args.batch_size, num_loader_workers=0,
+        num_eval_loader_workers=0, run_eval=False, epochs=epochs, print_step=25, save_step=10**9,
+        save_checkpoints=True, output_path=str(out), datasets=[dataset], text_cleaner="basic_cleaners",
+        use_phonemes=False, test_sentences=[], mixed_precision=False, eval_split_size=0.05,
+        max_decoder_steps=args.max_decoder_steps, prenet_dropout_at_inference=False,
+        # Coqui's default Noam warm-up (4,000 steps) would leave a short run at lr ~1e-6
+        lr=args.lr, lr_scheduler=None,
+        prosody_vae=ProsodyVAEArgs(capacity=args.capacity, beta_lr=args.beta_lr))
+    config.audio.sample_rate = 22050
+    return config
+
+
+def coqui_train(args, trace: list[dict]) -> dict:
+    from prosody_vae.integrations.coqui import ProsodyTacotron2
+    from TTS.tts.datasets import load_tts_samples
+    from trainer import Trainer, TrainerArgs
+
+    logging.getLogger("TTS").setLevel(logging.WARNING)
+    runs = args.work / "coqui"
+    probe = coqui_config(args, runs, epochs=1)
+    train_samples, eval_samples = load_tts_samples(probe, eval_split=True, eval_split_size=probe.eval_split_size)
+    steps_per_epoch = len(train_samples) // args.batch_size  # Coqui's loader drops no last batch, but near enough
+    total_epochs = max(2, math.ceil(args.steps / steps_per_epoch))
+    first_epochs = total_epochs // 2
+
+    def fit(epochs: int, continue_path: str = ""):
+        torch.manual_seed(0)
+        config = coqui_config(args, runs, epochs)
+        model = ProsodyTacotron2.init_from_config(config)
+        inner = model.train_step
+
+        def recorded(batch, criterion, optimizer_idx=None):
+            outputs, loss_dict = inner(batch, criterion, optimizer_idx)
+            if model.training:
+                trace.append({"kl": float(loss_dict["prosody_kl"]), "beta": float(loss_dict["prosody_beta"]),
+                              "loss": float(loss_dict["loss"]), "t": time.perf_counter()})
+            return outputs, loss_dict
+
+        model.train_step = recorded
+        trainer = Trainer(TrainerArgs(continue_path=continue_path), config, str(runs), model=model,
+                          train_samples=train_samples, eval_samples=eval_samples)
+        # read what the resume restored now: Coqui deletes a superseded best_model_*.pth during fit
+        restored = (torch.load(trainer.args.restore_path, map_location="cpu", weights_only=False)
+                    if continue_path else None)
+        trainer.fit()
+        return trainer, restored
+
+    first, _ = fit(first_epochs)
+    run = Path(first.output_path)
+    # Coqui resumes with the run folder's config.json (and re-runs the epoch its last checkpoint was
+    # saved in): raise its epoch count there, as a user extending a run does
+    saved_config = coqui_config(args, runs, total_epochs)
+    saved_config.load_json(str(run / "config.json"))
+    saved_config.epochs = total_epochs
+    saved_config.save_json(str(run / "config.json"))
+    before = dict(step=first.model.controller.step, beta=first.model.controller.beta, steps=len(trace))
+    resumed, restored = fit(total_epochs, continue_path=str(run))
+    saved = restored["model"]["capacitron_vae_layer._extra_state"]["controller"]
+    checkpoint = run / "final.pth"  # the last step's weights (Coqui keeps only the best epoch's)
+    torch.save({"model": resumed.model.state_dict(), "config": resumed.config.to_dict(),
+                "step": resumed.total_steps_done}, checkpoint)
+    return {"run": str(run), "checkpoint": str(checkpoint), "config": str(run / "config.json"),
+            "resume": {"first_fit_steps": before["steps"], "restored_from": resumed.args.restore_path,
+                       "restored_trainer_step": restored["step"], "controller_step_saved": int(saved["step"]),
+                       "controller_step_before": before["step"], "beta_saved": float(saved["beta"]),
+                       "beta_before": before["beta"], "controller_step_after": resumed.model.controller.step,
+                       "steps_after_resume": len(trace) - before["steps"]}}
+
+
+def coqui_transfer(trained: dict, references: dict, work: Path) -> list[dict]:
+    from prosody_vae.integrations.coqui import ProsodySynthesizer
+
+    synth = ProsodySynthesizer(tts_checkpoint=trained["checkpoint"], tts_config_path=trained["config"])
+    cap = synth.tts_model.decoder.max_decoder_steps * synth.tts_model.decoder.r
+    rows = []
+    for index, sentence in enumerate(SENTENCES):
+        row = {"sentence": sentence}
+        for name, reference in references.items():
+            np.random.seed(0)  # Griffin-Lim's random initial phase
+            wav = np.asarray(synth.tts(sentence, style_wav=reference["wav"]), dtype=np.float32)
+            frames = round(len(wav) / synth.tts_model.ap.hop_length)
+            sf.write(work / f"coqui_{index}_{name}.wav", wav, synth.output_sample_rate)
+            row[name] = {"seconds": len(wav) / synth.output_sample_rate, "stopped": frames < cap}
+        row["slow_longer"] = row["slow"]["seconds"] > row["fast"]["seconds"]
+        rows.append(row)
+    return rows
+
+
+# ----------------------------------------------------------------------------------- ESPnet2
+# a mid-size Tacotron2 for a CPU, with the demo recipe's sharper guided attention (sigma 0.2, weight 2)
+ESPNET_TTS_CONF = {"embed_dim": 256, "eunits": 256, "econv_chans": 256, "adim": 128, "dunits": 512,
+                   "prenet_units": 128, "postnet_chans": 256, "guided_attn_loss_sigma": 0.2,
+                   "guided_attn_loss_lambda": 2.0}
+
+
+def espnet_train(args, trace: list[dict]) -> dict:
+    from prosody_vae.integrations import espnet
+
+    inner = espnet.ProsodyTacotron2.forward
+
+    def recorded(model, *args, **kwargs):
+        loss, stats, weight = inner(model, *args, **kwargs)
+        if model.training:
+            trace.append({"kl": float(stats["prosody_kl"]), "beta": float(stats["prosody_beta"]),
+                          "loss": float(loss), "t": time.perf_counter()})
+        return loss, stats, weight
+
+    espnet.ProsodyTacotron2.forward = recorded
+    root = args.work / "espnet"
+    prepared = espnet.prepare_ljspeech(args.data, root / "data")
+    conf = {**ESPNET_TTS_CONF, "reduction_factor": args.reduction_factor, "prosody_capacity": args.capacity,
+            "prosody_beta_lr": args.beta_lr}
+    espnet.main(espnet.task_args(prepared, root / "stats", conf) + ["--ngpu", "0", "--num_workers", "0"])
+    n_train = len((prepared["train"] / "text").read_text().splitlines())
+    total_epochs = max(2, math.ceil(args.steps / (n_train // args.batch_size)))
+    exp = root / "exp"
+
+    def fit(epochs: int) -> None:
+        espnet.main(espnet.task_args(prepared, exp, conf, stats_dir=root / "stats") + [
+            "--ngpu", "0", "--num_workers", "0", "--batch_size", str(args.batch_size), "--optim", "adam",
+            "--optim_conf", f"lr={args.lr}", "--seed", "0", "--max_epoch", str(epochs), "--keep_nbest_models", "1",
+            "--use_tensorboard", "false", "--use_matplotlib", "false", "--resume", "true"])
+
+    fit(total_epochs // 2)
+    saved = torch.load(exp / "checkpoint.pth", map_location="cpu", weights_only=False)
+    packed = saved["model"]["tts.gst._extra_state"].tolist()  # beta, step, ...
+    before = len(trace)
+    fit(total_epochs)
+    after = torch.load(exp / "checkpoint.pth", map_location="cpu", weights_only=False)
+    return {"run": str(exp), "checkpoint": str(exp / f"{total_epochs}epoch.pth"), "config": str(exp / "config.yaml"),
+            "resume": {"first_fit_steps": before, "controller_step_saved": int(packed[1]), "beta_saved": packed[0],
+                       "beta_first_step_after_resume": trace[before]["beta"] if len(trace) > before else None,
+                       "controller_step_after": int(after["model"]["tts.gst._extra_state"][1]),
+                       "steps_after_resume": len(trace) - before}}
+
+
+def espnet_transfer(trained: dict, references: dict, work: Path) -> list[dict]:
+    from prosody_vae.integrations.espnet import NAME  # noqa: F401  (registers the model before ESPnet loads it)
+    from espnet2.bin.tts_inference import Text2Speech
+
+    tts = Text2Speech(train_config=trained["config"], model_file=trained["checkpoint"])  # ESPnet's own
+    rows = []
+    for index, sentence in enumerate(SENTENCES):
+        row = {"sentence": sentence}
+        for name, reference in references.items():
+            speech = torch.tensor(sf.read(reference["wav"], dtype="float32")[0])
+            output = tts(sentence, speech=speech)
+            # ESPnet's decoder gives up after maxlenratio x (input tokens) steps of r frames
+            cap = int(tts.decode_conf["maxlenratio"] * len(output["duration"])) * tts.model.tts.reduction_factor
+            sf.write(work / f"espnet_{index}_{name}.wav", output["wav"].numpy(), tts.fs)
+            row[name] = {"seconds": len(output["wav"]) / tts.fs, "stopped": len(output["feat_gen"]) < cap}
+        row["slow_longer"] = row["slow"]["seconds"] > row["fast"]["seconds"]
+        rows.append(row)
+    return rows
+
+
+# ------------------------------------------------------------------------------------------
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--host", choices=["coqui", "espnet"], required=True)
+    parser.add_argument("--data", type=Path, required=True)
+    parser.add_argument("--steps", type=int, default=300)
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--attention", default="dynamic_convolution",
+                        help="Coqui's attention_type; its Capacitron recipes use dynamic_convolution")
+    parser.add_argument("--reduction-factor", type=int, default=2,
+                        help="the decoder's r (Coqui's Trainer reads sys.argv too: no --r)")
+    parser.add_argument("--capacity", type=float, default=10.0)
+    parser.add_argument("--beta-lr", type=float, default=0.05)
+    parser.add_argument("--lr", type=float, default=1e-3)
+    parser.add_argument("--max-decoder-steps", type=int, default=300)
+    parser.add_argument("--work", type=Path, default=Path("host_transfer"))
+    parser.add_argument("--out", type=Path, required=True)
+    args = parser.parse_args()
+    args.work.mkdir(parents=True, exist_ok=True)
+    references = contrasting_references(args.data)
+    trace: list[dict] = []
+    trained = (coqui_train if args.host == "coqui" else espnet_train)(args, trace)
+    tail = trace[-max(1, len(trace) // 3):]
+    kl_tail = statistics.fmean(t["kl"] for t in tail)
+    transfer = (coqui_transfer if args.host == "coqui" else espnet_transfer)(trained, references, args.work)
+    result = {
+        "host": args.host, "data": str(args.data), "steps": len(trace), "capacity": args.capacity,
+        "threads": torch.get_num_threads(),
+        "seconds_per_step": statistics.median(b["t"] - a["t"] for a, b in zip(trace, trace[1:])),
+        "kl_last_third_mean": kl_tail, "kl_last_third_std": statistics.pstdev(t["kl"] for t in tail),
+        "kl_within_15pct_of_C": abs(kl_tail - args.capacity) <= 0.15 * args.capacity,
+        "beta": {"first": trace[0]["beta"], "min": min(t["beta"] for t in trace), "last": trace[-1]["beta"]},
+        "non_finite_steps": sum(not (math.isfinite(t["loss"]) and math.isfinite(t["kl"])) for t in trace),
+        **trained, "references": references, "transfer": transfer,
+        "slow_longer_all": all(row["slow_longer"] for row in transfer),
+        "trace": [{k: v for k, v in t.items() if k != "t"} for t in trace]}
+    args.out.write_text(json.dumps(result, indent=1) + "\n")
+    print(json.dumps({k: v for k, v in result.items() if k != "trace"}, indent=1))
+
+
+if __name__ == "__main__":
+    main()
