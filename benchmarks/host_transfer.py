@@ -15,8 +15,8 @@ in an environment with the host's extra (see pyproject.toml).
 2. The slowest and the fastest reference in factors.csv (among utterances of 5-8 words) each
    transfer onto `SENTENCES` through the host's own inference entry point (Coqui's
    Synthesizer.tts with style_wav, via ProsodySynthesizer; ESPnet's own Text2Speech with speech);
-   per output its duration and whether it stopped before the decoder's cap. The wavs are
-   written under --work.
+   per output its duration and whether it stopped before the decoder's cap (ESPnet: also its
+   attention's focus rate and how far along the text it reached). The wavs are written under --work.
 Prints and writes one JSON object: KL over the last third of the steps against C, beta's
 trajectory, non-finite steps, the resume's controller continuity, and the durations.
 """
@@ -210,7 +210,11 @@ def espnet_transfer(trained: dict, references: dict, work: Path) -> list[dict]:
             # ESPnet's decoder gives up after maxlenratio x (input tokens) steps of r frames
             cap = int(tts.decode_conf["maxlenratio"] * len(output["duration"])) * tts.model.tts.reduction_factor
             sf.write(work / f"espnet_{index}_{name}.wav", output["wav"].numpy(), tts.fs)
-            row[name] = {"seconds": len(output["wav"]) / tts.fs, "stopped": len(output["feat_gen"]) < cap}
+            # did the attention walk the whole text? ESPnet's focus rate, and the last token it reached
+            reached = int(output["att_w"].argmax(-1).max()) + 1
+            row[name] = {"seconds": len(output["wav"]) / tts.fs, "stopped": len(output["feat_gen"]) < cap,
+                         "focus_rate": float(output["focus_rate"]),
+                         "tokens_reached": f"{reached}/{output['att_w'].shape[1]}"}
         row["slow_longer"] = row["slow"]["seconds"] > row["fast"]["seconds"]
         rows.append(row)
     return rows

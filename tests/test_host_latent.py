@@ -1,6 +1,9 @@
-"""integrations/latent.py, the part the Coqui and ESPnet adapters share; needs no host toolkit."""
+"""integrations/latent.py and torchaudio_gate.py, what the Coqui and ESPnet adapters share; need no host."""
 
 from __future__ import annotations
+
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -63,3 +66,28 @@ def test_the_controller_travels_in_the_state_dict_exactly():
     for module in (layer, fresh):  # the optimizer's velocity came along: the next step agrees
         module.dual_step(torch.tensor(9.0))
     assert fresh.controller.beta == layer.controller.beta
+
+
+def test_the_torchaudio_placeholder_stands_in_only_where_torchaudio_does_not_load():
+    script = """
+import importlib, sys
+from prosody_vae.integrations.torchaudio_gate import stand_in_for_torchaudio, torchaudio_loads
+real = torchaudio_loads()
+stand_in_for_torchaudio("the adapter")
+stand_in_for_torchaudio("a second adapter")  # idempotent
+import torchaudio
+if real:
+    assert hasattr(torchaudio, "load"), "the real torchaudio was replaced"
+else:
+    assert not hasattr(torchaudio, "load") and not torchaudio_loads()
+    try:
+        torchaudio.functional
+    except AttributeError as error:
+        assert "torchaudio.functional" in str(error) and "the adapter" in str(error), error
+    else:
+        raise AssertionError("the placeholder answered an attribute")
+print("real" if real else "placeholder")
+"""
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() in {"real", "placeholder"}

@@ -27,8 +27,8 @@ Import. Coqui's TTS/__init__.py refuses to import without torchaudio and torchco
 registry's torchaudio wheels are CUDA builds that need a matching torch. Neither is used by this
 path (one module on Tacotron2's import chain, the speaker encoder, imports torchaudio at its top
 and is not run), so when torchaudio is not importable the package is entered without that gate,
-with a placeholder torchaudio module whose every attribute raises AttributeError naming the cause.
-With a working torchaudio, Coqui is imported normally.
+with the placeholder of integrations/torchaudio_gate.py. With a working torchaudio, Coqui is
+imported normally.
 """
 
 # no `from __future__ import annotations`: Coqpit reads the config fields' types at run time
@@ -41,6 +41,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
+from .torchaudio_gate import stand_in_for_torchaudio, torchaudio_loads
+
 
 def _import_coqui() -> None:
     if "TTS" in sys.modules:
@@ -48,11 +50,7 @@ def _import_coqui() -> None:
     spec = importlib.util.find_spec("TTS")
     if spec is None:
         raise ImportError("prosody_vae.integrations.coqui needs Coqui TTS: pip install 'prosody_vae[coqui]'")
-    try:
-        import torchaudio  # noqa: F401
-        torchaudio_works = True
-    except Exception:  # missing, or a CUDA build that fails to load against this torch
-        torchaudio_works = False
+    torchaudio_works = torchaudio_loads()
     if torchaudio_works and importlib.util.find_spec("torchcodec") is not None:
         import TTS  # noqa: F401
         return
@@ -60,15 +58,7 @@ def _import_coqui() -> None:
     package.__path__ = list(spec.submodule_search_locations)
     package.__version__ = importlib.metadata.version("coqui-tts")
     sys.modules["TTS"] = package
-    if not torchaudio_works:
-        placeholder = types.ModuleType("torchaudio")
-
-        def unavailable(name: str):  # AttributeError, so hasattr() probes still answer False
-            raise AttributeError(f"torchaudio.{name}: torchaudio does not load with this torch; "
-                                 "prosody_vae.integrations.coqui runs Tacotron2 without it")
-
-        placeholder.__getattr__ = unavailable
-        sys.modules["torchaudio"] = placeholder
+    stand_in_for_torchaudio("prosody_vae.integrations.coqui")
 
 
 _import_coqui()

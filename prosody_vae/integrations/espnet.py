@@ -25,8 +25,8 @@ What changes against ESPnet's Tacotron2 with `use_gst` (espnet2/tts/tacotron2/ta
 `use_gst` stays True on the model: ESPnet reads it as "inference takes reference speech".
 
 Import. espnet2's task module imports torchaudio at the top of a speech-enhancement file it
-never runs for TTS; when torchaudio does not load (the registry's wheels are CUDA builds), a
-placeholder module stands in, as for Coqui (integrations/coqui.py).
+never runs for TTS; when torchaudio does not load (the registry's wheels are CUDA builds), the
+placeholder of integrations/torchaudio_gate.py stands in.
 """
 
 # no `from __future__ import annotations`: typeguard checks ESPnet's annotations at run time
@@ -34,26 +34,16 @@ import importlib.util
 import inspect
 import json
 import math
-import sys
-import types
 from pathlib import Path
 from typing import Optional, Union
+
+from .torchaudio_gate import stand_in_for_torchaudio
 
 
 def _import_espnet() -> None:
     if importlib.util.find_spec("espnet2") is None:
         raise ImportError("prosody_vae.integrations.espnet needs ESPnet: see the `espnet` extra in pyproject.toml")
-    try:
-        import torchaudio  # noqa: F401
-    except Exception:  # missing, or a CUDA build that fails to load against this torch
-        placeholder = types.ModuleType("torchaudio")
-
-        def unavailable(name: str):  # AttributeError, so hasattr() probes still answer False
-            raise AttributeError(f"torchaudio.{name}: torchaudio does not load with this torch; "
-                                 "prosody_vae.integrations.espnet runs TTS without it")
-
-        placeholder.__getattr__ = unavailable
-        sys.modules["torchaudio"] = placeholder
+    stand_in_for_torchaudio("prosody_vae.integrations.espnet")
 
 
 _import_espnet()
