@@ -6,5 +6,5 @@
 Each adapter is a module of its own that imports its host toolkit, so importing this package
 imports none of them; a missing host is an ImportError that names the extra to install.
 latent.py is what they share (encoder, controller, KL term, dual step, how z is drawn) and
-imports no host.
+imports no host; torchaudio_gate.py stands in for a torchaudio that does not load.
 """

@@ -41,7 +41,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
-from .torchaudio_gate import stand_in_for_torchaudio, torchaudio_loads
+from .torchaudio_gate import stand_in_for_torchaudio
 
 
 def _import_coqui() -> None:
@@ -50,7 +50,7 @@ def _import_coqui() -> None:
     spec = importlib.util.find_spec("TTS")
     if spec is None:
         raise ImportError("prosody_vae.integrations.coqui needs Coqui TTS: pip install 'prosody_vae[coqui]'")
-    torchaudio_works = torchaudio_loads()
+    torchaudio_works = stand_in_for_torchaudio("prosody_vae.integrations.coqui")
     if torchaudio_works and importlib.util.find_spec("torchcodec") is not None:
         import TTS  # noqa: F401
         return
@@ -58,7 +58,6 @@ def _import_coqui() -> None:
     package.__path__ = list(spec.submodule_search_locations)
     package.__version__ = importlib.metadata.version("coqui-tts")
     sys.modules["TTS"] = package
-    stand_in_for_torchaudio("prosody_vae.integrations.coqui")
 
 
 _import_coqui()

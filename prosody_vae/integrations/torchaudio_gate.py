@@ -24,10 +24,13 @@ def torchaudio_loads() -> bool:
     return not getattr(torchaudio, _MARK, False)
 
 
-def stand_in_for_torchaudio(adapter: str) -> None:
-    """Install the placeholder unless the real torchaudio loads; `adapter` names who needs it."""
-    if torchaudio_loads() or getattr(sys.modules.get("torchaudio"), _MARK, False):
-        return
+def stand_in_for_torchaudio(adapter: str) -> bool:
+    """Install the placeholder unless the real torchaudio loads; `adapter` names who needs it.
+    Returns whether the real one loads (so callers need not try the import a second time)."""
+    if torchaudio_loads():
+        return True
+    if getattr(sys.modules.get("torchaudio"), _MARK, False):  # another adapter put it in
+        return False
     placeholder = types.ModuleType("torchaudio")
     setattr(placeholder, _MARK, True)
 
@@ -37,3 +40,4 @@ def stand_in_for_torchaudio(adapter: str) -> None:
 
     placeholder.__getattr__ = unavailable
     sys.modules["torchaudio"] = placeholder
+    return False
