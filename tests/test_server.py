@@ -387,8 +387,13 @@ def test_batched_results_equal_unbatched_ones():
             assert answers[text].headers["X-Batch-Size"] == "4"
             batched = sf.read(io.BytesIO(answers[text].content), dtype="float32")[0]
             alone = sf.read(io.BytesIO(_wav_bytes(synth.tts(text, seed=7).wav[0], SR)), dtype="float32")[0]
-            # equal up to float rounding: a batched matmul may sum in another order (as in test_infer)
-            assert batched.shape == alone.shape and np.abs(batched - alone).max() < 2e-3, text
+            # equal up to float rounding: a batched matmul may sum in another order (as in test_infer),
+            # and the autoregressive decoder carries that rounding on, so single samples can move by a
+            # few 1e-3 on one machine and not another; a batching bug (a mixed-up item, padding leaking
+            # in) moves the whole signal, so the error is measured against the signal's energy
+            assert batched.shape == alone.shape, text
+            relative = np.sqrt(np.mean((batched - alone) ** 2) / np.mean(alone ** 2))
+            assert relative < 1e-2, (text, relative)
 
 
 def test_vocoder_processes_give_the_same_audio_as_vocoding_in_the_server():
