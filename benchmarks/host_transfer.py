@@ -65,6 +65,9 @@ def coqui_config(args, out: Path, epochs: int):
         save_checkpoints=True, output_path=str(out), datasets=[dataset], text_cleaner="basic_cleaners",
         use_phonemes=False, test_sentences=[], mixed_precision=False, eval_split_size=0.05,
         max_decoder_steps=args.max_decoder_steps, prenet_dropout_at_inference=False,
+        # Coqui's default 0.2 under-weights the one stop frame per utterance, so a short run never
+        # learns to stop; Coqui's own LJSpeech recipes train with 15
+        stopnet_pos_weight=args.stopnet_pos_weight,
         # Coqui's default Noam warm-up (4,000 steps) would leave a short run at lr ~1e-6
         lr=args.lr, lr_scheduler=None,
         prosody_vae=ProsodyVAEArgs(capacity=args.capacity, beta_lr=args.beta_lr))
@@ -235,6 +238,8 @@ def main() -> None:
     parser.add_argument("--beta-lr", type=float, default=0.05)
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--max-decoder-steps", type=int, default=300)
+    parser.add_argument("--stopnet-pos-weight", type=float, default=15.0,
+                        help="Coqui's weight on the stop frame in its stopnet loss (Coqui's recipes: 15)")
     parser.add_argument("--work", type=Path, default=Path("host_transfer"))
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args()
