@@ -11,6 +11,8 @@ sentences with corpus-like factors (CorpusConfig's ranges of rate, pitch, range 
 onto three texts the corpus never spoke, in each `--targets` voice, twice:
 - "guess":    no reference_speaker, so the model takes the nearest known register;
 - "enrolled": reference_speaker = the voice, enrolled from its `--enrol` recordings.
+With `--reference-range`, each also with `reference_range=True` ("guess+range", "enrolled+range"):
+the output's F0 contour scaled to the reference's spread of ln F0.
 The outputs are vocoded (source-filter where the model has a pitch head) and measured as a
 listener's tools would: pyin F0 and librosa's speech split on the audio (prosody_summary).
 
@@ -95,6 +97,8 @@ def main() -> None:
     parser.add_argument("--register-recordings", type=int, default=20)
     parser.add_argument("--vocoder", default="auto")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--reference-range", action="store_true",
+                        help="also each condition with tts(reference_range=True)")
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args()
     started = time.perf_counter()
@@ -103,6 +107,9 @@ def main() -> None:
     sr, corpus = synth.audio.sample_rate, CorpusConfig()
     trained = [v for v in args.voices if v in synth.speakers]
     registers = {v: register_hz(v, args.register_recordings, sr, corpus) for v in [*args.voices, *args.targets]}
+    conditions = [("guess", False, False), ("enrolled", True, False)]  # (name, enrolled, reference_range)
+    if args.reference_range:
+        conditions += [(f"{name}+range", enrolled, True) for name, enrolled, _ in conditions]
     rows = []
     for voice in args.voices:
         name = f"unseen:{voice}"
@@ -110,9 +117,9 @@ def main() -> None:
         for r, (ref_text, ref_wav) in enumerate(recordings(voice, args.references_per_voice, 6000, corpus)):
             ref = prosody_summary(ref_wav, sr, text=ref_text)
             for target in args.targets:
-                for condition, reference_speaker in (("guess", None), ("enrolled", name)):
+                for condition, enrolled, reference_range in conditions:
                     result = synth.tts(TEXTS, reference=ref_wav, seed=args.seed, speaker=target,
-                                       reference_speaker=reference_speaker)
+                                       reference_speaker=name if enrolled else None, reference_range=reference_range)
                     for text, wav, f0 in zip(TEXTS, result.wav, result.f0 or [None] * len(TEXTS)):
                         out = prosody_summary(wav, sr, text=text)
                         rows.append({"condition": condition, "voice": voice, "reference": f"{voice}#{r}",
@@ -127,7 +134,7 @@ def main() -> None:
                                      "output_head_range_st": head_range_st(f0)})
 
     figures = {}
-    for condition in ("guess", "enrolled"):
+    for condition, _, _ in conditions:
         chosen = [row for row in rows if row["condition"] == condition]
         centred = {q: centred_correlation([row[f"reference_{q}"] for row in chosen], [row[f"output_{q}"] for row in chosen],
                                           [(row["text"], row["target"]) for row in chosen],

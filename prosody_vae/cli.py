@@ -120,7 +120,8 @@ def cmd_synthesize(args: argparse.Namespace) -> None:
     result = synth.tts(args.text, reference=args.reference, reference_text=args.reference_text, mode=args.mode,
                        temperature=args.temperature, seed=args.seed, n_samples=args.n_samples,
                        strength=args.strength, controls=controls, speaker=args.speaker,
-                       reference_speaker=args.reference_speaker, pitch_mode=args.pitch_mode)
+                       reference_speaker=args.reference_speaker, pitch_mode=args.pitch_mode,
+                       reference_range=args.reference_range)
 
     outs = [args.out] if args.n_samples == 1 else [args.out.with_name(f"{args.out.stem}_{i:02d}{args.out.suffix}")
                                                    for i in range(args.n_samples)]
@@ -303,6 +304,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "'prosody' models, which otherwise match it to the nearest voice's register)")
     p.add_argument("--pitch-mode", choices=("relative", "absolute"), default="relative",
                    help="keep the reference's pitch relative to the voice, or at its Hz (needs --reference-speaker)")
+    p.add_argument("--reference-range", action="store_true",
+                   help="scale the output's F0 contour to the reference's pitch range (a model with a pitch head; "
+                        "heard through a pitch-driven vocoder such as source-filter)")
     p.add_argument("--out", type=Path, required=True, help="output wav")
     p.set_defaults(func=cmd_synthesize)
 

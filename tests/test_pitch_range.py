@@ -128,3 +128,52 @@ def test_free_running_f0_takes_the_heads_spread_in_eager_and_exported_synthesis(
     assert (count >= MIN_VOICED_FRAMES).all()
     expected = (0.05 / raw_spread).clamp(1 / MAX_SCALE, MAX_SCALE) * raw_spread
     torch.testing.assert_close(spread, expected, rtol=1e-3, atol=0)
+
+
+@pytest.mark.filterwarnings("ignore:.*max_decoder_steps")
+@pytest.mark.parametrize("reference_input", ["mel", "prosody"])
+def test_reference_range_scales_the_output_contour_to_the_references_spread(reference_input):
+    """tts(reference_range=True): each output's voiced ln F0 takes its reference's spread, as
+    measured on the reference's own F0 track, with no register known (none is named here)."""
+    from prosody_vae.audio.pitch import frame_features
+    from prosody_vae.inference.synthesizer import Synthesizer
+    from prosody_vae.model.tacotron import ProsodyTacotron
+    from test_enrolment import steady_tone
+    from test_speakers import micro_config
+
+    torch.manual_seed(0)
+    config = micro_config(0, reference_input=reference_input, pitch_head=True, prenet_dropout_at_inference=False)
+    synth = Synthesizer(ProsodyTacotron(config.model), config)
+    layout_start = config.model.n_mels * config.model.reduction_factor + config.model.reduction_factor
+    with torch.no_grad():  # every frame voiced, so every output has a contour to scale
+        voicing = slice(layout_start, layout_start + config.model.reduction_factor)
+        synth.model.decoder.projection.weight[voicing].zero_()
+        synth.model.decoder.projection.bias[voicing] = 10.0
+    sr = synth.audio.sample_rate
+    references = [steady_tone(150.0, sr, glide=0.1), steady_tone(150.0, sr, glide=0.6)]  # narrow, wide
+    ask = lambda reference_range: synth.tts(["Hello there.", "Hello there."], reference=references, seed=0,
+                                            reference_range=reference_range, vocode=False, max_decoder_steps=40)
+    raw, ranged = ask(False), ask(True)
+    assert all(torch.equal(a, b) for a, b in zip(raw.mel, ranged.mel))  # the F0 alone is edited
+    spread = lambda f0: voiced_spread(torch.log(f0.clamp(min=1e-3))[None], (f0 > 0)[None])[1]
+    for reference, before, after in zip(references, raw.f0, ranged.f0):
+        tracks = frame_features(reference, synth.audio)
+        wanted = voiced_spread(torch.from_numpy(tracks.log_f0)[None], torch.from_numpy(tracks.voiced)[None])[1]
+        assert (before > 0).sum() >= MIN_VOICED_FRAMES
+        expected = spread(before) * (wanted / spread(before)).clamp(1 / MAX_SCALE, MAX_SCALE)
+        torch.testing.assert_close(spread(after), expected, rtol=1e-3, atol=0)
+    assert spread(ranged.f0[1]) > 2 * spread(ranged.f0[0])
+
+
+def test_reference_range_is_refused_without_a_reference_or_a_pitch_head():
+    from prosody_vae.inference.synthesizer import Synthesizer
+    from prosody_vae.model.tacotron import ProsodyTacotron
+    from test_speakers import micro_config
+
+    for pitch_head, reference, message in ((True, None, "needs a reference"), (False, np.zeros(4000, np.float32) + 0.1,
+                                                                               "needs a model with a pitch head")):
+        config = micro_config(0, pitch_head=pitch_head)
+        synth = Synthesizer(ProsodyTacotron(config.model), config)
+        with pytest.raises(ConfigError, match=message) as caught:
+            synth.tts("Hello.", reference=reference, reference_range=True, vocode=False, max_decoder_steps=4)
+        assert caught.value.field == "reference_range"

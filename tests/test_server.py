@@ -275,6 +275,21 @@ def test_speakers_by_name_and_an_unknown_one_listing_the_known():
         assert len(voices[0]) and not np.array_equal(voices[0], voices[1])
 
 
+def test_reference_range_reaches_the_synthesizer_and_is_refused_without_a_reference_or_pitch_head(reference_id, client):
+    assert_refused(client.post("/v1/synthesize", json={"text": "Hi.", "reference_id": reference_id,
+                                                       "reference_range": True}), 422, "reference_range")  # no pitch head
+    synth = make_synth(pitch_head=True)
+    with app_client(ServeConfig(warm_up=False), synth) as pitched:
+        ref = pitched.post("/v1/encode", files={"reference": ("a.wav", wav_file(reference_wav()), "audio/wav")}
+                           ).json()["reference_id"]
+        ask = lambda **kw: pitched.post("/v1/synthesize", json={"text": "Hi.", "seed": 1, "format": "json",
+                                                                "include": ["f0"], **kw})
+        assert_refused(ask(reference_range=True), 422, "reference_range")  # no reference
+        served = ask(reference_id=ref, reference_range=True).json()["results"][0]["f0_hz"]
+        direct = synth.tts("Hi.", reference=reference_wav(), seed=1, reference_range=True, vocode=False).f0[0]
+        assert np.allclose(served, direct.numpy(), atol=0.06)
+
+
 def test_reference_speaker_absolute_pitch_and_the_interpolation_voice_reach_the_synthesizer_checked():
     synth = make_synth(n_speakers=2, speaker_dim=4, pitch_head=True)
     synth.speaker_table = SpeakerTable(("en-us+f3", "en-us+m1"), log_f0_mean=(math.log(220.0), math.log(110.0)))

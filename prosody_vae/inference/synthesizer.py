@@ -60,6 +60,9 @@ relative output lands nearer the reference's Hz; it takes an unnamed reference t
 target voice.
 `pitch_mode="absolute"` moves the predicted F0 by the register difference of `reference_speaker`
 and the target voice (a pitch-aware vocoder renders that F0; a mel-only one does not read it).
+`reference_range=True` scales the predicted F0 contour, about its own mean, to the reference's
+spread of ln F0: a ratio, so it needs no register and holds for a voice nobody enrolled (the
+decoder itself barely reads range from z; docs/speakers.md).
 
 Vocoder: `from_checkpoint` picks the best installed one, as the CLI does (`vocoder="auto"`:
 a HiFi-GAN from the `hifigan` extra, the pitch-driven "source-filter" for a model with a pitch
@@ -88,6 +91,7 @@ from ..audio.postfilter import GlobalVariance
 from ..audio.prosody_tracks import batch_tracks, nearest_register, reference_features, utterance_register
 from ..data.speakers import SpeakerTable, UnknownSpeakerError
 from ..data.text import TextProcessor
+from ..model.pitch_range import apply_range, reference_log_spread
 from ..model.tacotron import InferenceOutput, ProsodyTacotron
 from ..plugin.errors import ConfigError, ReferenceInputError, TextError
 from ..plugin.reference import Posterior
@@ -454,10 +458,10 @@ class Synthesizer:
             mode: Literal["mean", "sample"] = "mean", temperature: float = 1.0, seed: Seed = None,
             n_samples: int = 1, strength: float = 1.0, controls: Optional[Mapping[str, float]] = None,
             speaker: Speaker = None, reference_speaker: Speaker = None,
-            pitch_mode: Literal["relative", "absolute"] = "relative",
+            pitch_mode: Literal["relative", "absolute"] = "relative", reference_range: bool = False,
             vocode: bool = True, max_decoder_steps: Optional[int] = None) -> SynthesisResult:
         """Synthesise one text or a batch (see the module docstring for the prosody choices, seeds,
-        `n_samples`, `strength`, `controls`, the speakers and `pitch_mode`). With `n_samples=K` the
+        `n_samples`, `strength`, `controls`, the speakers, `pitch_mode` and `reference_range`). With `n_samples=K` the
         result holds K items per text, text by text. `max_decoder_steps` bounds the free-running decoder (default: the
         model config's)."""
         texts = _as_texts(texts)
@@ -466,12 +470,13 @@ class Synthesizer:
         text, text_lengths = self._encode_texts(items.texts)  # first: a bad text fails before any encoding
         speaker_ids = self.speaker_ids(items.speaker, len(items.texts))
         f0_shift = self._pitch_mode_shift(pitch_mode, speaker_ids, items.reference_speaker, len(items.texts))
+        spread = self._reference_spreads(items) if reference_range else None
         z = self.prosody(items.texts, items.reference, items.reference_text, items.z, mode, temperature, items.seeds,
                          strength, controls, items.sample_indices, self._reference_voice(items))
         out = self.model.infer(text, text_lengths, z=z, speaker_ids=speaker_ids,
                                generator=self._generators(items.seeds, items.texts, items.sample_indices),
                                max_decoder_steps=max_decoder_steps)
-        mels, f0 = self._outputs(out, f0_shift)
+        mels, f0 = self._outputs(out, f0_shift, spread)
         mels, f0 = self._edit_outputs(mels, f0, self.control_paths(controls))
         return SynthesisResult(
             mel=mels, wav=[self.vocode(m, f) for m, f in zip(mels, f0 or [None] * len(mels))] if vocode else [],
@@ -494,16 +499,38 @@ class Synthesizer:
             return speaker
         return items.reference_speaker
 
+    def _reference_spreads(self, items: _Items) -> torch.Tensor:
+        """(B,) ln spread of each item's reference's ln F0, for `reference_range=True`. A "prosody"
+        model's items then carry the references' tracks, so that its encoder does not track them twice."""
+        if not self.model.config.pitch_head:
+            raise ConfigError("reference_range=True sets the output's F0 range, which needs a model with a pitch "
+                              "head (pitch_head = true)", field="reference_range")
+        if items.reference is None:
+            raise ConfigError("reference_range=True needs a reference", field="reference_range")
+        many = isinstance(items.reference, (list, tuple))
+        tracks = [self.reference_tracks(r) for r in (items.reference if many else [items.reference])]
+        if self.model.config.reference_input == "prosody":
+            items.reference = tracks if many else tracks[0]
+        log_f0, voiced, _, _ = batch_tracks(tracks)
+        spread = reference_log_spread(log_f0, voiced).to(self.device)  # NaN: too little voiced to tell
+        return spread.expand(len(items.texts)) if len(tracks) == 1 else spread
+
     @staticmethod
-    def _outputs(out: InferenceOutput, f0_shift: Optional[torch.Tensor]
+    def _outputs(out: InferenceOutput, f0_shift: Optional[torch.Tensor], spread: Optional[torch.Tensor] = None
                  ) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
-        """Each item's postnet mel (T_i, n_mels) and, with a pitch head, its F0 (T_i,) in Hz (0 unvoiced)."""
+        """Each item's postnet mel (T_i, n_mels) and, with a pitch head, its F0 (T_i,) in Hz (0 unvoiced),
+        its voiced frames scaled to the ln spread `spread` (B,) where one is given."""
         lengths = out.mel_lengths.tolist()
         mels = [out.mel_postnet[i, :n].float() for i, n in enumerate(lengths)]
         if out.log_f0 is None:
             return mels, []
         log_f0 = out.log_f0 if f0_shift is None else out.log_f0 + f0_shift[:, None]  # (B, T)
-        return mels, [torch.where(out.voiced[i, :n], log_f0[i, :n].exp(), 0.0).float() for i, n in enumerate(lengths)]
+        tracks = [log_f0[i, :n] for i, n in enumerate(lengths)]
+        if spread is not None:
+            tracks = [apply_range(track[None], out.voiced[i, : len(track)][None], spread[i : i + 1])[0]
+                      for i, track in enumerate(tracks)]
+        return mels, [torch.where(out.voiced[i, :n], track.exp(), 0.0).float() for i, (track, n) in
+                      enumerate(zip(tracks, lengths))]
 
     def _edit_outputs(self, mels: list[torch.Tensor], f0: list[torch.Tensor], paths: dict[str, dict[str, float]]
                       ) -> tuple[list[torch.Tensor], list[torch.Tensor]]:

@@ -72,11 +72,20 @@ def pitch_range_loss(log_spread: torch.Tensor, log_f0: torch.Tensor, voiced: tor
     return torch.where(usable, error, 0.0).sum() / usable.sum().clamp(min=1)
 
 
+def reference_log_spread(log_f0: torch.Tensor, voiced: torch.Tensor) -> torch.Tensor:
+    """(B,) ln spread of each reference's ln F0 (log_f0, voiced (B, T)), NaN where fewer than
+    MIN_VOICED_FRAMES frames are voiced. A spread of ln F0 is a ratio, so it reads the same
+    whoever speaks: it needs no register, unlike the reference's height."""
+    _, spread, count = voiced_spread(log_f0.float(), voiced)
+    return torch.where(count >= MIN_VOICED_FRAMES, spread.clamp(min=_SPREAD_FLOOR).log(), torch.nan)
+
+
 def apply_range(log_f0: torch.Tensor, voiced: torch.Tensor, log_spread: torch.Tensor) -> torch.Tensor:
     """log_f0 (B, T) with each item's voiced frames scaled about their mean to the spread
-    exp(log_spread) (B,); items with under MIN_VOICED_FRAMES voiced frames are left as they are."""
+    exp(log_spread) (B,); items with under MIN_VOICED_FRAMES voiced frames, or a NaN log_spread,
+    are left as they are."""
     mean, spread, count = voiced_spread(log_f0.float(), voiced)
     scale = (log_spread.float().exp() / spread.clamp(min=_SPREAD_FLOOR)).clamp(1.0 / MAX_SCALE, MAX_SCALE)
-    scale = torch.where(count >= MIN_VOICED_FRAMES, scale, 1.0)  # (B,)
+    scale = torch.where((count >= MIN_VOICED_FRAMES) & ~torch.isnan(scale), scale, 1.0)  # (B,)
     scaled = mean[:, None] + scale[:, None] * (log_f0.float() - mean[:, None])
     return torch.where(voiced.bool(), scaled, log_f0.float()).to(log_f0.dtype)

@@ -89,6 +89,7 @@ class Prosody:
     speaker: Optional[str] = None
     reference_speaker: Optional[str] = None
     pitch_mode: str = "relative"
+    reference_range: bool = False
     interpolate: Optional[tuple[np.ndarray, np.ndarray]] = None
 
 
@@ -261,6 +262,9 @@ class SynthesisEngine:
                 self.synth.absolute_pitch_shift(self.synth.speaker_ids(request.speaker, 1), request.reference_speaker, 1)
             except ProsodyVAEError as exc:
                 raise RequestError("pitch_mode", str(exc)) from None
+        if request.reference_range and (reference is None or not self.synth.model.config.pitch_head):
+            raise RequestError("reference_range", "the reference's pitch range needs a reference and a model with "
+                                                  "a pitch head")
         seeds = request.seeds if request.seeds is not None else [request.seed]
         items = len(texts) * len(seeds) * request.n_samples
         if items > self.config.max_items:
@@ -274,12 +278,12 @@ class SynthesisEngine:
         for seed in seeds:
             prosody = Prosody(reference, request.reference_text, request.mode, request.temperature, seed,
                               request.n_samples, request.strength, request.controls, request.speaker,
-                              request.reference_speaker, request.pitch_mode)
+                              request.reference_speaker, request.pitch_mode, request.reference_range)
             # a batch shares every argument but the texts; n_samples results come back in tts's order
             key = None if request.n_samples > 1 else (
                 reference_key, request.reference_text, request.mode, request.temperature, seed,
                 request.strength, tuple(sorted(request.controls.items())), request.speaker,
-                request.reference_speaker, request.pitch_mode)
+                request.reference_speaker, request.pitch_mode, request.reference_range)
             jobs.append((key, TTSJob(texts, prosody, request.vocoder), items // len(seeds)))
         return jobs
 
@@ -317,7 +321,7 @@ class SynthesisEngine:
         result = self.synth.tts(texts, reference=p.reference, reference_text=p.reference_text, z=z, mode=p.mode,
                                 temperature=p.temperature, seed=p.seed, n_samples=p.n_samples, strength=p.strength,
                                 controls=p.controls, speaker=p.speaker, reference_speaker=p.reference_speaker,
-                                pitch_mode=p.pitch_mode, vocode=False)
+                                pitch_mode=p.pitch_mode, reference_range=p.reference_range, vocode=False)
         per_text = len(result.mel) // len(texts)  # n_samples results per text (1 unless asked)
         out, start = [], 0
         for job in payloads:

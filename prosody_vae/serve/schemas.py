@@ -49,6 +49,8 @@ class SynthesizeRequest(_Closed):
     pitch_mode: Literal["relative", "absolute"] = Field(
         "relative", description="relative: the reference's pitch offset on the output voice's register; absolute: "
                                 "the reference's Hz (needs `reference_speaker`)")
+    reference_range: bool = Field(False, description="scale the output's F0 contour to the reference's pitch "
+                                                     "range (a model with a pitch head)")
     vocoder: Optional[str] = Field(None, description="a vocoder name (GET /v1/model lists them)")
     format: Literal["wav", "json"] = Field("wav", description="wav: the audio; json: base64 audio + extras")
     include: list[Extra] = Field(default_factory=list, description="arrays (per result) to add to a JSON answer")
