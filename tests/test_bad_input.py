@@ -557,3 +557,11 @@ def test_real_cli_process_prints_one_line_and_no_warnings(checkpoint, tmp_path):
                                  "--out", str(tmp_path / "x.wav")], capture_output=True, text=True)
         assert result.returncode == 2 and result.stderr.count("\n") == 1, result.stderr
         assert result.stderr.startswith(f"prosody-vae synthesize: error: {message}"), result.stderr
+
+
+def test_reference_range_on_a_model_without_a_pitch_head_is_one_clear_cli_error(checkpoint, tmp_path, capsys):
+    ref = write(tmp_path / "ref.wav", voiced())
+    line = cli_error(capsys, "synthesize", "--checkpoint", checkpoint, "--text", "Hi.", "--reference", ref,
+                     "--reference-range", "--out", tmp_path / "x.wav")
+    assert "reference_range" in line and "pitch head" in line, line
+    assert not (tmp_path / "x.wav").exists()
