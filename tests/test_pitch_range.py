@@ -11,7 +11,8 @@ import torch
 
 from prosody_vae.inference.export_program import ExportedSynthesizer
 from prosody_vae.model.config import TacotronConfig
-from prosody_vae.model.pitch_range import MAX_SCALE, MIN_VOICED_FRAMES, apply_range, pitch_range_loss, voiced_spread
+from prosody_vae.model.pitch_range import (MAX_SCALE, MIN_VOICED_FRAMES, apply_range, pitch_range_loss,
+                                           reference_log_spread, voiced_spread)
 from prosody_vae.plugin.errors import ConfigError
 from prosody_vae.training.losses import TacotronLoss
 from test_pitch_head import pitch_batch
@@ -58,6 +59,9 @@ def test_apply_range_is_bounded_and_leaves_short_contours_alone():
     short = voiced & (torch.arange(voiced.shape[1]) < MIN_VOICED_FRAMES)  # fewer than MIN_VOICED_FRAMES voiced
     assert short.sum() < MIN_VOICED_FRAMES
     assert torch.equal(apply_range(log_f0, short, (spread * 3).log()), log_f0)
+    # a reference too unvoiced to measure gives a NaN spread: the contour is left as it is
+    assert torch.isnan(reference_log_spread(log_f0, short)).all()
+    assert torch.equal(apply_range(log_f0, voiced, reference_log_spread(log_f0, short)), log_f0)
 
 
 def test_the_loss_is_zero_at_the_target_and_skips_items_with_too_few_voiced_frames():

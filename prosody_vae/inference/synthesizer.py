@@ -525,12 +525,13 @@ class Synthesizer:
         if out.log_f0 is None:
             return mels, []
         log_f0 = out.log_f0 if f0_shift is None else out.log_f0 + f0_shift[:, None]  # (B, T)
-        tracks = [log_f0[i, :n] for i, n in enumerate(lengths)]
-        if spread is not None:
-            tracks = [apply_range(track[None], out.voiced[i, : len(track)][None], spread[i : i + 1])[0]
-                      for i, track in enumerate(tracks)]
-        return mels, [torch.where(out.voiced[i, :n], track.exp(), 0.0).float() for i, (track, n) in
-                      enumerate(zip(tracks, lengths))]
+        f0 = []
+        for i, n in enumerate(lengths):
+            track, voiced = log_f0[i, :n], out.voiced[i, :n]
+            if spread is not None:
+                track = apply_range(track[None], voiced[None], spread[i : i + 1])[0]
+            f0.append(torch.where(voiced, track.exp(), 0.0).float())
+        return mels, f0
 
     def _edit_outputs(self, mels: list[torch.Tensor], f0: list[torch.Tensor], paths: dict[str, dict[str, float]]
                       ) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
