@@ -499,14 +499,18 @@ class Synthesizer:
             return speaker
         return items.reference_speaker
 
-    def _reference_spreads(self, items: _Items) -> torch.Tensor:
-        """(B,) ln spread of each item's reference's ln F0, for `reference_range=True`. A "prosody"
-        model's items then carry the references' tracks, so that its encoder does not track them twice."""
+    def check_reference_range(self, reference) -> None:
+        """Refuse `reference_range=True` without a reference or a pitch head (a ConfigError)."""
         if not self.model.config.pitch_head:
             raise ConfigError("reference_range=True sets the output's F0 range, which needs a model with a pitch "
                               "head (pitch_head = true)", field="reference_range")
-        if items.reference is None:
+        if reference is None:
             raise ConfigError("reference_range=True needs a reference", field="reference_range")
+
+    def _reference_spreads(self, items: _Items) -> torch.Tensor:
+        """(B,) ln spread of each item's reference's ln F0, for `reference_range=True`. A "prosody"
+        model's items then carry the references' tracks, so that its encoder does not track them twice."""
+        self.check_reference_range(items.reference)
         many = isinstance(items.reference, (list, tuple))
         tracks = [self.reference_tracks(r) for r in (items.reference if many else [items.reference])]
         if self.model.config.reference_input == "prosody":

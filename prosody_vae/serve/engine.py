@@ -262,9 +262,11 @@ class SynthesisEngine:
                 self.synth.absolute_pitch_shift(self.synth.speaker_ids(request.speaker, 1), request.reference_speaker, 1)
             except ProsodyVAEError as exc:
                 raise RequestError("pitch_mode", str(exc)) from None
-        if request.reference_range and (reference is None or not self.synth.model.config.pitch_head):
-            raise RequestError("reference_range", "the reference's pitch range needs a reference and a model with "
-                                                  "a pitch head")
+        if request.reference_range:
+            try:  # tts's own check
+                self.synth.check_reference_range(reference)
+            except ProsodyVAEError as exc:
+                raise RequestError("reference_range", str(exc)) from None
         seeds = request.seeds if request.seeds is not None else [request.seed]
         items = len(texts) * len(seeds) * request.n_samples
         if items > self.config.max_items:
