@@ -67,7 +67,7 @@ def coqui_config(args, out: Path, epochs: int):
         max_decoder_steps=args.max_decoder_steps, prenet_dropout_at_inference=False,
         # Coqui's default 0.2 under-weights the one stop frame per utterance, so a short run never
         # learns to stop; Coqui's own LJSpeech recipes train with 15
-        stopnet_pos_weight=args.stopnet_pos_weight,
+        stopnet_pos_weight=args.stopnet_pos_weight, ga_sigma=args.ga_sigma,
         # Coqui's default Noam warm-up (4,000 steps) would leave a short run at lr ~1e-6
         lr=args.lr, lr_scheduler=None,
         prosody_vae=ProsodyVAEArgs(capacity=args.capacity, beta_lr=args.beta_lr))
@@ -240,6 +240,8 @@ def main() -> None:
     parser.add_argument("--max-decoder-steps", type=int, default=300)
     parser.add_argument("--stopnet-pos-weight", type=float, default=15.0,
                         help="Coqui's weight on the stop frame in its stopnet loss (Coqui's recipes: 15)")
+    parser.add_argument("--ga-sigma", type=float, default=0.4,
+                        help="Coqui: the guided-attention band's width (Coqui hard-codes 0.4)")
     parser.add_argument("--work", type=Path, default=Path("host_transfer"))
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args()

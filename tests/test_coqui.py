@@ -78,6 +78,18 @@ def test_coquis_trainer_trains_with_our_kl_term_and_dual_ascent(trained):
     assert np.isfinite(kl) and np.isfinite(float(trainer.keep_avg_train["avg_loss"]))
 
 
+def test_the_guided_attention_width_travels_in_config_json_to_coquis_loss(trained, tmp_path):
+    trainer, run, _ = trained
+    assert trainer.model.get_criterion().criterion_ga.sigma == 0.4  # Coqui's own width by default
+    config = ProsodyTacotron2Config()
+    config.load_json(str(run / "config.json"))
+    config.ga_sigma = 0.2
+    config.save_json(str(tmp_path / "config.json"))
+    reloaded = ProsodyTacotron2Config()
+    reloaded.load_json(str(tmp_path / "config.json"))
+    assert ProsodyTacotron2.init_from_config(reloaded).get_criterion().criterion_ga.sigma == 0.2
+
+
 def test_a_coqui_checkpoint_resumes_the_controller_exactly(trained, tmp_path):
     trainer, run, _ = trained
     state = torch.load(run / "checkpoint_3.pth", map_location="cpu", weights_only=False)  # save_step 3
