@@ -12,7 +12,9 @@ onto three texts the corpus never spoke, in each `--targets` voice, twice:
 - "guess":    no reference_speaker, so the model takes the nearest known register;
 - "enrolled": reference_speaker = the voice, enrolled from its `--enrol` recordings.
 With `--reference-range`, each also with `reference_range=True` ("guess+range", "enrolled+range"):
-the output's F0 contour scaled to the reference's spread of ln F0.
+the output's F0 contour scaled to the reference's spread of ln F0. With `--reference-level`,
+"enrolled+level" (and with both flags "enrolled+range+level"): tts(reference_level=True), the
+output as much louder or softer than usual as the reference is against its voice's enrolled level.
 The outputs are vocoded (source-filter where the model has a pitch head) and measured as a
 listener's tools would: pyin F0 and librosa's speech split on the audio (prosody_summary).
 
@@ -20,7 +22,9 @@ Pitch offset is in semitones from the speaker's register: for a reference, its v
 for an output, the target voice's. Both registers are pyin's geometric-mean F0 over
 `--register-recordings` espeak-ng recordings of that voice at corpus-like factors, so the two
 sides share one tracker and one notion of "this voice's usual pitch" (independent of the
-enrolment, which sees only `--enrol` recordings).
+enrolment, which sees only `--enrol` recordings). Level offset is likewise in dB from the voice's
+usual level, the mean level of the same recordings: voices differ in loudness as in register,
+and what a reference's speaker did is how much louder or softer than usual they spoke.
 
 Figures, per condition: the per-text-centred Pearson r (evaluation/contour.py: each (text,
 target) group centred, 95% bootstrap over references) of rate (letters/s), offset, F0 range and
@@ -51,7 +55,8 @@ from prosody_vae.evaluation.metrics import prosody_summary
 TEXTS = ["The quick brown fox jumps over the lazy dog.", "Please bring the blue box to the kitchen tomorrow.",
          "Where did you leave the old green bicycle?"]
 WRONG_WAY_ST = 2.0
-QUANTITIES = {"rate": "rate", "offset_st": None, "range_st": "f0_range_semitones", "level_db": "energy_db"}
+QUANTITIES = {"rate": "rate", "offset_st": None, "range_st": "f0_range_semitones", "level_db": "energy_db",
+              "level_offset_db": None}
 
 
 def recordings(voice: str, n: int, seed: int, corpus: CorpusConfig) -> list[tuple[str, np.ndarray]]:
@@ -68,9 +73,11 @@ def recordings(voice: str, n: int, seed: int, corpus: CorpusConfig) -> list[tupl
     return out
 
 
-def register_hz(voice: str, n: int, sample_rate: int, corpus: CorpusConfig) -> float:
-    means = [prosody_summary(wav, sample_rate).f0_mean_hz for _, wav in recordings(voice, n, 7000, corpus)]
-    return math.exp(float(np.nanmean(np.log(means))))
+def voice_norm(voice: str, n: int, sample_rate: int, corpus: CorpusConfig) -> tuple[float, float]:
+    """The voice's register (Hz, geometric mean) and usual level (dB, mean) over n recordings."""
+    summaries = [prosody_summary(wav, sample_rate) for _, wav in recordings(voice, n, 7000, corpus)]
+    register = math.exp(float(np.nanmean(np.log([s.f0_mean_hz for s in summaries]))))
+    return register, float(np.mean([s.energy_db for s in summaries]))
 
 
 def semitones(hz: float, register: float) -> float:
@@ -99,6 +106,8 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--reference-range", action="store_true",
                         help="also each condition with tts(reference_range=True)")
+    parser.add_argument("--reference-level", action="store_true",
+                        help="also the enrolled condition(s) with tts(reference_level=True)")
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args()
     started = time.perf_counter()
@@ -106,10 +115,14 @@ def main() -> None:
     synth = Synthesizer.from_checkpoint(args.checkpoint, vocoder=args.vocoder)
     sr, corpus = synth.audio.sample_rate, CorpusConfig()
     trained = [v for v in args.voices if v in synth.speakers]
-    registers = {v: register_hz(v, args.register_recordings, sr, corpus) for v in [*args.voices, *args.targets]}
-    conditions = [("guess", False, False), ("enrolled", True, False)]  # (name, enrolled, reference_range)
+    norms = {v: voice_norm(v, args.register_recordings, sr, corpus) for v in [*args.voices, *args.targets]}
+    registers, levels = ({v: norm[i] for v, norm in norms.items()} for i in (0, 1))
+    # (name, enrolled, reference_range, reference_level)
+    conditions = [("guess", False, False, False), ("enrolled", True, False, False)]
     if args.reference_range:
-        conditions += [(f"{name}+range", enrolled, True) for name, enrolled, _ in conditions]
+        conditions += [(f"{name}+range", enrolled, True, False) for name, enrolled, _, _ in conditions]
+    if args.reference_level:  # an enrolled level is what it reads against
+        conditions += [(f"{name}+level", True, ranged, True) for name, enrolled, ranged, _ in conditions if enrolled]
     rows = []
     for voice in args.voices:
         name = f"unseen:{voice}"
@@ -117,9 +130,10 @@ def main() -> None:
         for r, (ref_text, ref_wav) in enumerate(recordings(voice, args.references_per_voice, 6000, corpus)):
             ref = prosody_summary(ref_wav, sr, text=ref_text)
             for target in args.targets:
-                for condition, enrolled, reference_range in conditions:
+                for condition, enrolled, reference_range, reference_level in conditions:
                     result = synth.tts(TEXTS, reference=ref_wav, seed=args.seed, speaker=target,
-                                       reference_speaker=name if enrolled else None, reference_range=reference_range)
+                                       reference_speaker=name if enrolled else None, reference_range=reference_range,
+                                       reference_level=reference_level)
                     for text, wav, f0 in zip(TEXTS, result.wav, result.f0 or [None] * len(TEXTS)):
                         out = prosody_summary(wav, sr, text=text)
                         rows.append({"condition": condition, "voice": voice, "reference": f"{voice}#{r}",
@@ -130,11 +144,13 @@ def main() -> None:
                                      **{f"output_{q}": getattr(out, key) for q, key in QUANTITIES.items() if key},
                                      "reference_offset_st": semitones(ref.f0_mean_hz, registers[voice]),
                                      "output_offset_st": semitones(out.f0_mean_hz, registers[target]),
+                                     "reference_level_offset_db": ref.energy_db - levels[voice],
+                                     "output_level_offset_db": out.energy_db - levels[target],
                                      # the pitch head's own F0, before any vocoder or tracker
                                      "output_head_range_st": head_range_st(f0)})
 
     figures = {}
-    for condition, _, _ in conditions:
+    for condition, *_ in conditions:
         chosen = [row for row in rows if row["condition"] == condition]
         centred = {q: centred_correlation([row[f"reference_{q}"] for row in chosen], [row[f"output_{q}"] for row in chosen],
                                           [(row["text"], row["target"]) for row in chosen],
@@ -157,6 +173,7 @@ def main() -> None:
         }
     report = {"checkpoint": str(args.checkpoint), "voices": args.voices, "voices_in_training": trained,
               "targets": args.targets, "registers_hz": {v: round(h, 1) for v, h in registers.items()},
+              "usual_levels_db": {v: round(d, 2) for v, d in levels.items()},
               "enrolled_hz": {v: round(synth.enrolments[f"unseen:{v}"].f0_mean_hz, 1) for v in args.voices},
               "vocoder": getattr(synth.vocoder, "name", None) or "griffin-lim", "texts": TEXTS,
               "figures": figures, "seconds": round(time.perf_counter() - started, 1), "rows": rows}

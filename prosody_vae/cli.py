@@ -121,7 +121,7 @@ def cmd_synthesize(args: argparse.Namespace) -> None:
                        temperature=args.temperature, seed=args.seed, n_samples=args.n_samples,
                        strength=args.strength, controls=controls, speaker=args.speaker,
                        reference_speaker=args.reference_speaker, pitch_mode=args.pitch_mode,
-                       reference_range=args.reference_range)
+                       reference_range=args.reference_range, reference_level=args.reference_level)
 
     outs = [args.out] if args.n_samples == 1 else [args.out.with_name(f"{args.out.stem}_{i:02d}{args.out.suffix}")
                                                    for i in range(args.n_samples)]
@@ -149,7 +149,7 @@ def cmd_enroll(args: argparse.Namespace) -> None:
                                         max_reference_seconds=args.max_reference_seconds)
     enrolment = synth.enroll(args.name, _wav_files(args.recordings))
     print(f"enrolled {enrolment.name!r}: {enrolment.f0_mean_hz:.1f} Hz mean F0 over {enrolment.voiced_seconds:.1f} s "
-          f"of voiced speech in {enrolment.n_recordings} recording(s); wrote {enrolment_file(args.checkpoint)}")
+          f"of voiced speech in {enrolment.n_recordings} recording(s), speech level {enrolment.level_db:.1f} dBFS; wrote {enrolment_file(args.checkpoint)}")
     print(f"use it as reference_speaker: --reference-speaker {enrolment.name}")
 
 
@@ -307,6 +307,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--reference-range", action="store_true",
                    help="scale the output's F0 contour to the reference's pitch range (a model with a pitch head; "
                         "heard through a pitch-driven vocoder such as source-filter)")
+    p.add_argument("--reference-level", action="store_true",
+                   help="make the output as much louder or softer than usual as the reference is against its "
+                        "speaker's enrolled level (needs --reference-speaker, enrolled with `prosody-vae enroll`)")
     p.add_argument("--out", type=Path, required=True, help="output wav")
     p.set_defaults(func=cmd_synthesize)
 

@@ -565,3 +565,11 @@ def test_reference_range_on_a_model_without_a_pitch_head_is_one_clear_cli_error(
                      "--reference-range", "--out", tmp_path / "x.wav")
     assert "reference_range" in line and "pitch head" in line, line
     assert not (tmp_path / "x.wav").exists()
+
+
+def test_reference_level_without_an_enrolled_reference_speaker_is_one_clear_cli_error(checkpoint, tmp_path, capsys):
+    ref = write(tmp_path / "ref.wav", voiced())
+    line = cli_error(capsys, "synthesize", "--checkpoint", checkpoint, "--text", "Hi.", "--reference", ref,
+                     "--reference-level", "--out", tmp_path / "x.wav")
+    assert "reference_level" in line and "enrolled speaker" in line, line
+    assert not (tmp_path / "x.wav").exists()

@@ -15,7 +15,7 @@ import torch
 from prosody_vae.cli import main
 from prosody_vae.data.speakers import SpeakerTable, UnknownSpeakerError
 from prosody_vae.inference import enrolment as enrolment_module
-from prosody_vae.inference.enrolment import enrolment_file, load_enrolments
+from prosody_vae.inference.enrolment import Enrolment, enrolment_file, load_enrolments
 from prosody_vae.inference.synthesizer import Synthesizer
 from prosody_vae.model.tacotron import ProsodyTacotron
 from prosody_vae.plugin.errors import CheckpointError, ConfigError
@@ -93,6 +93,49 @@ def test_absolute_pitch_lands_at_the_enrolled_speakers_hz():
     torch.testing.assert_close((absolute[voiced] / relative[voiced]).mean(), expected, rtol=1e-4, atol=0)
 
 
+def test_an_enrolment_records_the_usual_level_and_a_gain_moves_it_by_exactly_the_gain(prosody_synth):
+    sr = prosody_synth.audio.sample_rate
+    quiet = prosody_synth.enroll("quiet", [steady_tone(150.0, sr)] * 2, save=False)
+    loud = prosody_synth.enroll("loud", [2 * steady_tone(150.0, sr)] * 2, save=False)
+    assert -30.0 < quiet.level_db < -10.0  # a tone of peak ~0.5
+    assert loud.level_db - quiet.level_db == pytest.approx(20 * math.log10(2), abs=0.01)
+    assert loud.log_f0_mean == pytest.approx(quiet.log_f0_mean, abs=1e-4)
+
+
+@pytest.mark.parametrize("reference_input", ["mel", "prosody"])
+def test_reference_level_makes_the_output_as_much_louder_as_the_reference_is_against_its_enrolment(reference_input):
+    synth = synth_of(reference_input)
+    sr = synth.audio.sample_rate
+    synth.enroll("me", [steady_tone(150.0, sr, glide=0.1)] * 2, save=False)
+    gain_db = 6.0
+    louder = steady_tone(150.0, sr, glide=0.1) * 10 ** (gain_db / 20)
+    ask = lambda reference, level: synth.tts(["Hello there.", "Hi."], reference=reference, reference_speaker="me",
+                                             seed=0, reference_level=level, vocode=False, max_decoder_steps=40)
+    plain, lifted = ask(louder, False), ask(louder, True)
+    for before, after in zip(plain.mel, lifted.mel):  # natural-log magnitudes: + gain ln10 / 20 on every bin
+        torch.testing.assert_close(after - before, torch.full_like(before, gain_db * math.log(10) / 20),
+                                   atol=1e-4, rtol=0)
+    # spoken at the usual level, nothing moves
+    same = ask(steady_tone(150.0, sr, glide=0.1), True)
+    assert all(torch.allclose(a, b, atol=1e-4) for a, b in zip(same.mel, ask(steady_tone(150.0, sr, glide=0.1), False).mel))
+    if reference_input == "prosody":  # z reads the level contour only, so the gain does not reach it
+        torch.testing.assert_close(plain.z, ask(steady_tone(150.0, sr, glide=0.1), False).z)
+
+
+def test_reference_level_is_refused_without_an_enrolled_reference_speaker_with_a_level(prosody_synth):
+    sr = prosody_synth.audio.sample_rate
+    prosody_synth.enroll("me", [steady_tone(150.0, sr)] * 2, save=False)
+    prosody_synth.enrolments = {**prosody_synth.enrolments, "old": Enrolment("old", math.log(150.0), 2, 3.0)}
+    reference = steady_tone(150.0, sr)
+    for kwargs, message in [({"reference_speaker": "me"}, "needs a reference"),
+                            ({"reference": reference}, "enrolled speaker"),
+                            ({"reference": reference, "reference_speaker": "en-us+m1"}, "enrolled speaker"),
+                            ({"reference": reference, "reference_speaker": "old"}, "enroll them again")]:
+        with pytest.raises(ConfigError, match=message) as refused:
+            prosody_synth.tts("Hello.", reference_level=True, vocode=False, max_decoder_steps=4, **kwargs)
+        assert refused.value.field == "reference_level"
+
+
 def test_enrolments_persist_beside_the_checkpoint_and_never_inside_it(checkpoint):
     before = checkpoint.read_bytes()
     synth = Synthesizer.from_checkpoint(checkpoint, vocoder="griffin-lim")
@@ -165,6 +208,14 @@ def test_the_cli_enrolls_from_a_folder_of_wavs(checkpoint, tmp_path, capsys):
     assert load_enrolments(enrolment_file(checkpoint))["me"].n_recordings == 3
     assert main(["enroll", "--checkpoint", str(checkpoint), "--name", "en-us+f3", "--recordings", str(folder)]) == 2
     assert "trained on" in capsys.readouterr().err
+
+
+def test_an_enrolment_file_from_before_levels_loads_without_a_level(tmp_path):
+    path = tmp_path / "c.pt.enrolled.json"
+    path.write_text('{"version": 1, "speakers": [{"name": "x", "log_f0_mean": 5.0, "n_recordings": 2, '
+                    '"voiced_seconds": 3.0}]}')
+    (old,) = load_enrolments(path).values()
+    assert old.name == "x" and old.f0_mean_hz == pytest.approx(math.exp(5.0)) and math.isnan(old.level_db)
 
 
 def test_a_malformed_enrolment_file_is_a_checkpoint_error_naming_it(tmp_path):

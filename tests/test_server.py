@@ -635,3 +635,9 @@ def test_a_voice_enrolled_over_http_is_a_reference_speaker_with_its_own_register
         voiced = [(a, r) for a, r in zip(absolute["f0_hz"], relative["f0_hz"]) if r > 0]
         gain = synth.enrolments["me"].f0_mean_hz / 110.0  # the enrolled register over the target voice's
         assert voiced and all(a == pytest.approx(gain * r, abs=0.15) for a, r in voiced)
+        # reference_level: louder than the enrolment by 6 dB, so is the output
+        assert_refused(ask(reference_level=True), 422, "reference_level")  # no reference_speaker
+        louder = upload(2 * steady_tone(165.0, SR))
+        mel = lambda level: np.asarray(ask(reference_id=louder, reference_speaker="me", reference_level=level,
+                                           include=["mel"]).json()["results"][0]["mel"])
+        assert np.allclose(mel(True) - mel(False), 20 * math.log10(2) * math.log(10) / 20, atol=0.02)

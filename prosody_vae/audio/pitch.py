@@ -45,7 +45,9 @@ in about 10 minutes of one core.
 Energy is the level of the samples mel frame t sees: the RMS of the reflect-padded signal under
 the same Hann window, sqrt(sum_n w[n]^2 x[n]^2 / sum_n w[n]^2), in dB relative to full scale
 (20 log10, a full-scale sine reads -3 dB), floored at -100 dB (`ENERGY_FLOOR_DB`, one 16-bit
-step is -90 dB). A gain of g dB shifts every frame by g dB.
+step is -90 dB). A gain of g dB shifts every frame by g dB. An utterance's speech level
+(`speech_level_db`) is the power mean of its frames within SPEECH_TOP_DB of the loudest one: the
+frames are chosen relative to the peak, so a gain of g dB moves it by exactly g dB.
 """
 
 from __future__ import annotations
@@ -59,6 +61,7 @@ from ..plugin.errors import AudioError, ConfigError
 from .mel import AudioConfig
 
 ENERGY_FLOOR_DB = -100.0  # the level of digital silence, and what padding frames hold
+SPEECH_TOP_DB = 40.0  # frames this far below an utterance's loudest frame still count as speech
 _ENERGY_CHUNK = 2048  # frames per block of the energy computation: 16 MiB of float64 at n_fft 1024
 
 
@@ -192,3 +195,13 @@ def frame_features(wav: np.ndarray, audio: AudioConfig | None = None, config: Pi
         raise AudioError(f"{source}: expected finite mono samples (N,), got shape {wav.shape}")
     log_f0, voiced = track_pitch(wav, audio, config, source)
     return FrameFeatures(log_f0=log_f0, voiced=voiced, energy=frame_energy_db(wav, audio))
+
+
+def speech_level_db(energy: np.ndarray, top_db: float = SPEECH_TOP_DB) -> float:
+    """An utterance's level in dB full scale from its frame energies (T,) in dB: the power mean
+    of the frames within `top_db` of the loudest."""
+    energy = np.asarray(energy, dtype=np.float64)
+    if energy.size == 0:
+        raise AudioError("speech_level_db: no frames")
+    loud = energy[energy >= energy.max() - top_db]
+    return float(10.0 * np.log10(np.mean(10.0 ** (loud / 10.0))))

@@ -11,7 +11,11 @@ of an unknown speaker cannot say which is which, so without a name the Synthesiz
 nearest known register (audio/prosody_tracks.py), and a man speaking low in his range may then
 be heard as a high one. An enrolment removes the guess: the speaker's register is the mean ln F0
 over the voiced frames of all their recordings, the statistic the speaker table holds for each
-training voice (data/speakers.py), measured with the same pitch tracker.
+training voice (data/speakers.py), measured with the same pitch tracker. It also records the
+speaker's usual level (the mean speech level of the recordings, audio/pitch.py), against which
+`reference_level=True` reads how much louder or softer a reference is spoken. Made on the same
+microphone and gain as the references, the two cancel the recording chain's gain; one utterance
+of an unknown speaker cannot tell a loud voice from a hot microphone.
 
 Enrolments are kept beside the checkpoint, in `<checkpoint>.enrolled.json`, never inside it: the
 checkpoint stays the artefact training wrote, and a shared read-only checkpoint can still be
@@ -30,10 +34,10 @@ from typing import Sequence
 import numpy as np
 
 from ..atomic import write_atomically
-from ..audio.pitch import FrameFeatures
+from ..audio.pitch import FrameFeatures, speech_level_db
 from ..plugin.errors import CheckpointError, ConfigError
 
-ENROLMENT_VERSION = 1
+ENROLMENT_VERSION = 2  # 2: level_db
 # below this a register is a few syllables' guess: 2 s of voiced speech is about one sentence
 MIN_VOICED_SECONDS = 2.0
 
@@ -44,6 +48,7 @@ class Enrolment:
     log_f0_mean: float  # ln Hz, mean over the voiced frames of every recording
     n_recordings: int
     voiced_seconds: float
+    level_db: float = math.nan  # dB full scale, mean of the recordings' speech levels; NaN: enrolled before levels
 
     @property
     def f0_mean_hz(self) -> float:
@@ -69,7 +74,8 @@ def measure_enrolment(name: str, recordings: Sequence[FrameFeatures], frame_seco
         raise ConfigError(f"enroll {name!r}: {len(recordings)} recording(s) hold {voiced_seconds:.2f} s of voiced "
                           f"speech; a register needs at least {MIN_VOICED_SECONDS:g} s (give more or longer "
                           "recordings)", field="recordings")
-    return Enrolment(name, float(voiced.mean()), len(recordings), round(voiced_seconds, 3))
+    level_db = float(np.mean([speech_level_db(track.energy) for track in recordings]))
+    return Enrolment(name, float(voiced.mean()), len(recordings), round(voiced_seconds, 3), round(level_db, 3))
 
 
 def load_enrolments(path: str | os.PathLike) -> dict[str, Enrolment]:
@@ -83,7 +89,8 @@ def load_enrolments(path: str | os.PathLike) -> dict[str, Enrolment]:
             raise CheckpointError(f"{path}: enrolment version {stored['version']} is newer than this prosody_vae "
                                   f"reads ({ENROLMENT_VERSION})")
         entries = [Enrolment(str(e["name"]), float(e["log_f0_mean"]), int(e["n_recordings"]),
-                             float(e["voiced_seconds"])) for e in stored["speakers"]]
+                             float(e["voiced_seconds"]), float(e.get("level_db", math.nan)))
+                   for e in stored["speakers"]]
     except (OSError, ValueError, KeyError, TypeError) as exc:
         raise CheckpointError(f"{path}: malformed enrolment file ({type(exc).__name__}: {exc})") from None
     return {e.name: e for e in entries}

@@ -63,6 +63,12 @@ and the target voice (a pitch-aware vocoder renders that F0; a mel-only one does
 `reference_range=True` scales the predicted F0 contour, about its own mean, to the reference's
 spread of ln F0: a ratio, so it needs no register and holds for a voice nobody enrolled (the
 decoder itself barely reads range from z; docs/speakers.md).
+`reference_level=True` makes the output as much louder or softer than its voice's usual level as
+the reference is spoken against its enrolled speaker's (a gain on the mel, up to MAX_LEVEL_GAIN_DB
+either way). The encoder reads only the level contour, relative to each reference's loudest
+frame, so that z cannot carry a microphone's gain; an enrolment made with the same microphone
+tells a loud voice from a hot input (enrolment.py), and one utterance of an unknown speaker
+cannot, so this needs `reference_speaker=` an enrolled name.
 
 Vocoder: `from_checkpoint` picks the best installed one, as the CLI does (`vocoder="auto"`:
 a HiFi-GAN from the `hifigan` extra, the pitch-driven "source-filter" for a model with a pitch
@@ -86,7 +92,7 @@ import numpy as np
 import torch
 
 from ..audio.mel import MelSpectrogram, griffin_lim, load_reference, save_wav
-from ..audio.pitch import FrameFeatures, frame_features
+from ..audio.pitch import FrameFeatures, frame_features, speech_level_db
 from ..audio.postfilter import GlobalVariance
 from ..audio.prosody_tracks import batch_tracks, nearest_register, reference_features, utterance_register
 from ..data.speakers import SpeakerTable, UnknownSpeakerError
@@ -107,6 +113,7 @@ Reference = Union[str, os.PathLike, np.ndarray, torch.Tensor]
 Vocoder = Callable[[torch.Tensor], torch.Tensor]
 Seed = Union[int, Sequence[int], None]
 Speaker = Union[str, Sequence[str], None]
+MAX_LEVEL_GAIN_DB = 20.0  # reference_level: past this a reference is mis-enrolled, not spoken louder
 
 
 @dataclass
@@ -459,9 +466,10 @@ class Synthesizer:
             n_samples: int = 1, strength: float = 1.0, controls: Optional[Mapping[str, float]] = None,
             speaker: Speaker = None, reference_speaker: Speaker = None,
             pitch_mode: Literal["relative", "absolute"] = "relative", reference_range: bool = False,
-            vocode: bool = True, max_decoder_steps: Optional[int] = None) -> SynthesisResult:
-        """Synthesise one text or a batch (see the module docstring for the prosody choices, seeds,
-        `n_samples`, `strength`, `controls`, the speakers, `pitch_mode` and `reference_range`). With `n_samples=K` the
+            reference_level: bool = False, vocode: bool = True,
+            max_decoder_steps: Optional[int] = None) -> SynthesisResult:
+        """Synthesise one text or a batch (see the module docstring for the prosody choices, seeds, `n_samples`,
+        `strength`, `controls`, the speakers, `pitch_mode`, `reference_range` and `reference_level`). With `n_samples=K` the
         result holds K items per text, text by text. `max_decoder_steps` bounds the free-running decoder (default: the
         model config's)."""
         texts = _as_texts(texts)
@@ -471,12 +479,15 @@ class Synthesizer:
         speaker_ids = self.speaker_ids(items.speaker, len(items.texts))
         f0_shift = self._pitch_mode_shift(pitch_mode, speaker_ids, items.reference_speaker, len(items.texts))
         spread = self._reference_spreads(items) if reference_range else None
+        gains = self._reference_level_gains(items) if reference_level else None
         z = self.prosody(items.texts, items.reference, items.reference_text, items.z, mode, temperature, items.seeds,
                          strength, controls, items.sample_indices, self._reference_voice(items))
         out = self.model.infer(text, text_lengths, z=z, speaker_ids=speaker_ids,
                                generator=self._generators(items.seeds, items.texts, items.sample_indices),
                                max_decoder_steps=max_decoder_steps)
         mels, f0 = self._outputs(out, f0_shift, spread)
+        if gains is not None:
+            mels = [edit_level(mel, gain) for mel, gain in zip(mels, gains)]
         mels, f0 = self._edit_outputs(mels, f0, self.control_paths(controls))
         return SynthesisResult(
             mel=mels, wav=[self.vocode(m, f) for m, f in zip(mels, f0 or [None] * len(mels))] if vocode else [],
@@ -508,16 +519,52 @@ class Synthesizer:
             raise ConfigError("reference_range=True needs a reference", field="reference_range")
 
     def _reference_spreads(self, items: _Items) -> torch.Tensor:
-        """(B,) ln spread of each item's reference's ln F0, for `reference_range=True`. A "prosody"
-        model's items then carry the references' tracks, so that its encoder does not track them twice."""
+        """(B,) ln spread of each item's reference's ln F0, for `reference_range=True`."""
         self.check_reference_range(items.reference)
+        tracks = self._reference_track_list(items)
+        log_f0, voiced, _, _ = batch_tracks(tracks)
+        spread = reference_log_spread(log_f0, voiced).to(self.device)  # NaN: too little voiced to tell
+        return spread.expand(len(items.texts)) if len(tracks) == 1 else spread
+
+    def _reference_track_list(self, items: _Items) -> list[FrameFeatures]:
+        """Each reference's tracks. A "prosody" model's items then carry them, so that its encoder
+        does not track them again."""
         many = isinstance(items.reference, (list, tuple))
         tracks = [self.reference_tracks(r) for r in (items.reference if many else [items.reference])]
         if self.model.config.reference_input == "prosody":
             items.reference = tracks if many else tracks[0]
-        log_f0, voiced, _, _ = batch_tracks(tracks)
-        spread = reference_log_spread(log_f0, voiced).to(self.device)  # NaN: too little voiced to tell
-        return spread.expand(len(items.texts)) if len(tracks) == 1 else spread
+        return tracks
+
+    def check_reference_level(self, reference, reference_speaker: Speaker) -> None:
+        """Refuse `reference_level=True` without a reference or without enrolled reference speakers
+        whose level the enrolment recorded (a ConfigError)."""
+        if reference is None:
+            raise ConfigError("reference_level=True needs a reference", field="reference_level")
+        names = [reference_speaker] if isinstance(reference_speaker, str) else list(reference_speaker or [])
+        for name in names or [None]:
+            enrolment = self.enrolments.get(name)
+            if enrolment is None:
+                raise ConfigError(
+                    "reference_level=True reads how much louder or softer than usual the reference is spoken, which "
+                    "needs reference_speaker= an enrolled speaker (synth.enroll / `prosody-vae enroll`, with the "
+                    f"reference's microphone); got {name!r}. One recording cannot tell a loud voice from a hot "
+                    "microphone", field="reference_level")
+            if not math.isfinite(enrolment.level_db):
+                raise ConfigError(f"reference_level=True: {name!r} was enrolled before enrolments recorded a level; "
+                                  "enroll them again", field="reference_level")
+
+    def _reference_level_gains(self, items: _Items) -> list[float]:
+        """(B,) dB to add to each item's mel, for `reference_level=True`: its reference's speech
+        level less its speaker's enrolled one, bounded by MAX_LEVEL_GAIN_DB."""
+        self.check_reference_level(items.reference, items.reference_speaker)
+        levels = [speech_level_db(track.energy) for track in self._reference_track_list(items)]
+        batch = len(items.texts)
+        self.reference_registers(items.reference_speaker, batch)  # refuses a count other than 1 or B
+        speakers = items.reference_speaker
+        speakers = [speakers] if isinstance(speakers, str) else list(speakers)
+        levels, speakers = levels * (batch // len(levels)), speakers * (batch // len(speakers))
+        return [float(np.clip(level - self.enrolments[name].level_db, -MAX_LEVEL_GAIN_DB, MAX_LEVEL_GAIN_DB))
+                for level, name in zip(levels, speakers)]
 
     @staticmethod
     def _outputs(out: InferenceOutput, f0_shift: Optional[torch.Tensor], spread: Optional[torch.Tensor] = None

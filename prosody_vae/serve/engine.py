@@ -90,6 +90,7 @@ class Prosody:
     reference_speaker: Optional[str] = None
     pitch_mode: str = "relative"
     reference_range: bool = False
+    reference_level: bool = False
     interpolate: Optional[tuple[np.ndarray, np.ndarray]] = None
 
 
@@ -267,6 +268,11 @@ class SynthesisEngine:
                 self.synth.check_reference_range(reference)
             except ProsodyVAEError as exc:
                 raise RequestError("reference_range", str(exc)) from None
+        if request.reference_level:
+            try:  # tts's own check
+                self.synth.check_reference_level(reference, request.reference_speaker)
+            except ProsodyVAEError as exc:
+                raise RequestError("reference_level", str(exc)) from None
         seeds = request.seeds if request.seeds is not None else [request.seed]
         items = len(texts) * len(seeds) * request.n_samples
         if items > self.config.max_items:
@@ -280,12 +286,13 @@ class SynthesisEngine:
         for seed in seeds:
             prosody = Prosody(reference, request.reference_text, request.mode, request.temperature, seed,
                               request.n_samples, request.strength, request.controls, request.speaker,
-                              request.reference_speaker, request.pitch_mode, request.reference_range)
+                              request.reference_speaker, request.pitch_mode, request.reference_range,
+                              request.reference_level)
             # a batch shares every argument but the texts; n_samples results come back in tts's order
             key = None if request.n_samples > 1 else (
                 reference_key, request.reference_text, request.mode, request.temperature, seed,
                 request.strength, tuple(sorted(request.controls.items())), request.speaker,
-                request.reference_speaker, request.pitch_mode, request.reference_range)
+                request.reference_speaker, request.pitch_mode, request.reference_range, request.reference_level)
             jobs.append((key, TTSJob(texts, prosody, request.vocoder), items // len(seeds)))
         return jobs
 
@@ -323,7 +330,8 @@ class SynthesisEngine:
         result = self.synth.tts(texts, reference=p.reference, reference_text=p.reference_text, z=z, mode=p.mode,
                                 temperature=p.temperature, seed=p.seed, n_samples=p.n_samples, strength=p.strength,
                                 controls=p.controls, speaker=p.speaker, reference_speaker=p.reference_speaker,
-                                pitch_mode=p.pitch_mode, reference_range=p.reference_range, vocode=False)
+                                pitch_mode=p.pitch_mode, reference_range=p.reference_range,
+                                reference_level=p.reference_level, vocode=False)
         per_text = len(result.mel) // len(texts)  # n_samples results per text (1 unless asked)
         out, start = [], 0
         for job in payloads:

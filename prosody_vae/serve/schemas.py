@@ -51,6 +51,9 @@ class SynthesizeRequest(_Closed):
                                 "the reference's Hz (needs `reference_speaker`)")
     reference_range: bool = Field(False, description="scale the output's F0 contour to the reference's pitch "
                                                      "range (a model with a pitch head)")
+    reference_level: bool = Field(False, description="make the output as much louder or softer than usual as the "
+                                                     "reference is against its enrolled speaker's level (needs "
+                                                     "`reference_speaker`, enrolled: POST /v1/speakers)")
     vocoder: Optional[str] = Field(None, description="a vocoder name (GET /v1/model lists them)")
     format: Literal["wav", "json"] = Field("wav", description="wav: the audio; json: base64 audio + extras")
     include: list[Extra] = Field(default_factory=list, description="arrays (per result) to add to a JSON answer")
