@@ -15,8 +15,8 @@ in an environment with the host's extra (see pyproject.toml).
 2. The slowest and the fastest reference in factors.csv (among utterances of 5-8 words) each
    transfer onto `SENTENCES` through the host's own inference entry point (Coqui's
    Synthesizer.tts with style_wav, via ProsodySynthesizer; ESPnet's own Text2Speech with speech);
-   per output its duration and whether it stopped before the decoder's cap (ESPnet: also its
-   attention's focus rate and how far along the text it reached). The wavs are written under --work.
+   per output its duration, whether it stopped before the decoder's cap, its attention's focus
+   rate and how far along the text it reached. The wavs are written under --work.
 Prints and writes one JSON object: KL over the last third of the steps against C, beta's
 trajectory, non-finite steps, the resume's controller continuity, and the durations.
 """
@@ -145,7 +145,14 @@ def coqui_transfer(trained: dict, references: dict, work: Path) -> list[dict]:
             wav = np.asarray(synth.tts(sentence, style_wav=reference["wav"]), dtype=np.float32)
             frames = round(len(wav) / synth.tts_model.ap.hop_length)
             sf.write(work / f"coqui_{index}_{name}.wav", wav, synth.output_sample_rate)
-            row[name] = {"seconds": len(wav) / synth.output_sample_rate, "stopped": frames < cap}
+            # the same decode once more through the model, for its attention (T_dec, T_in): did it
+            # walk the whole text, and how sharply (Coqui's own alignment score)
+            model = synth.tts_model
+            ids = torch.tensor(model.tokenizer.text_to_ids(sentence))[None]
+            attention = model.inference(ids, {"style_mel": model.reference_mel(reference["wav"])})["alignments"][0]
+            row[name] = {"seconds": len(wav) / synth.output_sample_rate, "stopped": frames < cap,
+                         "focus_rate": float(attention.max(-1).values.mean()),
+                         "tokens_reached": f"{int(attention.argmax(-1).max()) + 1}/{attention.shape[1]}"}
         row["slow_longer"] = row["slow"]["seconds"] > row["fast"]["seconds"]
         rows.append(row)
     return rows
@@ -242,11 +249,24 @@ def main() -> None:
                         help="Coqui's weight on the stop frame in its stopnet loss (Coqui's recipes: 15)")
     parser.add_argument("--ga-sigma", type=float, default=0.4,
                         help="Coqui: the guided-attention band's width (Coqui hard-codes 0.4)")
+    parser.add_argument("--transfer-from", type=Path,
+                        help="Coqui: a run folder this script trained (final.pth, config.json); transfer only")
     parser.add_argument("--work", type=Path, default=Path("host_transfer"))
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args()
+    if args.transfer_from is not None and args.host != "coqui":
+        parser.error("--transfer-from: Coqui runs only")
     args.work.mkdir(parents=True, exist_ok=True)
     references = contrasting_references(args.data)
+    if args.transfer_from is not None:  # a Coqui run this script trained: its transfer again, nothing else
+        run = args.transfer_from
+        trained = {"checkpoint": str(run / "final.pth"), "config": str(run / "config.json")}
+        transfer = coqui_transfer(trained, references, args.work)
+        result = {**trained, "references": references, "transfer": transfer,
+                  "slow_longer_all": all(row["slow_longer"] for row in transfer)}
+        args.out.write_text(json.dumps(result, indent=1) + "\n")
+        print(json.dumps(result, indent=1))
+        return
     trace: list[dict] = []
     trained = (coqui_train if args.host == "coqui" else espnet_train)(args, trace)
     tail = trace[-max(1, len(trace) // 3):]
