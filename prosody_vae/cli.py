@@ -149,7 +149,8 @@ def cmd_enroll(args: argparse.Namespace) -> None:
                                         max_reference_seconds=args.max_reference_seconds)
     enrolment = synth.enroll(args.name, _wav_files(args.recordings))
     print(f"enrolled {enrolment.name!r}: {enrolment.f0_mean_hz:.1f} Hz mean F0 over {enrolment.voiced_seconds:.1f} s "
-          f"of voiced speech in {enrolment.n_recordings} recording(s), speech level {enrolment.level_db:.1f} dBFS; wrote {enrolment_file(args.checkpoint)}")
+          f"of voiced speech in {enrolment.n_recordings} recording(s), speech level {enrolment.level_db:.1f} dBFS; "
+          f"wrote {enrolment_file(args.checkpoint)}")
     print(f"use it as reference_speaker: --reference-speaker {enrolment.name}")
 
 

@@ -143,6 +143,7 @@ class _Items:
     z: object
     speaker: Speaker
     reference_speaker: Speaker
+    reference_tracks: Optional[list[FrameFeatures]] = None  # each reference's, once measured
 
     @classmethod
     def fan_out(cls, texts: list[str], seeds: list[int], n_samples: int, reference, reference_text, z,
@@ -284,11 +285,16 @@ class Synthesizer:
         voice's, NaN where the speaker is not named (or the checkpoint records no register)."""
         if reference_speaker is None:
             return [math.nan] * batch
+        return [self._register(name) for name in self._reference_speaker_names(reference_speaker, batch)]
+
+    @staticmethod
+    def _reference_speaker_names(reference_speaker: Speaker, batch: int) -> list[str]:
+        """(B,) the named reference speaker of each item: one name for all, or one per item."""
         names = [reference_speaker] if isinstance(reference_speaker, str) else list(reference_speaker)
         if len(names) not in (1, batch):
             raise UnknownSpeakerError(f"reference_speaker: got {len(names)} speakers for {batch} references "
                                       f"(give 1 or {batch})", field="reference_speaker")
-        return [self._register(name) for name in names] * (batch // len(names))
+        return names * (batch // len(names))
 
     def _refuse_enrolled(self, reference_speaker: Speaker, why: str) -> None:
         names = [reference_speaker] if isinstance(reference_speaker, str) else list(reference_speaker or [])
@@ -468,9 +474,9 @@ class Synthesizer:
             pitch_mode: Literal["relative", "absolute"] = "relative", reference_range: bool = False,
             reference_level: bool = False, vocode: bool = True,
             max_decoder_steps: Optional[int] = None) -> SynthesisResult:
-        """Synthesise one text or a batch (see the module docstring for the prosody choices, seeds, `n_samples`,
-        `strength`, `controls`, the speakers, `pitch_mode`, `reference_range` and `reference_level`). With `n_samples=K` the
-        result holds K items per text, text by text. `max_decoder_steps` bounds the free-running decoder (default: the
+        """Synthesise one text or a batch (see the module docstring for the prosody choices, seeds,
+        `n_samples`, `strength`, `controls`, the speakers, `pitch_mode`, `reference_range` and
+        `reference_level`). With `n_samples=K` the result holds K items per text, text by text. `max_decoder_steps` bounds the free-running decoder (default: the
         model config's)."""
         texts = _as_texts(texts)
         items = _Items.fan_out(texts, self._seeds(seed, len(texts)), n_samples, reference, reference_text, z,
@@ -527,13 +533,16 @@ class Synthesizer:
         return spread.expand(len(items.texts)) if len(tracks) == 1 else spread
 
     def _reference_track_list(self, items: _Items) -> list[FrameFeatures]:
-        """Each reference's tracks. A "prosody" model's items then carry them, so that its encoder
-        does not track them again."""
-        many = isinstance(items.reference, (list, tuple))
-        tracks = [self.reference_tracks(r) for r in (items.reference if many else [items.reference])]
-        if self.model.config.reference_input == "prosody":
-            items.reference = tracks if many else tracks[0]
-        return tracks
+        """Each reference's tracks, measured once per call (reference_range and reference_level
+        both read them). A "prosody" model's items then carry them, so that its encoder does not
+        track them again."""
+        if items.reference_tracks is None:
+            many = isinstance(items.reference, (list, tuple))
+            references = items.reference if many else [items.reference]
+            items.reference_tracks = [self.reference_tracks(r) for r in references]
+            if self.model.config.reference_input == "prosody":
+                items.reference = items.reference_tracks if many else items.reference_tracks[0]
+        return items.reference_tracks
 
     def check_reference_level(self, reference, reference_speaker: Speaker) -> None:
         """Refuse `reference_level=True` without a reference or without enrolled reference speakers
@@ -559,10 +568,8 @@ class Synthesizer:
         self.check_reference_level(items.reference, items.reference_speaker)
         levels = [speech_level_db(track.energy) for track in self._reference_track_list(items)]
         batch = len(items.texts)
-        self.reference_registers(items.reference_speaker, batch)  # refuses a count other than 1 or B
-        speakers = items.reference_speaker
-        speakers = [speakers] if isinstance(speakers, str) else list(speakers)
-        levels, speakers = levels * (batch // len(levels)), speakers * (batch // len(speakers))
+        speakers = self._reference_speaker_names(items.reference_speaker, batch)
+        levels = levels * (batch // len(levels))
         return [float(np.clip(level - self.enrolments[name].level_db, -MAX_LEVEL_GAIN_DB, MAX_LEVEL_GAIN_DB))
                 for level, name in zip(levels, speakers)]
 
