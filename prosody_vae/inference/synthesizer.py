@@ -476,8 +476,8 @@ class Synthesizer:
             max_decoder_steps: Optional[int] = None) -> SynthesisResult:
         """Synthesise one text or a batch (see the module docstring for the prosody choices, seeds,
         `n_samples`, `strength`, `controls`, the speakers, `pitch_mode`, `reference_range` and
-        `reference_level`). With `n_samples=K` the result holds K items per text, text by text. `max_decoder_steps` bounds the free-running decoder (default: the
-        model config's)."""
+        `reference_level`). With `n_samples=K` the result holds K items per text, text by text.
+        `max_decoder_steps` bounds the free-running decoder (default: the model config's)."""
         texts = _as_texts(texts)
         items = _Items.fan_out(texts, self._seeds(seed, len(texts)), n_samples, reference, reference_text, z,
                                speaker, reference_speaker)
