@@ -423,12 +423,13 @@ def test_vocoder_processes_give_the_same_audio_as_vocoding_in_the_server():
     assert len(got) == 2 and all(np.array_equal(a, b) for a, b in zip(got, expected))
 
 
-def blocked(client: TestClient) -> threading.Event:
-    """Hold the model worker on its next batch until the returned event is set."""
+def blocked(client: TestClient) -> tuple[threading.Event, threading.Event]:
+    """Hold the model worker on its next batch until `release` is set; `taken` is set once the
+    worker holds a batch (an empty queue alone does not say so: the request may not be queued yet)."""
     worker = client.app.state.engine.worker
-    run, release = worker.run_batch, threading.Event()
-    worker.run_batch = lambda payloads: (release.wait(30), run(payloads))[1]
-    return release
+    run, release, taken = worker.run_batch, threading.Event(), threading.Event()
+    worker.run_batch = lambda payloads: (taken.set(), release.wait(30), run(payloads))[2]
+    return release, taken
 
 
 def wait_until(condition, seconds: float = 10.0) -> None:
@@ -440,12 +441,11 @@ def wait_until(condition, seconds: float = 10.0) -> None:
 
 def test_a_full_queue_answers_429_with_retry_after():
     with app_client(ServeConfig(max_batch=1, max_queue=1)) as c:
-        release, worker, answers = blocked(c), c.app.state.engine.worker, []
+        (release, taken), worker, answers = blocked(c), c.app.state.engine.worker, []
         ask = lambda: answers.append(c.post("/v1/synthesize", json={"text": "Hi."}).status_code)
         running = threading.Thread(target=ask)
         running.start()
-        wait_until(lambda: worker.queue_length == 0 and running.is_alive())  # taken by the worker
-        time.sleep(0.1)
+        assert taken.wait(10)
         waiting = threading.Thread(target=ask)
         waiting.start()
         wait_until(lambda: worker.queue_length == 1)
@@ -460,10 +460,10 @@ def test_a_full_queue_answers_429_with_retry_after():
 
 def test_a_request_past_its_timeout_gets_504_and_frees_its_slot():
     with app_client(ServeConfig(max_batch=1, timeout_s=0.5)) as c:
-        release, worker = blocked(c), c.app.state.engine.worker
+        (release, taken), worker = blocked(c), c.app.state.engine.worker
         first = threading.Thread(target=lambda: c.post("/v1/synthesize", json={"text": "Hi."}))
         first.start()
-        wait_until(lambda: worker.queue_length == 0 and first.is_alive())
+        assert taken.wait(10)
         assert_refused(c.post("/v1/synthesize", json={"text": "Hi."}), 504, "timeout_s")
         assert worker.queue_length == 0
         release.set()
