@@ -49,8 +49,8 @@ def _positive_int(text: str) -> int:
 
 
 def cmd_make_corpus(args: argparse.Namespace) -> None:
-    summary = make_corpus(args.out, CorpusConfig(n=args.n, seed=args.seed, workers=args.workers,
-                                                 voices=VOICE_SETS[args.voices]))
+    voices = (args.voice,) if args.voice else VOICE_SETS[args.voices]
+    summary = make_corpus(args.out, CorpusConfig(n=args.n, seed=args.seed, workers=args.workers, voices=voices))
     print(summary.format())
     print(f"wrote {args.out}/metadata.csv, {args.out}/factors.csv and {args.out}/wavs/")
 
@@ -253,6 +253,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--voices", choices=sorted(VOICE_SETS), default="demo",
                    help="demo: 12 espeak-ng voices; wide: 38, for a model that must generalise to voices it "
                         "never heard (train it with --recipe wide)")
+    p.add_argument("--voice", help="one espeak-ng voice only (e.g. en-us+f3), in place of --voices: a "
+                                   "single-speaker corpus, as LJSpeech is")
     p.set_defaults(func=cmd_make_corpus)
 
     p = commands.add_parser("stats", help="per-utterance F0, range, voicing, rate and energy of a corpus (CSV)")

@@ -242,3 +242,15 @@ def test_a_demo_whose_recipe_has_too_few_speakers_for_its_voices_stops_before_th
     with pytest.raises(ConfigError, match="n_speakers is 12, the 'wide' voice set has 38 voices") as refused:
         run_demo(tmp_path / "demo", voices="wide", config_path=recipe_config("demo"))
     assert refused.value.field == "voices" and not (tmp_path / "demo").exists()
+
+
+def test_make_corpus_voice_gives_a_single_speaker_corpus_and_refuses_an_unknown_one(tmp_path, capsys):
+    from prosody_vae.cli import main
+
+    assert main(["make-corpus", "--out", str(tmp_path / "one"), "--n", "4", "--voice", "en-us+f3"]) == 0
+    rows = read_factors(tmp_path / "one")
+    assert len(rows) == 4 and {row["voice"] for row in rows} == {"en-us+f3"}
+    assert {item.speaker for item in read_metadata(tmp_path / "one")} == {"en-us+f3"}
+    capsys.readouterr()
+    assert main(["make-corpus", "--out", str(tmp_path / "bad"), "--n", "2", "--voice", "en-us+nosuchvariant"]) == 2
+    assert "voice 'en-us+nosuchvariant'" in capsys.readouterr().err
