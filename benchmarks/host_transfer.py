@@ -11,7 +11,8 @@ in an environment with the host's extra (see pyproject.toml).
    a second trainer resumes the run for the other half: Coqui's `trainer.Trainer` with
    `continue_path` (epochs raised in the run's config.json), ESPnet's TTSTask
    (`python -m prosody_vae.integrations.espnet`, a mid-size Tacotron2) with `--resume true`.
-   Per training step: KL (nats per utterance), beta, loss.
+   Per training step: KL (nats per utterance), beta, loss. `--extend RUN` instead resumes a Coqui
+   run this script trained for about `--steps` more, the same way.
 2. The slowest and the fastest reference in factors.csv (among utterances of 5-8 words) each
    transfer onto `SENTENCES` through the host's own inference entry point (Coqui's
    Synthesizer.tts with style_wav, via ProsodySynthesizer; ESPnet's own Text2Speech with speech);
@@ -75,53 +76,55 @@ def coqui_config(args, out: Path, epochs: int):
     return config
 
 
-def coqui_train(args, trace: list[dict]) -> dict:
+def coqui_fit(args, runs: Path, trace: list[dict], epochs: int, continue_path: str = ""):
+    """Coqui's own Trainer for `epochs` (from `continue_path`'s last checkpoint, if given), recording
+    each training step's KL, beta and loss; returns the trainer and the checkpoint a resume restored."""
     from prosody_vae.integrations.coqui import ProsodyTacotron2
     from TTS.tts.datasets import load_tts_samples
     from trainer import Trainer, TrainerArgs
 
     logging.getLogger("TTS").setLevel(logging.WARNING)
-    runs = args.work / "coqui"
-    probe = coqui_config(args, runs, epochs=1)
-    train_samples, eval_samples = load_tts_samples(probe, eval_split=True, eval_split_size=probe.eval_split_size)
-    steps_per_epoch = len(train_samples) // args.batch_size  # Coqui's loader drops no last batch, but near enough
-    total_epochs = max(2, math.ceil(args.steps / steps_per_epoch))
-    first_epochs = total_epochs // 2
+    torch.manual_seed(0)
+    config = coqui_config(args, runs, epochs)
+    if continue_path:  # Coqui resumes with the run folder's config.json: build the model it describes
+        config.load_json(str(Path(continue_path) / "config.json"))
+    train_samples, eval_samples = load_tts_samples(config, eval_split=True, eval_split_size=config.eval_split_size)
+    model = ProsodyTacotron2.init_from_config(config)
+    inner = model.train_step
 
-    def fit(epochs: int, continue_path: str = ""):
-        torch.manual_seed(0)
-        config = coqui_config(args, runs, epochs)
-        model = ProsodyTacotron2.init_from_config(config)
-        inner = model.train_step
+    def recorded(batch, criterion, optimizer_idx=None):
+        outputs, loss_dict = inner(batch, criterion, optimizer_idx)
+        if model.training:
+            trace.append({"kl": float(loss_dict["prosody_kl"]), "beta": float(loss_dict["prosody_beta"]),
+                          "loss": float(loss_dict["loss"]), "t": time.perf_counter()})
+        return outputs, loss_dict
 
-        def recorded(batch, criterion, optimizer_idx=None):
-            outputs, loss_dict = inner(batch, criterion, optimizer_idx)
-            if model.training:
-                trace.append({"kl": float(loss_dict["prosody_kl"]), "beta": float(loss_dict["prosody_beta"]),
-                              "loss": float(loss_dict["loss"]), "t": time.perf_counter()})
-            return outputs, loss_dict
+    model.train_step = recorded
+    trainer = Trainer(TrainerArgs(continue_path=continue_path), config, str(runs), model=model,
+                      train_samples=train_samples, eval_samples=eval_samples)
+    # read what the resume restored now: Coqui deletes a superseded best_model_*.pth during fit
+    restored = (torch.load(trainer.args.restore_path, map_location="cpu", weights_only=False)
+                if continue_path else None)
+    trainer.fit()
+    return trainer, restored
 
-        model.train_step = recorded
-        trainer = Trainer(TrainerArgs(continue_path=continue_path), config, str(runs), model=model,
-                          train_samples=train_samples, eval_samples=eval_samples)
-        # read what the resume restored now: Coqui deletes a superseded best_model_*.pth during fit
-        restored = (torch.load(trainer.args.restore_path, map_location="cpu", weights_only=False)
-                    if continue_path else None)
-        trainer.fit()
-        return trainer, restored
 
-    first, _ = fit(first_epochs)
-    run = Path(first.output_path)
-    # Coqui resumes with the run folder's config.json (and re-runs the epoch its last checkpoint was
-    # saved in): raise its epoch count there, as a user extending a run does
-    saved_config = coqui_config(args, runs, total_epochs)
+def raise_epochs(args, run: Path, epochs: int) -> None:
+    """Coqui resumes with the run folder's config.json (and re-runs the epoch its last checkpoint was
+    saved in): raise its epoch count there, as a user extending a run does."""
+    saved_config = coqui_config(args, run.parent, epochs)
     saved_config.load_json(str(run / "config.json"))
-    saved_config.epochs = total_epochs
+    saved_config.epochs = epochs
     saved_config.save_json(str(run / "config.json"))
-    before = dict(step=first.model.controller.step, beta=first.model.controller.beta, steps=len(trace))
-    resumed, restored = fit(total_epochs, continue_path=str(run))
+
+
+def coqui_resume(args, run: Path, trace: list[dict], epochs: int, before: dict) -> dict:
+    """Resume `run` up to `epochs` and save its last weights as final.pth (Coqui keeps only the best
+    epoch's); returns the resume's continuity record."""
+    raise_epochs(args, run, epochs)
+    resumed, restored = coqui_fit(args, run.parent, trace, epochs, continue_path=str(run))
     saved = restored["model"]["capacitron_vae_layer._extra_state"]["controller"]
-    checkpoint = run / "final.pth"  # the last step's weights (Coqui keeps only the best epoch's)
+    checkpoint = run / "final.pth"
     torch.save({"model": resumed.model.state_dict(), "config": resumed.config.to_dict(),
                 "step": resumed.total_steps_done}, checkpoint)
     return {"run": str(run), "checkpoint": str(checkpoint), "config": str(run / "config.json"),
@@ -130,6 +133,33 @@ def coqui_train(args, trace: list[dict]) -> dict:
                        "controller_step_before": before["step"], "beta_saved": float(saved["beta"]),
                        "beta_before": before["beta"], "controller_step_after": resumed.model.controller.step,
                        "steps_after_resume": len(trace) - before["steps"]}}
+
+
+def coqui_train(args, trace: list[dict]) -> dict:
+    import prosody_vae.integrations.coqui  # noqa: F401  (before TTS: it gates the optional torchaudio)
+    from TTS.tts.datasets import load_tts_samples
+
+    runs = args.work / "coqui"
+    probe = coqui_config(args, runs, epochs=1)
+    train_samples, _ = load_tts_samples(probe, eval_split=True, eval_split_size=probe.eval_split_size)
+    steps_per_epoch = len(train_samples) // args.batch_size  # Coqui's loader drops no last batch, but near enough
+    total_epochs = max(2, math.ceil(args.steps / steps_per_epoch))
+    first, _ = coqui_fit(args, runs, trace, total_epochs // 2)
+    before = dict(step=first.model.controller.step, beta=first.model.controller.beta, steps=len(trace))
+    return coqui_resume(args, Path(first.output_path), trace, total_epochs, before)
+
+
+def coqui_extend(args, run: Path, trace: list[dict]) -> dict:
+    """Train a run this script trained for about `--steps` more, from its last checkpoint."""
+    config = json.loads((run / "config.json").read_text())
+    from trainer.io import get_last_checkpoint
+
+    last = torch.load(get_last_checkpoint(str(run))[0], map_location="cpu", weights_only=False)
+    steps_per_epoch = max(1, last["step"] // max(1, last["epoch"]))
+    epochs = config["epochs"] + math.ceil(args.steps / steps_per_epoch)
+    controller = last["model"]["capacitron_vae_layer._extra_state"]["controller"]
+    return coqui_resume(args, run, trace, epochs, {"step": int(controller["step"]), "beta": float(controller["beta"]),
+                                                   "steps": 0})
 
 
 def coqui_transfer(trained: dict, references: dict, work: Path) -> list[dict]:
@@ -251,11 +281,14 @@ def main() -> None:
                         help="Coqui: the guided-attention band's width (Coqui hard-codes 0.4)")
     parser.add_argument("--transfer-from", type=Path,
                         help="Coqui: a run folder this script trained (final.pth, config.json); transfer only")
+    parser.add_argument("--extend", type=Path,
+                        help="Coqui: a run folder this script trained; train it about --steps more, then transfer")
     parser.add_argument("--work", type=Path, default=Path("host_transfer"))
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args()
-    if args.transfer_from is not None and args.host != "coqui":
-        parser.error("--transfer-from: Coqui runs only")
+    for option, value in (("--transfer-from", args.transfer_from), ("--extend", args.extend)):
+        if value is not None and args.host != "coqui":
+            parser.error(f"{option}: Coqui runs only")
     args.work.mkdir(parents=True, exist_ok=True)
     references = contrasting_references(args.data)
     if args.transfer_from is not None:  # a Coqui run this script trained: its transfer again, nothing else
@@ -268,7 +301,10 @@ def main() -> None:
         print(json.dumps(result, indent=1))
         return
     trace: list[dict] = []
-    trained = (coqui_train if args.host == "coqui" else espnet_train)(args, trace)
+    if args.extend is not None:
+        trained = coqui_extend(args, args.extend, trace)
+    else:
+        trained = (coqui_train if args.host == "coqui" else espnet_train)(args, trace)
     tail = trace[-max(1, len(trace) // 3):]
     kl_tail = statistics.fmean(t["kl"] for t in tail)
     transfer = (coqui_transfer if args.host == "coqui" else espnet_transfer)(trained, references, args.work)
