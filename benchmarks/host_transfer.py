@@ -71,6 +71,10 @@ def coqui_config(args, out: Path, epochs: int):
         stopnet_pos_weight=args.stopnet_pos_weight, ga_sigma=args.ga_sigma,
         # Coqui's default Noam warm-up (4,000 steps) would leave a short run at lr ~1e-6
         lr=args.lr, lr_scheduler=None,
+        # forward attention's transition agent reads the context vector, z included, so z can set
+        # the pace at which attention leaves each token (Zhang et al. 2018)
+        use_forward_attn=args.forward_attention, transition_agent=args.forward_attention,
+        forward_attn_mask=args.forward_attention,
         prosody_vae=ProsodyVAEArgs(capacity=args.capacity, beta_lr=args.beta_lr))
     config.audio.sample_rate = 22050
     return config
@@ -279,6 +283,8 @@ def main() -> None:
                         help="Coqui's weight on the stop frame in its stopnet loss (Coqui's recipes: 15)")
     parser.add_argument("--ga-sigma", type=float, default=0.4,
                         help="Coqui: the guided-attention band's width (Coqui hard-codes 0.4)")
+    parser.add_argument("--forward-attention", action="store_true",
+                        help="Coqui: forward attention with its transition agent (and its inference mask)")
     parser.add_argument("--transfer-from", type=Path,
                         help="Coqui: a run folder this script trained (final.pth, config.json); transfer only")
     parser.add_argument("--extend", type=Path,
