@@ -18,7 +18,6 @@ Prints and writes one JSON object (`--out`).
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import statistics
 from pathlib import Path
@@ -26,7 +25,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from host_transfer import SENTENCES
+from host_transfer import SENTENCES, factor_rows, reference_candidates
 from prosody_vae.integrations.coqui import ProsodySynthesizer
 
 NOT_FACTORS = {"id", "voice", "text", "sentence_type"}
@@ -53,7 +52,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
     torch.set_num_threads(2)
-    rows = list(csv.DictReader((args.data / "factors.csv").open()))
+    rows = factor_rows(args.data)
     model = ProsodySynthesizer(tts_checkpoint=args.checkpoint or args.run / "final.pth",
                                tts_config_path=args.run / "config.json").tts_model
     mels = {r["id"]: model.reference_mel(args.data / "wavs" / f"{r['id']}.wav") for r in rows}  # (1, T, n_mels)
@@ -65,7 +64,7 @@ def main() -> None:
     for key in rows[0].keys() - NOT_FACTORS:
         factors[key] = round(cross_validated_r2(means, np.array([float(r[key]) for r in rows])), 3)
 
-    candidates = sorted((r for r in rows if 5 <= int(r["n_words"]) <= 8), key=lambda r: int(r["rate"]))
+    candidates = reference_candidates(args.data)
     groups = {"slow": candidates[:args.n], "fast": candidates[-args.n:]}
     lengths = []
     for sentence in SENTENCES:

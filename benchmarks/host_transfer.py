@@ -41,14 +41,23 @@ SENTENCES = ["The quick brown fox jumped over the lazy dog.", "Where did you put
              "Seven green bottles stood on the kitchen table."]
 
 
-def contrasting_references(data: Path) -> dict[str, dict]:
-    """The slowest and fastest espeak-ng rate among the corpus's 5-8 word utterances."""
+def factor_rows(data: Path) -> list[dict]:
+    """factors.csv's rows (one per utterance, make-corpus's factors) whose wav is in the folder."""
     factors = data / "factors.csv"
     if not factors.exists():
         raise SystemExit(f"{factors}: missing; --data must be a make-corpus folder (or a copy with its factors.csv)")
-    rows = [r for r in csv.DictReader(factors.open()) if 5 <= int(r["n_words"]) <= 8
-            and (data / "wavs" / f"{r['id']}.wav").exists()]
-    slow, fast = min(rows, key=lambda r: int(r["rate"])), max(rows, key=lambda r: int(r["rate"]))
+    return [r for r in csv.DictReader(factors.open()) if (data / "wavs" / f"{r['id']}.wav").exists()]
+
+
+def reference_candidates(data: Path) -> list[dict]:
+    """The corpus's 5-8 word utterances, slowest espeak-ng rate first."""
+    return sorted((r for r in factor_rows(data) if 5 <= int(r["n_words"]) <= 8), key=lambda r: int(r["rate"]))
+
+
+def contrasting_references(data: Path) -> dict[str, dict]:
+    """The slowest and fastest espeak-ng rate among the corpus's 5-8 word utterances."""
+    rows = reference_candidates(data)
+    slow, fast = rows[0], max(rows, key=lambda r: int(r["rate"]))  # the first of tied fastest, as before
     return {name: {"id": r["id"], "wpm": int(r["rate"]), "seconds": float(r["duration_s"]), "voice": r["voice"],
                    "wav": str(data / "wavs" / f"{r['id']}.wav")} for name, r in (("slow", slow), ("fast", fast))}
 
