@@ -84,7 +84,7 @@ def coqui_config(args, out: Path, epochs: int):
         # the pace at which attention leaves each token (Zhang et al. 2018)
         use_forward_attn=args.forward_attention, transition_agent=args.forward_attention,
         forward_attn_mask=args.forward_attention,
-        prosody_vae=ProsodyVAEArgs(capacity=args.capacity, beta_lr=args.beta_lr))
+        prosody_vae=ProsodyVAEArgs(capacity=args.capacity, beta_lr=args.beta_lr, pace_weight=args.pace_weight))
     config.audio.sample_rate = 22050
     return config
 
@@ -294,6 +294,8 @@ def main() -> None:
                         help="Coqui: the guided-attention band's width (Coqui hard-codes 0.4)")
     parser.add_argument("--forward-attention", action="store_true",
                         help="Coqui: forward attention with its transition agent (and its inference mask)")
+    parser.add_argument("--pace-weight", type=float, default=0.0,
+                        help="Coqui: weight of the pace readout from z (ProsodyVAEArgs.pace_weight; 0 = off)")
     parser.add_argument("--transfer-from", type=Path,
                         help="Coqui: a run folder this script trained (final.pth, config.json); transfer only")
     parser.add_argument("--extend", type=Path,

@@ -20,6 +20,7 @@ from conftest import write_tiny_corpus  # noqa: E402
 from prosody_vae.integrations.coqui import (ProsodyLayer, ProsodySynthesizer, ProsodyTacotron2,  # noqa: E402
                                             ProsodyTacotron2Config, ProsodyVAEArgs)
 from prosody_vae.plugin import from_pretrained, save_pretrained  # noqa: E402
+from prosody_vae.plugin.reference import Posterior  # noqa: E402
 from TTS.config.shared_configs import BaseDatasetConfig  # noqa: E402
 from TTS.tts.datasets import load_tts_samples  # noqa: E402
 from trainer import Trainer, TrainerArgs  # noqa: E402
@@ -153,3 +154,48 @@ def test_the_encoder_saved_from_coqui_loads_with_from_pretrained_and_encodes_ide
         ours, theirs = encoder.eval()(mel, lengths, mode="mean"), layer.encoder(mel, lengths, mode="mean")
     assert torch.equal(ours.mean, theirs.mean) and torch.equal(ours.std, theirs.std)
     assert controller.beta == layer.controller.beta
+
+
+def pace_posterior(mean: torch.Tensor) -> Posterior:
+    std = torch.ones_like(mean)
+    return Posterior(z=mean, mean=mean, std=std, kl=torch.zeros(len(mean)), kl_per_dim=torch.zeros_like(mean))
+
+
+def test_the_pace_readout_scores_pace_differences_and_trains_the_encoder():
+    layer = ProsodyLayer(80, ProsodyVAEArgs(latent_dim=4, pace_weight=2.0))
+    with torch.no_grad():
+        layer.pace_head.weight.copy_(torch.tensor([[1.0, 0.0, 0.0, 0.0]]))
+    mel_lengths, text_lengths = torch.tensor([120, 200, 90]), torch.tensor([30, 25, 30])
+    pace = torch.log(mel_lengths / text_lengths)  # log frames per character
+    # a mean that reads the pace exactly, up to a constant the batch-centred readout does not score
+    exact = torch.zeros(3, 4)
+    exact[:, 0] = pace + 5.0
+    assert layer.pace_loss(pace_posterior(exact), mel_lengths, text_lengths).item() < 1e-10
+    # the pace read backwards: the loss is the weighted squared error of the centred readout
+    expected = 2.0 * ((pace.flip(0) - pace.flip(0).mean()) - (pace - pace.mean())).pow(2).mean()
+    mean = exact.flip(0).requires_grad_(True)
+    loss = layer.pace_loss(pace_posterior(mean), mel_lengths, text_lengths)
+    torch.testing.assert_close(loss, expected)
+    loss.backward()
+    # its gradient reaches the posterior mean (hence the encoder) through the readout's one weight
+    assert mean.grad[:, 0].abs().sum() > 0 and torch.equal(mean.grad[:, 1:], torch.zeros(3, 3))
+
+
+def test_the_pace_readout_is_off_by_default_and_refuses_a_negative_weight():
+    assert ProsodyLayer(80, ProsodyVAEArgs(latent_dim=4)).pace_head is None
+    assert not any("pace" in key for key in ProsodyLayer(80, ProsodyVAEArgs(latent_dim=4)).state_dict())
+    with pytest.raises(ValueError, match="pace_weight"):
+        ProsodyLayer(80, ProsodyVAEArgs(latent_dim=4, pace_weight=-1.0))
+
+
+def test_coquis_trainer_trains_the_pace_readout(tmp_path):
+    corpus = write_tiny_corpus(tmp_path / "corpus", n=7)
+    config = coqui_config(corpus, tmp_path / "runs", epochs=1)
+    config.prosody_vae.pace_weight = 1.0
+    config.lr_scheduler = None  # Coqui's Noam warm-up starts at lr 2.5e-8: too small to move a weight
+    trainer = coqui_trainer(config)
+    head = trainer.model.capacitron_vae_layer.pace_head
+    before = head.weight.detach().clone()
+    trainer.fit()
+    assert np.isfinite(float(trainer.keep_avg_train["avg_prosody_pace_loss"]))
+    assert not torch.equal(head.weight, before)

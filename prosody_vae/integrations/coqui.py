@@ -90,6 +90,16 @@ class ProsodyVAEArgs(Coqpit):
     conv_channels: list[int] = field(default_factory=lambda: list(CAPACITRON_CHANNELS))
     gru_dim: int = 128
     mlp_dim: int = 128
+    # weight of the pace readout (0: off). Coqui's teacher-forced decoder reads the pace from its
+    # own previous frames, so carrying rate barely lowers its L1 and the KL budget goes to pitch and
+    # level instead (benchmarks/coqui_latent_probe.py). A linear readout from the posterior mean to
+    # the utterance's log frames per character makes z keep the pace, where the decoder's attention
+    # can take it. Training transcripts give the target; inference still reads no transcript.
+    pace_weight: float = 0.0
+
+    def check_values(self) -> None:
+        if not self.pace_weight >= 0:
+            raise ValueError(f"prosody_vae.pace_weight must be >= 0, got {self.pace_weight}")
 
 
 @dataclass
@@ -113,6 +123,17 @@ class ProsodyLayer(HostLatent):
         super().__init__(n_mels, latent_dim=args.latent_dim, capacity=args.capacity, beta_init=args.beta_init,
                          beta_lr=args.beta_lr, beta_momentum=args.beta_momentum, kl_alpha=args.kl_alpha,
                          conv_channels=tuple(args.conv_channels), gru_dim=args.gru_dim, mlp_dim=args.mlp_dim)
+        args.check_values()
+        self.pace_weight = args.pace_weight
+        # no bias: the readout is fitted to pace differences within a batch (pace_loss)
+        self.pace_head = torch.nn.Linear(args.latent_dim, 1, bias=False) if args.pace_weight > 0 else None
+
+    def pace_loss(self, posterior: Posterior, mel_lengths: torch.Tensor, text_lengths: torch.Tensor) -> torch.Tensor:
+        """pace_weight * the squared error of the readout's batch-centred log frames per character."""
+        pace = torch.log(mel_lengths.float() / text_lengths.float())  # (B,)
+        predicted = self.pace_head(posterior.mean).squeeze(-1)  # (B,)
+        error = (predicted - predicted.mean()) - (pace - pace.mean())
+        return self.pace_weight * error.pow(2).mean()
 
     def forward(self, reference_mel_info, text_info=None, speaker_embedding=None):
         if reference_mel_info is None:  # no reference: the prior
@@ -179,6 +200,10 @@ class ProsodyTacotron2(Tacotron2):
         kl_term = layer.kl_term(posterior, batch["mel_lengths"].float().mean() * self.decoder_output_dim)
         kl = posterior.kl.mean()
         loss_dict["loss"] = loss_dict["loss"] + kl_term
+        if layer.pace_head is not None:
+            pace_loss = layer.pace_loss(posterior, batch["mel_lengths"], batch["text_lengths"])
+            loss_dict["loss"] = loss_dict["loss"] + pace_loss
+            loss_dict["prosody_pace_loss"] = pace_loss.detach()
         loss_dict.update(prosody_kl=kl.detach(), prosody_kl_term=kl_term.detach(),
                          prosody_beta=torch.tensor(self.controller.beta))
         layer.dual_step(kl)  # a no-op in eval mode, where Coqui's eval_step runs this train_step
