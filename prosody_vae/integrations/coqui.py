@@ -18,6 +18,9 @@ What changes against Coqui's own Capacitron (TTS/tts/layers/tacotron/capacitron_
   utterance (plugin/capacity.py), the normalisation of prosody_vae.training.losses; beta is
   updated on the batch's KL by the controller, never by Coqui's optimizer (a plain optimizer from
   the config replaces CapacitronOptimizer), and a non-finite KL skips that update.
+- With `pace_weight` > 0, a linear readout from the posterior mean to the utterance's log frames
+  per character (centred per batch) adds its weighted squared error to the loss, so z keeps the
+  pace (see ProsodyVAEArgs.pace_weight for why Coqui's decoder needs this).
 - Inference takes the posterior mean of a reference (`style_wav`, or `reference_wav`), or with
   none the prior: its mean (z = 0) or, with mode="sample", a draw scaled by `temperature` from
   `seed`. Coqui 0.28's Synthesizer.tts accepts style_wav and drops it before the model; our
