@@ -199,3 +199,30 @@ def test_coquis_trainer_trains_the_pace_readout(tmp_path):
     trainer.fit()
     assert np.isfinite(float(trainer.keep_avg_train["avg_prosody_pace_loss"]))
     assert not torch.equal(head.weight, before)
+
+
+@pytest.mark.parametrize("share", [0.0, 0.5])
+def test_decoder_input_dropout_zeroes_teacher_forced_frames_only_in_training(tmp_path, share):
+    config = coqui_config(tmp_path, tmp_path / "runs")
+    config.prosody_vae.decoder_input_dropout = share
+    model = ProsodyTacotron2(config)
+    seen = []
+    model.decoder.register_forward_pre_hook(lambda module, inputs: seen.append(inputs[1].clone()))
+    torch.manual_seed(0)
+    text = torch.randint(1, 20, (2, 12))
+    mels = torch.ones(2, 200, config.audio.num_mels)  # (B, T, n_mels)
+    lengths = (torch.tensor([12, 12]), torch.tensor([200, 200]))
+    for training in (True, False):
+        model.train(training)
+        with torch.no_grad():
+            model.forward(text, lengths[0], mels, lengths[1], aux_input={"speaker_ids": None, "d_vectors": None})
+    dropped_in_training = (seen[0].abs().sum(-1) == 0).float().mean().item()  # frames zeroed whole
+    assert dropped_in_training == pytest.approx(share, abs=0.06)
+    assert torch.equal(seen[0][seen[0] != 0], torch.ones_like(seen[0][seen[0] != 0]))  # kept frames untouched
+    assert torch.equal(seen[1], mels)  # eval: Coqui's validation sees the real frames
+
+
+def test_decoder_input_dropout_refuses_a_share_outside_0_1():
+    for share in (-0.1, 1.0):
+        with pytest.raises(ValueError, match="decoder_input_dropout"):
+            ProsodyVAEArgs(decoder_input_dropout=share).check_values()

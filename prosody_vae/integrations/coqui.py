@@ -97,14 +97,21 @@ class ProsodyVAEArgs(Coqpit):
     # own previous frames, so carrying rate barely lowers its L1 and the KL budget goes to pitch and
     # level instead (benchmarks/coqui_latent_probe.py). A linear readout from the posterior mean to
     # the utterance's log frames per character makes z keep the pace (measured: rate R^2 0.73
-    # against 0.16-0.19 without), though after 2,730 steps the decoder did not yet stop reliably
-    # after a fast-paced z (examples/README.md). Training transcripts give the target; inference
-    # still reads no transcript.
+    # against 0.16-0.19 without), though the decoder still reads the text at one pace whatever z
+    # says (examples/README.md). Training transcripts give the target; inference reads none.
     pace_weight: float = 0.0
+    # share of teacher-forced decoder input frames replaced by the go frame (zeros) in training (0:
+    # off). Bowman et al.'s word dropout (2016), for frames: a decoder that cannot always read the
+    # pace off its previous frames has to take it from z. Off at inference. Measured at 0.5 with
+    # pace_weight 2: z held pace and pitch, every output stopped, yet the text was still read at
+    # one pace (examples/README.md).
+    decoder_input_dropout: float = 0.0
 
     def check_values(self) -> None:
         if not self.pace_weight >= 0:
             raise ValueError(f"prosody_vae.pace_weight must be >= 0, got {self.pace_weight}")
+        if not 0 <= self.decoder_input_dropout < 1:
+            raise ValueError(f"prosody_vae.decoder_input_dropout must be in [0, 1), got {self.decoder_input_dropout}")
 
 
 @dataclass
@@ -172,6 +179,17 @@ class ProsodyTacotron2(Tacotron2):
         self.config.use_capacitron_vae, self.config.capacitron_vae = False, own
         self.use_capacitron_vae, self.capacitron_vae = True, sizes
         self.capacitron_vae_layer = ProsodyLayer(self.decoder_output_dim, args)
+        if args.decoder_input_dropout > 0:
+            self.decoder.register_forward_pre_hook(self._drop_decoder_inputs)
+
+    def _drop_decoder_inputs(self, decoder: torch.nn.Module, inputs: tuple) -> Optional[tuple]:
+        """Coqui's Decoder.forward(encoder_outputs, memories (B, T, n_mels), mask) is the teacher-
+        forced pass (inference goes through Decoder.inference): zero a share of its input frames."""
+        if not decoder.training:
+            return None
+        encoder_outputs, memories, mask = inputs
+        keep = torch.rand(memories.shape[:2], device=memories.device) >= self.config.prosody_vae.decoder_input_dropout
+        return encoder_outputs, memories * keep[..., None], mask  # (B, T, n_mels)
 
     @classmethod
     def init_from_config(cls, config: ProsodyTacotron2Config, samples=None) -> "ProsodyTacotron2":
