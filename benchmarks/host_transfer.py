@@ -17,9 +17,12 @@ in an environment with the host's extra (see pyproject.toml).
    transfer onto `SENTENCES` through the host's own inference entry point (Coqui's
    Synthesizer.tts with style_wav, via ProsodySynthesizer; ESPnet's own Text2Speech with speech);
    per output its duration, whether it stopped before the decoder's cap, its attention's focus
-   rate and how far along the text it reached. The wavs are written under --work.
+   rate, how far along the text it reached, and when it reached the last character
+   (`text_seconds`: the speech's own pace, which a late or early stop does not move). The wavs
+   are written under --work.
 Prints and writes one JSON object: KL over the last third of the steps against C, beta's
-trajectory, non-finite steps, the resume's controller continuity, and the durations.
+trajectory, non-finite steps, the resume's controller continuity, the durations, and whether the
+slow reference's output was longer (`slow_longer_all`) and read the text slower (`slow_reads_slower_all`).
 """
 
 from __future__ import annotations
@@ -62,6 +65,20 @@ def contrasting_references(data: Path) -> dict[str, dict]:
                    "wav": str(data / "wavs" / f"{r['id']}.wav")} for name, r in (("slow", slow), ("fast", fast))}
 
 
+def text_seconds(attention: torch.Tensor, step_seconds: float) -> float | None:
+    """When the attention (T_dec, T_in) first rests on the last character, at `step_seconds` of
+    audio per decoder step: the time the text took, which a late or early stop (or a host's
+    silence after it) does not change; None if the attention never got there."""
+    on_last = (attention.argmax(-1) == attention.shape[1] - 1).nonzero()
+    return (int(on_last[0]) + 1) * step_seconds if len(on_last) else None
+
+
+def reads_slower(row: dict) -> bool:
+    """The slow reference's output took longer over the text itself (False if either never got to its end)."""
+    slow, fast = row["slow"]["text_seconds"], row["fast"]["text_seconds"]
+    return slow is not None and fast is not None and slow > fast
+
+
 # ------------------------------------------------------------------------------------ Coqui
 def coqui_config(args, out: Path, epochs: int):
     from prosody_vae.integrations.coqui import ProsodyTacotron2Config, ProsodyVAEArgs
@@ -84,7 +101,8 @@ def coqui_config(args, out: Path, epochs: int):
         # the pace at which attention leaves each token (Zhang et al. 2018)
         use_forward_attn=args.forward_attention, transition_agent=args.forward_attention,
         forward_attn_mask=args.forward_attention,
-        prosody_vae=ProsodyVAEArgs(capacity=args.capacity, beta_lr=args.beta_lr, pace_weight=args.pace_weight))
+        prosody_vae=ProsodyVAEArgs(capacity=args.capacity, beta_lr=args.beta_lr, pace_weight=args.pace_weight,
+                                   decoder_input_dropout=args.decoder_input_dropout))
     config.audio.sample_rate = 22050
     return config
 
@@ -193,10 +211,13 @@ def coqui_transfer(trained: dict, references: dict, work: Path) -> list[dict]:
             model = synth.tts_model
             ids = torch.tensor(model.tokenizer.text_to_ids(sentence))[None]
             attention = model.inference(ids, {"style_mel": model.reference_mel(reference["wav"])})["alignments"][0]
+            step_seconds = model.decoder.r * model.ap.hop_length / synth.output_sample_rate
             row[name] = {"seconds": len(wav) / synth.output_sample_rate, "stopped": frames < cap,
+                         "text_seconds": text_seconds(attention, step_seconds),
                          "focus_rate": float(attention.max(-1).values.mean()),
                          "tokens_reached": f"{int(attention.argmax(-1).max()) + 1}/{attention.shape[1]}"}
         row["slow_longer"] = row["slow"]["seconds"] > row["fast"]["seconds"]
+        row["slow_reads_slower"] = reads_slower(row)
         rows.append(row)
     return rows
 
@@ -265,10 +286,13 @@ def espnet_transfer(trained: dict, references: dict, work: Path) -> list[dict]:
             sf.write(work / f"espnet_{index}_{name}.wav", output["wav"].numpy(), tts.fs)
             # did the attention walk the whole text? ESPnet's focus rate, and the last token it reached
             reached = int(output["att_w"].argmax(-1).max()) + 1
-            row[name] = {"seconds": len(output["wav"]) / tts.fs, "stopped": len(output["feat_gen"]) < cap,
+            seconds = len(output["wav"]) / tts.fs
+            row[name] = {"seconds": seconds, "stopped": len(output["feat_gen"]) < cap,
+                         "text_seconds": text_seconds(output["att_w"], seconds / output["att_w"].shape[0]),
                          "focus_rate": float(output["focus_rate"]),
                          "tokens_reached": f"{reached}/{output['att_w'].shape[1]}"}
         row["slow_longer"] = row["slow"]["seconds"] > row["fast"]["seconds"]
+        row["slow_reads_slower"] = reads_slower(row)
         rows.append(row)
     return rows
 
@@ -296,6 +320,9 @@ def main() -> None:
                         help="Coqui: forward attention with its transition agent (and its inference mask)")
     parser.add_argument("--pace-weight", type=float, default=0.0,
                         help="Coqui: weight of the pace readout from z (ProsodyVAEArgs.pace_weight; 0 = off)")
+    parser.add_argument("--decoder-input-dropout", type=float, default=0.0,
+                        help="Coqui: share of teacher-forced decoder input frames zeroed in training "
+                             "(ProsodyVAEArgs.decoder_input_dropout; 0 = off)")
     parser.add_argument("--transfer-from", type=Path,
                         help="Coqui: a run folder this script trained (final.pth, config.json); transfer only")
     parser.add_argument("--extend", type=Path,
@@ -313,7 +340,8 @@ def main() -> None:
         trained = {"checkpoint": str(run / "final.pth"), "config": str(run / "config.json")}
         transfer = coqui_transfer(trained, references, args.work)
         result = {**trained, "references": references, "transfer": transfer,
-                  "slow_longer_all": all(row["slow_longer"] for row in transfer)}
+                  "slow_longer_all": all(row["slow_longer"] for row in transfer),
+                  "slow_reads_slower_all": all(row["slow_reads_slower"] for row in transfer)}
         args.out.write_text(json.dumps(result, indent=1) + "\n")
         print(json.dumps(result, indent=1))
         return
@@ -335,6 +363,7 @@ def main() -> None:
         "non_finite_steps": sum(not (math.isfinite(t["loss"]) and math.isfinite(t["kl"])) for t in trace),
         **trained, "references": references, "transfer": transfer,
         "slow_longer_all": all(row["slow_longer"] for row in transfer),
+        "slow_reads_slower_all": all(row["slow_reads_slower"] for row in transfer),
         "trace": [{k: v for k, v in t.items() if k != "t"} for t in trace]}
     args.out.write_text(json.dumps(result, indent=1) + "\n")
     print(json.dumps({k: v for k, v in result.items() if k != "trace"}, indent=1))
